@@ -1,0 +1,1 @@
+"""cxrlab.explain."""
