@@ -1,0 +1,75 @@
+"""Reader agreement: every pair among the readers and the model, MAE, quadratic kappa, macro-F1 and R^2,
+so one can see whether the model disagrees with readers less than readers disagree with each other.
+
+Orientation: in a model-reader pair the READER is the reference (R^2 and MAE of the model against the reader);
+in a reader-reader pair the first-named reader is the reference. MAE, kappa and macro-F1 are symmetric.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Mapping
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from cxrlab.errors import InputError
+from cxrlab.evaluate.bootstrap import DEFAULT_N_BOOT, bootstrap
+from cxrlab.evaluate.ordinal import quadratic_kappa, r2
+
+
+def pair_scores(reference: np.ndarray, other: np.ndarray, n_classes: int) -> dict[str, float]:
+    labels = list(range(n_classes))
+    return {
+        "mae": float(np.abs(other - reference).mean()),
+        "kappa_quadratic": quadratic_kappa(reference, other, n_classes),
+        "macro_f1": float(f1_score(reference, other, labels=[k for k in labels if k in set(reference) | set(other)],
+                                   average="macro", zero_division=0)),
+        "r2": r2(reference, other),
+    }
+
+
+def agreement_table(
+    raters: Mapping[str, np.ndarray],
+    *,
+    model: str | None = None,
+    n_classes: int = 4,
+    patient_ids=None,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+) -> dict:
+    """Pairwise agreement of ``raters`` (name -> grades; NaN = not rated) with patient-bootstrap CIs.
+
+    ``model`` names the entry that is the model (compared against each reader). Returns ``{"rows": [...],
+    "summary": {...}}``; the summary gives the mean of each metric over model-reader and reader-reader pairs.
+    """
+    if len(raters) < 2:
+        raise InputError("agreement", "need at least two raters (e.g. two readers, or a reader and the model)")
+    if model is not None and model not in raters:
+        raise InputError("agreement", f"model {model!r} is not among the raters {list(raters)}")
+    arrays = {k: np.asarray(v, dtype=float) for k, v in raters.items()}
+    n = {len(v) for v in arrays.values()}
+    if len(n) != 1:
+        raise InputError("agreement", f"raters have different lengths: { {k: len(v) for k, v in arrays.items()} }")
+    groups = None if patient_ids is None else np.asarray(patient_ids)
+    readers = [k for k in arrays if k != model]
+    pairs = [(r, model) for r in readers] if model is not None else []
+    pairs += list(itertools.combinations(readers, 2))
+    rows = []
+    for ref_name, other_name in pairs:
+        ok = np.isfinite(arrays[ref_name]) & np.isfinite(arrays[other_name])
+        ref, other = arrays[ref_name][ok].astype(int), arrays[other_name][ok].astype(int)
+        if ok.sum() == 0:
+            continue
+        est = bootstrap(lambda idx: pair_scores(ref[idx], other[idx], n_classes), int(ok.sum()),
+                        None if groups is None else groups[ok], n_boot=n_boot, seed=seed)
+        rows.append({"reference": ref_name, "other": other_name,
+                     "kind": "model-reader" if other_name == model else "reader-reader",
+                     "n": int(ok.sum()), **{k: e.as_dict() for k, e in est.items()}})
+    summary = {}
+    for kind in ("model-reader", "reader-reader"):
+        sel = [r for r in rows if r["kind"] == kind]
+        if sel:
+            summary[kind] = {m: float(np.nanmean([r[m]["value"] for r in sel]))
+                             for m in ("mae", "kappa_quadratic", "macro_f1", "r2")}
+    return {"rows": rows, "summary": summary}

@@ -1,0 +1,165 @@
+"""Inference backends by name: ``torch-fp32``, ``torch-bf16``, ``onnxruntime``.
+
+A backend turns a trained ``torch.nn.Module`` into a module with the same call signature whose forward runs on
+the chosen engine. Because the result is still an ``nn.Module``, any library object that calls ``self.model(x)``
+(a lung segmenter, a classifier) can be switched to another engine by swapping that one attribute
+(:func:`apply_backend`), with no change to its pre- and post-processing.
+
+Gradients (Grad-CAM) need the PyTorch fp32 graph, so callers keep the original module for explanations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrlab.errors import ConfigError
+from cxrlab.registry import Registry
+
+#: name -> factory(module, *, sample, onnx_path=None) -> nn.Module running on that engine
+BACKENDS: Registry[Callable[..., nn.Module]] = Registry("inference backend")
+
+
+def list_backends() -> list[str]:
+    return BACKENDS.list()
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine (``torch-bf16`` needs a CPU with bf16 autocast support)."""
+    return [name for name in BACKENDS.list() if BACKENDS.meta(name)["available"]()]
+
+
+def create_backend(name: str, module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    """Wrap ``module`` (eval mode) for engine ``name``. ``sample``: one example input (shape/dtype for export)."""
+    factory = BACKENDS.get(name)
+    if not BACKENDS.meta(name)["available"]():
+        raise ConfigError(f"inference backend {name!r} is not available on this machine; use one of {available_backends()}")
+    return factory(module.eval(), sample=sample, onnx_path=onnx_path)
+
+
+def apply_backend(owner: Any, attr: str, name: str, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    """Replace ``owner.<attr>`` (a module) by its ``name`` backend; return the original module (for Grad-CAM)."""
+    original = getattr(owner, attr)
+    if name != "torch-fp32":
+        setattr(owner, attr, create_backend(name, original, sample=sample, onnx_path=onnx_path))
+    return original
+
+
+class _Wrapped(nn.Module):
+    """Common base: keeps the original module reachable and reports the engine name."""
+
+    engine = "torch-fp32"
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.inner = module
+
+    def __getattr__(self, name: str) -> Any:
+        # Library code may read attributes of the model it owns (e.g. ``model.num_classes``): forward them.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+
+class TorchFP32(_Wrapped):
+    engine = "torch-fp32"
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.inner(x)
+
+
+class TorchBF16(_Wrapped):
+    """CPU autocast to bfloat16 (matmul/conv in bf16, reductions in fp32); outputs cast back to float32."""
+
+    engine = "torch-bf16"
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = self.inner(x)
+        return _map_tensors(out, lambda t: t.float())
+
+
+class OnnxRuntimeModule(_Wrapped):
+    """Runs an exported ONNX graph in onnxruntime; inputs/outputs stay torch tensors for the caller."""
+
+    engine = "onnxruntime"
+
+    def __init__(self, module: nn.Module, onnx_path: Path, n_threads: int | None = None):
+        super().__init__(module)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if n_threads:
+            options.intra_op_num_threads = n_threads
+        self.onnx_path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.n_outputs = len(self.session.get_outputs())
+
+    def forward(self, x: torch.Tensor) -> Any:
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+        tensors = [torch.from_numpy(o) for o in outs]
+        return tensors[0] if self.n_outputs == 1 else tuple(tensors)
+
+
+def _map_tensors(out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(out, torch.Tensor):
+        return fn(out)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_map_tensors(o, fn) for o in out)
+    if isinstance(out, dict):
+        return {k: _map_tensors(v, fn) for k, v in out.items()}
+    return out
+
+
+def bf16_supported() -> bool:
+    """True when CPU autocast to bf16 runs (PyTorch emulates it where the ISA lacks bf16, but it still works)."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.functional.linear(torch.ones(1, 2), torch.ones(2, 2))
+        return True
+    except RuntimeError:
+        return False
+
+
+def _onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@BACKENDS.register("torch-fp32", available=lambda: True)
+def _torch_fp32(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    return TorchFP32(module)
+
+
+@BACKENDS.register("torch-bf16", available=bf16_supported)
+def _torch_bf16(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    return TorchBF16(module)
+
+
+@BACKENDS.register("onnxruntime", available=_onnxruntime_available)
+def _onnxruntime(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    """Use ``onnx_path`` when it exists (``cxrlab export``), else export to a private temporary file first."""
+    from cxrlab.export.onnx import export_module
+
+    if onnx_path is not None and Path(onnx_path).exists():
+        return OnnxRuntimeModule(module, Path(onnx_path))
+    with contextlib.ExitStack() as stack:
+        if onnx_path is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cxrlab-onnx-")))
+            onnx_path = tmp / "model.onnx"
+        export_module(module, sample, onnx_path)
+        # The session has read the whole graph into memory, so a temporary file may go away afterwards.
+        return OnnxRuntimeModule(module, Path(onnx_path))

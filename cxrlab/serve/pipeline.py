@@ -1,0 +1,142 @@
+"""The analysis pipeline behind the service: decode → quality checks → whichever model stages are configured.
+
+Each configured run directory becomes one *stage* (``cxrlab.serve.stages``: lung segmentation, opacity
+segmentation + severity scores, diagnosis + Grad-CAM + concordance, ICU risk). Stages work on a batch of
+:class:`Case` objects so batch requests use batched inference; each records its wall time per image.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from cxrlab.errors import CxrlabError, InputError
+from cxrlab.io import ColorImageWarning, ImageHeader, read_image_bytes
+from cxrlab.serve import render
+from cxrlab.serve.config import ROLES, ServiceConfig
+from cxrlab.serve.quality import image_checks, mask_checks
+
+
+@dataclass
+class Case:
+    """One image travelling through the stages; stages add masks, maps and report sections."""
+
+    image: np.ndarray                      # float32 HxW in [0, 1]
+    header: ImageHeader
+    masks: dict[str, np.ndarray] = field(default_factory=dict)   # lung_mask, patient_right/left, disease
+    heatmap: np.ndarray | None = None      # float32 [0, 1], any size (resized for display)
+    report: dict[str, Any] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Analysis:
+    report: dict[str, Any]
+    images: dict[str, np.ndarray]          # name -> uint8 gray/BGR/BGRA, stored as <name>.png
+
+
+def decode_upload(data: bytes, *, max_pixels: int, min_side: int) -> Case:
+    """Decode one upload (type by content); colour photographs are refused as not being radiographs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ColorImageWarning)
+        try:
+            image, header = read_image_bytes(data, "upload", max_pixels=max_pixels, min_size=min_side)
+        except ColorImageWarning:
+            raise InputError("upload", "colour image: not a chest radiograph") from None
+    return Case(image=image, header=header)
+
+
+class AnalysisPipeline:
+    def __init__(self, stages: Sequence[Any], *, backend: str, max_pixels: int = 50_000_000, min_side: int = 64):
+        self.stages = list(stages)
+        self.backend = backend
+        self.max_pixels, self.min_side = max_pixels, min_side
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig) -> "AnalysisPipeline":
+        from cxrlab.serve.stages import create_stages
+
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+        stages = create_stages(config.models.present(), backend=config.backend, cam_method=config.cam_method)
+        return cls(stages, backend=config.backend, max_pixels=config.limits.max_pixels,
+                   min_side=config.limits.min_side)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.role for s in self.stages]
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        return [s.card() for s in self.stages]
+
+    def run(self, cases: list[Case], *, heatmap: bool = True) -> None:
+        """Run every stage on ``cases`` in role order, timing each stage per image."""
+        order = {role: i for i, role in enumerate(ROLES)}
+        for stage in sorted(self.stages, key=lambda s: order[s.role]):
+            # A stage returns the seconds each of its steps took for the whole batch (e.g. preprocess,
+            # lung_segmentation); the report shows the per-image share in ms.
+            seconds = stage.run(cases, heatmap=heatmap)
+            for case in cases:
+                for name, s in seconds.items():
+                    case.timings_ms[name] = round(1000 * s / len(cases), 2)
+            if stage.role == "lung":
+                for case in cases:
+                    case.report["quality"].update(mask_checks(case.image, case.masks, case.header))
+
+    def analyze_many(self, datas: Sequence[bytes], *, heatmap: bool = True) -> list[Analysis | CxrlabError]:
+        """Decode and analyse; an undecodable item yields its error in place, the others still run."""
+        out: list[Analysis | CxrlabError | None] = [None] * len(datas)
+        cases: list[tuple[int, Case]] = []
+        for i, data in enumerate(datas):
+            t0 = time.perf_counter()
+            try:
+                case = decode_upload(data, max_pixels=self.max_pixels, min_side=self.min_side)
+                case.timings_ms["decode"] = round(1000 * (time.perf_counter() - t0), 2)
+                case.report["quality"] = image_checks(case.image, case.header)
+            except CxrlabError as exc:
+                out[i] = exc
+                continue
+            cases.append((i, case))
+        if cases:
+            self.run([c for _, c in cases], heatmap=heatmap)
+            for i, case in cases:
+                out[i] = self.finish(case)
+        return out  # type: ignore[return-value]
+
+    def analyze(self, data: bytes, *, heatmap: bool = True) -> Analysis:
+        result = self.analyze_many([data], heatmap=heatmap)[0]
+        if isinstance(result, CxrlabError):
+            raise result
+        return result
+
+    def finish(self, case: Case) -> Analysis:
+        """Render display images and assemble the JSON report of one case."""
+        t0 = time.perf_counter()
+        scale = render.display_scale(case.image.shape)
+        gray = render.to_display(case.image, scale)
+        lungs = {k: case.masks[k] for k in ("patient_right", "patient_left") if k in case.masks}
+        heat = render.heatmap_rgba(case.heatmap, gray.shape) if case.heatmap is not None else None
+        images: dict[str, np.ndarray] = {"image": gray, "overlay": render.overlay(gray, lungs, heat)}
+        if heat is not None:
+            images["heatmap"] = heat
+        case.timings_ms["render"] = round(1000 * (time.perf_counter() - t0), 2)
+        case.timings_ms["total"] = round(sum(v for k, v in case.timings_ms.items() if k != "total"), 2)
+        h = case.header
+        report = {
+            "image": {"width": int(case.image.shape[1]), "height": int(case.image.shape[0]), "format": h.format,
+                      "view_position": h.view_position, "display_width": int(gray.shape[1]),
+                      "display_height": int(gray.shape[0])},
+            "contours": {k: render.contours(m, scale) for k, m in lungs.items()},
+            "stages": self.stage_names,
+            "backend": self.backend,
+            "models": {s.role: s.version() for s in self.stages},
+            **case.report,
+            "timings_ms": case.timings_ms,
+        }
+        return Analysis(report=report, images=images)

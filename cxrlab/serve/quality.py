@@ -1,0 +1,83 @@
+"""Image quality / anatomy flags reported with every analysis.
+
+- ``lateral_view``: from the DICOM ViewPosition when present; otherwise suspected when the two predicted lungs
+  overlap horizontally (a lateral film shows one superimposed lung field).
+- ``inverted``: on a correctly displayed radiograph the aerated lungs are darker than the rest of the image;
+  lungs brighter than their surroundings mean inverted grey levels (e.g. a MONOCHROME1 export shown raw).
+- ``lung_masks_plausible``: both lungs found, together 8–65 % of the image, neither more than 3× the other,
+  the patient's right lung on the image's left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cxrlab.errors import InputError
+from cxrlab.io import ImageHeader
+
+LATERAL_POSITIONS = {"LL", "RL", "LAT", "LATERAL", "L", "R"}
+MIN_CONTRAST = 0.02
+
+
+def image_checks(image: np.ndarray, header: ImageHeader) -> dict[str, Any]:
+    """Checks that need no model; a blank image is refused as not a radiograph."""
+    if float(image.std()) < MIN_CONTRAST:
+        raise InputError("upload", "image has (almost) no contrast: not a chest radiograph")
+    vp = (header.view_position or "").strip().upper()
+    return {
+        "view_position": vp or None,
+        "lateral_view": (vp in LATERAL_POSITIONS) if vp else None,
+        "inverted": None,
+        "lung_masks_plausible": None,
+        "notes": [],
+    }
+
+
+def _centroid_x(mask: np.ndarray) -> float:
+    xs = np.nonzero(mask)[1]
+    return float(xs.mean()) if xs.size else float("nan")
+
+
+def mask_checks(image: np.ndarray, masks: dict[str, np.ndarray], header: ImageHeader) -> dict[str, Any]:
+    """Flags that need the lung masks (``patient_right``, ``patient_left``, ``lung_mask``)."""
+    right = masks.get("patient_right")
+    left = masks.get("patient_left")
+    lungs = masks.get("lung_mask")
+    if lungs is None and right is not None and left is not None:
+        lungs = (right > 0) | (left > 0)
+    notes: list[str] = []
+    out: dict[str, Any] = {}
+    if lungs is None:
+        return out
+    lungs = np.asarray(lungs) > 0
+    frac = float(lungs.mean())
+    plausible = 0.08 <= frac <= 0.65
+    if not plausible:
+        notes.append(f"lungs cover {100 * frac:.0f}% of the image (expected 8-65%)")
+    if right is not None and left is not None:
+        a_r, a_l = int((right > 0).sum()), int((left > 0).sum())
+        if min(a_r, a_l) == 0:
+            plausible = False
+            notes.append("one lung not found")
+        else:
+            if max(a_r, a_l) / min(a_r, a_l) > 3:
+                plausible = False
+                notes.append("lung areas differ more than threefold")
+            x_r, x_l = _centroid_x(right > 0), _centroid_x(left > 0)
+            if x_r >= x_l:
+                plausible = False
+                notes.append("patient's right lung is not on the image's left (flipped image?)")
+            if abs(x_l - x_r) < 0.15 * image.shape[1] and out.get("lateral_view") is None:
+                out["lateral_suspected"] = True
+                notes.append("lung fields overlap horizontally: lateral view?")
+    if lungs.any() and (~lungs).any():
+        inside, outside = float(image[lungs].mean()), float(image[~lungs].mean())
+        out["inverted"] = bool(inside > outside + 0.05)
+        if out["inverted"]:
+            notes.append("lungs brighter than their surroundings: inverted grey levels?")
+    out["lung_masks_plausible"] = bool(plausible)
+    out["lung_fraction"] = round(frac, 4)
+    out["notes"] = notes
+    return out
