@@ -337,3 +337,23 @@ def test_agreement_skips_unrated_rows_pairwise():
 def test_agreement_needs_two_raters():
     with pytest.raises(InputError, match="two raters"):
         agreement_table({"a": [0, 1]})
+
+
+# --- the vectorised cores against scikit-learn, with ties --------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_cores_match_sklearn_with_ties(seed):
+    from sklearn.metrics import average_precision_score, roc_curve
+
+    from cxrlab.evaluate.binary import average_precision
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 120)
+    p = np.round(np.clip(0.2 * y + rng.random(120) * 0.8, 0, 1), 1)  # many ties
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert average_precision(y, p) == pytest.approx(average_precision_score(y, p))
+    fpr, tpr, thr = roc_curve(y, p)
+    j = tpr - fpr
+    assert youden_threshold(y, p) == pytest.approx(thr[int(np.argmax(j))])
+    a, b = rng.integers(0, 4, 120), rng.integers(0, 4, 120)
+    assert quadratic_kappa(a, b, 4) == pytest.approx(cohen_kappa_score(a, b, weights="quadratic"))
+    assert classification_scores(a, b, 4)["macro_f1"] == pytest.approx(f1_score(a, b, average="macro"))

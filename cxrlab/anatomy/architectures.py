@@ -37,9 +37,9 @@ ENCODERS.register("resnet18", smp_name="resnet18", weights={"none": _no_weights}
     {"smp_name": "resnet18"})
 ENCODERS.register("resnet34", smp_name="resnet34", weights={"none": _no_weights}, mean=0.5, std=0.5)(
     {"smp_name": "resnet34"})
-ENCODERS.register("efficientnet_lite0", smp_name="tu-tf_efficientnet_lite0",
+ENCODERS.register("efficientnet_lite0", smp_name="tu-efficientnet_lite0",
                   weights={"none": _no_weights, "imagenet": load_lite0_imagenet}, mean=0.5, std=0.5)(
-    {"smp_name": "tu-tf_efficientnet_lite0"})
+    {"smp_name": "tu-efficientnet_lite0"})
 
 
 class SegmentationNet(nn.Module):

@@ -11,21 +11,20 @@ import itertools
 from typing import Mapping
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from cxrlab.errors import InputError
 from cxrlab.evaluate.bootstrap import DEFAULT_N_BOOT, bootstrap
-from cxrlab.evaluate.ordinal import quadratic_kappa, r2
+from cxrlab.evaluate.multiclass import _scores
+from cxrlab.evaluate.ordinal import _kappa, _r2
 
 
 def pair_scores(reference: np.ndarray, other: np.ndarray, n_classes: int) -> dict[str, float]:
-    labels = list(range(n_classes))
+    """MAE, quadratic kappa, macro-F1 (classes seen by either), R^2 of ``other`` against ``reference``."""
     return {
         "mae": float(np.abs(other - reference).mean()),
-        "kappa_quadratic": quadratic_kappa(reference, other, n_classes),
-        "macro_f1": float(f1_score(reference, other, labels=[k for k in labels if k in set(reference) | set(other)],
-                                   average="macro", zero_division=0)),
-        "r2": r2(reference, other),
+        "kappa_quadratic": _kappa(reference, other, n_classes),
+        "macro_f1": _scores(reference, other, n_classes)["macro_f1"],
+        "r2": _r2(reference.astype(float), other.astype(float)),
     }
 
 

@@ -11,8 +11,9 @@ A case is called positive when ``p >= threshold``.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
+from cxrlab.evaluate import _fast
 from cxrlab.evaluate._checks import binary_labels, probabilities, safe_div, same_length
 from cxrlab.evaluate.bootstrap import DEFAULT_N_BOOT, Estimate, bootstrap
 
@@ -21,41 +22,38 @@ def roc_auc(y_true, p) -> float:
     """Area under the ROC curve; NaN when only one class is present (undefined)."""
     y, p = binary_labels("y_true", y_true), probabilities("p", p)
     same_length(y_true=y, p=p)
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, p))
+    return _fast.auc_and_youden(y, p)[0]
 
 
 def average_precision(y_true, p) -> float:
     """Area under the precision-recall curve (average precision); NaN without positives."""
     y, p = binary_labels("y_true", y_true), probabilities("p", p)
-    if y.sum() == 0:
-        return float("nan")
-    return float(average_precision_score(y, p))
+    same_length(y_true=y, p=p)
+    return _fast.average_precision(y, p)
 
 
 def brier(y_true, p) -> float:
     """Mean squared difference between probability and outcome (lower is better)."""
     y, p = binary_labels("y_true", y_true), probabilities("p", p)
     same_length(y_true=y, p=p)
-    return float(brier_score_loss(y, p))
+    return float(np.mean((p - y) ** 2))
 
 
 def youden_threshold(y_true, p) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1 (ties: the highest threshold)."""
     y, p = binary_labels("y_true", y_true), probabilities("p", p)
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    fpr, tpr, thr = roc_curve(y, p)
-    finite = np.isfinite(thr)  # sklearn prepends +inf (nothing called positive)
-    j = (tpr - fpr)[finite]
-    return float(thr[finite][int(np.argmax(j))])
+    same_length(y_true=y, p=p)
+    return _fast.auc_and_youden(y, p)[1]
 
 
 def threshold_metrics(y_true, p, threshold: float) -> dict[str, float]:
     """Confusion counts and sensitivity, specificity, PPV, NPV, accuracy, F1 at ``p >= threshold``."""
     y, p = binary_labels("y_true", y_true), probabilities("p", p)
     same_length(y_true=y, p=p)
+    return _at_threshold(y, p, threshold)
+
+
+def _at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     pred = (p >= threshold).astype(int)
     tp = int(((pred == 1) & (y == 1)).sum())
     fp = int(((pred == 1) & (y == 0)).sum())
@@ -104,15 +102,15 @@ def binary_metrics(
 
     def stat(idx: np.ndarray) -> dict[str, float]:
         yy, pp = y[idx], p[idx]
-        out = {"auc": roc_auc(yy, pp), "average_precision": average_precision(yy, pp), "brier": brier(yy, pp),
-               "prevalence": float(yy.mean())}
-        t = youden_threshold(yy, pp)
+        auc, t = _fast.auc_and_youden(yy, pp)
+        out = {"auc": auc, "average_precision": _fast.average_precision(yy, pp),
+               "brier": float(np.mean((pp - yy) ** 2)), "prevalence": float(yy.mean())}
         if np.isfinite(t):
-            for k, v in threshold_metrics(yy, pp, t).items():
+            for k, v in _at_threshold(yy, pp, t).items():
                 if k in ("sensitivity", "specificity", "ppv", "npv", "f1"):
                     out[f"youden.{k}"] = v
         if fixed_threshold is not None:
-            for k, v in threshold_metrics(yy, pp, fixed_threshold).items():
+            for k, v in _at_threshold(yy, pp, fixed_threshold).items():
                 if k in ("sensitivity", "specificity", "ppv", "npv", "accuracy", "f1"):
                     out[f"fixed.{k}"] = v
         return out

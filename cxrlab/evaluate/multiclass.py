@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix as _sk_confusion
-from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
-
 from cxrlab.errors import InputError
+from cxrlab.evaluate import _fast
 from cxrlab.evaluate._checks import as_1d, same_length
 from cxrlab.evaluate.bootstrap import DEFAULT_N_BOOT, bootstrap
 
@@ -25,26 +23,30 @@ def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
     """Counts; ``cm[i, j]`` = images of true class i predicted as j."""
     y, yp = _labels("y_true", y_true, n_classes), _labels("y_pred", y_pred, n_classes)
     same_length(y_true=y, y_pred=yp)
-    return _sk_confusion(y, yp, labels=list(range(n_classes)))
+    return _fast.confusion(y, yp, n_classes)
 
 
 def classification_scores(y_true, y_pred, n_classes: int) -> dict[str, float]:
     """Flat dict: accuracy, macro/weighted P/R/F1 and per-class ``precision[k]`` etc. (one-vs-rest)."""
     y, yp = _labels("y_true", y_true, n_classes), _labels("y_pred", y_pred, n_classes)
     same_length(y_true=y, y_pred=yp)
-    labels = list(range(n_classes))
-    p, r, f, s = precision_recall_fscore_support(y, yp, labels=labels, zero_division=0)
-    out = {"accuracy": float((y == yp).mean())}
+    return _scores(y, yp, n_classes)
+
+
+def _scores(y: np.ndarray, yp: np.ndarray, n_classes: int) -> dict[str, float]:
+    cm = _fast.confusion(y, yp, n_classes)
+    p, r, f, s = _fast.prf_from_confusion(cm)
+    out = {"accuracy": float(np.trace(cm) / cm.sum())}
     # macro averages over the classes that occur in truth or prediction (scikit-learn's default label set);
     # a class absent from both has no defined score
-    seen = np.isin(labels, np.union1d(y, yp))
+    seen = (s > 0) | (cm.sum(axis=0) > 0)
     out["macro_precision"] = float(p[seen].mean())
     out["macro_recall"] = float(r[seen].mean())
     out["macro_f1"] = float(f[seen].mean())
     # the opacity paper's support-weighted averages (sklearn average="weighted")
-    wp, wr, wf, _ = precision_recall_fscore_support(y, yp, labels=labels, average="weighted", zero_division=0)
-    out.update({"weighted_precision": float(wp), "weighted_recall": float(wr), "weighted_f1": float(wf)})
-    for k in labels:
+    w = s / s.sum()
+    out.update({"weighted_precision": float(w @ p), "weighted_recall": float(w @ r), "weighted_f1": float(w @ f)})
+    for k in range(n_classes):
         out[f"precision[{k}]"], out[f"recall[{k}]"], out[f"f1[{k}]"] = float(p[k]), float(r[k]), float(f[k])
         out[f"support[{k}]"] = int(s[k])
     return out
@@ -57,7 +59,7 @@ def ovr_auc(y_true, probs: np.ndarray, n_classes: int) -> dict[str, float]:
     out = {}
     for k in range(n_classes):
         yk = (y == k).astype(int)
-        out[f"auc[{k}]"] = float(roc_auc_score(yk, probs[:, k])) if 0 < yk.sum() < len(yk) else float("nan")
+        out[f"auc[{k}]"] = _fast.auc_and_youden(yk, probs[:, k])[0]
     vals = [v for v in out.values() if np.isfinite(v)]
     out["macro_auc"] = float(np.mean(vals)) if vals else float("nan")
     return out
@@ -89,7 +91,7 @@ def multiclass_metrics(
                          field="probs")
 
     def stat(idx: np.ndarray) -> dict[str, float]:
-        out = {k: v for k, v in classification_scores(y[idx], yp[idx], n_classes).items()
+        out = {k: v for k, v in _scores(y[idx], yp[idx], n_classes).items()
                if not k.startswith("support")}
         if probs is not None:
             out.update(ovr_auc(y[idx], probs[idx], n_classes))

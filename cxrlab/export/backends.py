@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,22 +44,35 @@ def create_backend(name: str, module: nn.Module, *, sample: torch.Tensor, onnx_p
     return factory(module.eval(), sample=sample, onnx_path=onnx_path)
 
 
-def apply_backend(owner: Any, attr: str, name: str, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
-    """Replace ``owner.<attr>`` (a module) by its ``name`` backend; return the original module (for Grad-CAM)."""
+def apply_backend(owner: Any, attr: str, name: str, *, sample: torch.Tensor,
+                  onnx_path: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
+    """Replace ``owner.<attr>`` (a module) by its ``name`` backend.
+
+    Returns ``(original, wrapped)``: the original fp32 module (for Grad-CAM, FLOP counts) and the wrapper,
+    whose ``seconds`` attribute accumulates the time spent in the network (stage timings).
+    """
     original = getattr(owner, attr)
-    if name != "torch-fp32":
-        setattr(owner, attr, create_backend(name, original, sample=sample, onnx_path=onnx_path))
-    return original
+    wrapped = create_backend(name, original, sample=sample, onnx_path=onnx_path)
+    setattr(owner, attr, wrapped)
+    return original, wrapped
 
 
 class _Wrapped(nn.Module):
-    """Common base: keeps the original module reachable and reports the engine name."""
+    """Common base: keeps the original module reachable, names the engine, times every forward call."""
 
     engine = "torch-fp32"
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.inner = module
+        self.seconds = 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
     def __getattr__(self, name: str) -> Any:
         # Library code may read attributes of the model it owns (e.g. ``model.num_classes``): forward them.
@@ -93,22 +107,25 @@ class OnnxRuntimeModule(_Wrapped):
 
     engine = "onnxruntime"
 
-    def __init__(self, module: nn.Module, onnx_path: Path, n_threads: int | None = None):
+    def __init__(self, module: nn.Module, onnx_path: Path, sample: torch.Tensor):
         super().__init__(module)
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if n_threads:
-            options.intra_op_num_threads = n_threads
         self.onnx_path = Path(onnx_path)
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.n_outputs = len(self.session.get_outputs())
+        # ONNX flattens dict/tuple outputs; remember the PyTorch structure to hand the caller the same shape.
+        with torch.no_grad():
+            template = module.eval()(sample)
+        self.keys = list(template) if isinstance(template, dict) else None
+        self.single = isinstance(template, torch.Tensor)
 
     def forward(self, x: torch.Tensor) -> Any:
-        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
-        tensors = [torch.from_numpy(o) for o in outs]
-        return tensors[0] if self.n_outputs == 1 else tuple(tensors)
+        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        tensors = [torch.from_numpy(o) for o in self.session.run(None, feed)]
+        if self.keys is not None:
+            return dict(zip(self.keys, tensors))
+        return tensors[0] if self.single else tuple(tensors)
 
 
 def _map_tensors(out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -122,13 +139,13 @@ def _map_tensors(out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
 
 
 def bf16_supported() -> bool:
-    """True when CPU autocast to bf16 runs (PyTorch emulates it where the ISA lacks bf16, but it still works)."""
+    """True on CPUs with native bf16 dot products (AVX512-BF16 or AMX); elsewhere autocast to bf16 is emulated
+    and slower than fp32, so the backend is not offered."""
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.nn.functional.linear(torch.ones(1, 2), torch.ones(2, 2))
-        return True
-    except RuntimeError:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
         return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _onnxruntime_available() -> bool:
@@ -155,11 +172,11 @@ def _onnxruntime(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Pa
     from cxrlab.export.onnx import export_module
 
     if onnx_path is not None and Path(onnx_path).exists():
-        return OnnxRuntimeModule(module, Path(onnx_path))
+        return OnnxRuntimeModule(module, Path(onnx_path), sample)
     with contextlib.ExitStack() as stack:
         if onnx_path is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cxrlab-onnx-")))
             onnx_path = tmp / "model.onnx"
         export_module(module, sample, onnx_path)
         # The session has read the whole graph into memory, so a temporary file may go away afterwards.
-        return OnnxRuntimeModule(module, Path(onnx_path))
+        return OnnxRuntimeModule(module, Path(onnx_path), sample)

@@ -54,8 +54,12 @@ def export_module(module: nn.Module, sample: torch.Tensor, out_path: str | Path,
     module = module.eval()
     out_path = Path(out_path)
     with torch.no_grad():
-        n_out = len(_flat_outputs(module(sample)))
-    output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
+        template = module(sample)
+    n_out = len(_flat_outputs(template))
+    if isinstance(template, dict) and all(isinstance(v, torch.Tensor) for v in template.values()):
+        output_names = [str(k) for k in template]  # a multi-head model's heads keep their names in the graph
+    else:
+        output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
     with atomic_path(out_path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -70,8 +70,8 @@ def read_mask(path: str | os.PathLike, expected_shape: tuple[int, int] | None = 
     """A binary mask as uint8 {0, 1} (any non-zero pixel is foreground)."""
     data = _read_bytes(path)
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise InputError(path, "mask is not a readable image (corrupt or unknown format)")
+    if arr is None:  # formats OpenCV lacks (GIF masks of the SCR database) go through Pillow
+        arr = np.asarray(open_raster(data, str(path)).convert("L"))
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
     mask = (arr > 0).astype(np.uint8)

@@ -58,6 +58,7 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(pipeline.warmup)
         async def sweeper() -> None:
             while True:
                 await asyncio.sleep(min(60.0, config.result_ttl_s))

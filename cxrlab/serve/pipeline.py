@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cxrlab.data import schema
 from cxrlab.errors import CxrlabError, InputError
 from cxrlab.io import ColorImageWarning, ImageHeader, read_image_bytes
 from cxrlab.serve import render
@@ -27,7 +28,7 @@ class Case:
 
     image: np.ndarray                      # float32 HxW in [0, 1]
     header: ImageHeader
-    masks: dict[str, np.ndarray] = field(default_factory=dict)   # lung_mask, patient_right/left, disease
+    masks: dict[str, np.ndarray] = field(default_factory=dict)   # sample-dict mask keys (cxrlab.data.schema)
     heatmap: np.ndarray | None = None      # float32 [0, 1], any size (resized for display)
     report: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -120,9 +121,13 @@ class AnalysisPipeline:
         t0 = time.perf_counter()
         scale = render.display_scale(case.image.shape)
         gray = render.to_display(case.image, scale)
-        lungs = {k: case.masks[k] for k in ("patient_right", "patient_left") if k in case.masks}
+        lungs = {name: case.masks[key] for name, key in (("patient_right", schema.KEY_RIGHT_MASK),
+                                                         ("patient_left", schema.KEY_LEFT_MASK)) if key in case.masks}
+        outlines = dict(lungs)
+        if schema.KEY_DISEASE_MASK in case.masks:
+            outlines["disease"] = case.masks[schema.KEY_DISEASE_MASK]
         heat = render.heatmap_rgba(case.heatmap, gray.shape) if case.heatmap is not None else None
-        images: dict[str, np.ndarray] = {"image": gray, "overlay": render.overlay(gray, lungs, heat)}
+        images: dict[str, np.ndarray] = {"image": gray, "overlay": render.overlay(gray, outlines, heat)}
         if heat is not None:
             images["heatmap"] = heat
         case.timings_ms["render"] = round(1000 * (time.perf_counter() - t0), 2)
@@ -132,11 +137,35 @@ class AnalysisPipeline:
             "image": {"width": int(case.image.shape[1]), "height": int(case.image.shape[0]), "format": h.format,
                       "view_position": h.view_position, "display_width": int(gray.shape[1]),
                       "display_height": int(gray.shape[0])},
-            "contours": {k: render.contours(m, scale) for k, m in lungs.items()},
+            "contours": {k: render.contours(m, scale) for k, m in outlines.items()},
             "stages": self.stage_names,
             "backend": self.backend,
             "models": {s.role: s.version() for s in self.stages},
             **case.report,
             "timings_ms": case.timings_ms,
         }
-        return Analysis(report=report, images=images)
+        return Analysis(report=json_safe(report), images=images)
+
+    def warmup(self) -> None:
+        """One pass on a synthetic image so the first request does not pay for lazy initialisation."""
+        if self.stages:
+            rng = np.random.default_rng(0)
+            image = rng.random((256, 256), dtype=np.float32)
+            header = ImageHeader(format="png", rows=256, columns=256, bits_stored=8, photometric="MONOCHROME2")
+            case = Case(image=image, header=header, report={"quality": {}})
+            self.run([case], heatmap=True)
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf → None (JSON has no NaN), numpy scalars → Python numbers, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

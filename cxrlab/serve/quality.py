@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrlab.data import schema
 from cxrlab.errors import InputError
 from cxrlab.io import ImageHeader
 
@@ -41,10 +42,10 @@ def _centroid_x(mask: np.ndarray) -> float:
 
 
 def mask_checks(image: np.ndarray, masks: dict[str, np.ndarray], header: ImageHeader) -> dict[str, Any]:
-    """Flags that need the lung masks (``patient_right``, ``patient_left``, ``lung_mask``)."""
-    right = masks.get("patient_right")
-    left = masks.get("patient_left")
-    lungs = masks.get("lung_mask")
+    """Flags that need the lung masks (sample-dict keys: patient right / left, both lungs)."""
+    right = masks.get(schema.KEY_RIGHT_MASK)
+    left = masks.get(schema.KEY_LEFT_MASK)
+    lungs = masks.get(schema.KEY_LUNG_MASK)
     if lungs is None and right is not None and left is not None:
         lungs = (right > 0) | (left > 0)
     notes: list[str] = []
@@ -69,7 +70,7 @@ def mask_checks(image: np.ndarray, masks: dict[str, np.ndarray], header: ImageHe
             if x_r >= x_l:
                 plausible = False
                 notes.append("patient's right lung is not on the image's left (flipped image?)")
-            if abs(x_l - x_r) < 0.15 * image.shape[1] and out.get("lateral_view") is None:
+            if abs(x_l - x_r) < 0.15 * image.shape[1] and not header.view_position:
                 out["lateral_suspected"] = True
                 notes.append("lung fields overlap horizontally: lateral view?")
     if lungs.any() and (~lungs).any():

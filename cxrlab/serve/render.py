@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 DISPLAY_MAX_SIDE = 1024
-LUNG_BGR = {"patient_right": (80, 220, 80), "patient_left": (255, 170, 60)}
+LUNG_BGR = {"patient_right": (80, 220, 80), "patient_left": (255, 170, 60), "disease": (60, 60, 255)}
 
 
 def display_scale(shape: tuple[int, int], max_side: int = DISPLAY_MAX_SIDE) -> float:

@@ -17,12 +17,20 @@ from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.transforms.base import TRANSFORMS, Sample, Transform, check_masks, mask_keys, record, source_of
 
-# Labels that name a side of the patient: a mirror image turns the patient's right into the left.
-SIDE_LABEL_PAIRS = [
-    (schema.OPACITY_RIGHT, schema.OPACITY_LEFT),
-    *zip(schema.BRIXIA_COLUMNS[:3], schema.BRIXIA_COLUMNS[3:]),
-    ("infection_fraction_right_lung", "infection_fraction_left_lung"),
-]
+_ZONE_MIRROR = {"A": "D", "B": "E", "C": "F", "D": "A", "E": "B", "F": "C"}
+
+
+def mirrored_label_name(name: str) -> str:
+    """The label a mirror image turns ``name`` into: ``*right*`` ↔ ``*left*`` and Brixia zones
+    ``*_A..C`` ↔ ``*_D..F`` (A-C are the patient's right lung). Other names map to themselves."""
+    if "right" in name:
+        return name.replace("right", "left")
+    if "left" in name:
+        return name.replace("left", "right")
+    head, _, zone = name.rpartition("_")
+    if head and zone in _ZONE_MIRROR:
+        return f"{head}_{_ZONE_MIRROR[zone]}"
+    return name
 
 
 def _hwc(a: np.ndarray) -> np.ndarray:
@@ -159,11 +167,7 @@ def hflip_sample(sample: Sample) -> Sample:
                 del sample[key]
     labels = sample.get(schema.KEY_LABELS)
     if labels:
-        labels = dict(labels)
-        for a, b in SIDE_LABEL_PAIRS:
-            if a in labels or b in labels:
-                labels[a], labels[b] = labels.get(b), labels.get(a)
-        sample[schema.KEY_LABELS] = labels
+        sample[schema.KEY_LABELS] = {mirrored_label_name(k): v for k, v in labels.items()}
     record(sample, "hflip")
     return sample
 

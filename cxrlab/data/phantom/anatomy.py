@@ -28,7 +28,7 @@ class Anatomy:
     lung_medial: tuple[float, float]        # medial edge distance from the midline
     dome_height: tuple[float, float]        # diaphragm dome rise above the costophrenic angle
     heart_offset: float                     # heart centre right of the midline (towards patient left)
-    heart_y: float
+    heart_rise: float                       # heart centre above the diaphragm, in heart half-heights
     heart_axes: tuple[float, float]
     heart_angle: float                      # degrees
     mediastinum_half_width: float
@@ -52,8 +52,8 @@ class Pose:
 
 def sample_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
     u = rng.uniform
-    top = u(0.12, 0.18)
-    base_r = u(0.68, 0.76)
+    top = u(0.10, 0.15)
+    base_r = u(0.75, 0.83)
     lateral = u(0.31, 0.37)
     return Anatomy(
         midline=0.5 + u(-0.015, 0.015),
@@ -64,9 +64,9 @@ def sample_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
         lung_base=(base_r, base_r + u(0.01, 0.04)),
         lung_lateral=(lateral + u(-0.01, 0.02), lateral + u(-0.02, 0.01)),
         lung_medial=(u(0.035, 0.05), u(0.035, 0.05)),
-        dome_height=(u(0.06, 0.10), u(0.05, 0.09)),
+        dome_height=(u(0.05, 0.09), u(0.04, 0.08)),
         heart_offset=u(0.04, 0.08),
-        heart_y=u(0.58, 0.64),
+        heart_rise=u(0.75, 1.0),
         heart_axes=(u(0.12, 0.16), u(0.09, 0.12)),
         heart_angle=u(-30.0, -10.0),
         mediastinum_half_width=u(0.045, 0.06),
@@ -119,11 +119,12 @@ def render_anatomy(anat: Anatomy, pose: Pose, size: int, rng: np.random.Generato
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
     X, Y = np.meshgrid(grid, grid)
 
-    # body outline: neck, shoulders, chest wall
+    # body outline: neck, rounded shoulders, chest wall
     bw = anat.body_half_width
     sy = anat.shoulder_y + dy
-    half = np.array([0.09, 0.10, bw * 0.85, bw, bw * 0.97])
-    ys = np.array([-0.05, sy - 0.02, sy + 0.04, sy + 0.16, 1.05])
+    t = np.linspace(0.0, 1.0, 16)
+    ys = np.concatenate([[-0.05], sy - 0.03 + 0.2 * t, [1.05]])
+    half = np.concatenate([[0.09], 0.1 + (bw - 0.1) * np.sqrt(1.0 - (1.0 - t) ** 3), [bw * 0.97]])
     body = _fill(size, _to_px(np.concatenate([mid - half, (mid + half)[::-1]]),
                               np.concatenate([ys, ys[::-1]]), size))
 
@@ -145,9 +146,10 @@ def render_anatomy(anat: Anatomy, pose: Pose, size: int, rng: np.random.Generato
 
     heart_scale = 1.12 if pose.ap else 1.0
     ax, ay = anat.heart_axes
+    heart_x = mid + anat.heart_offset
+    heart_y = float(np.interp(heart_x, grid, dome_line)) - anat.heart_rise * ay * heart_scale  # sits on the dome
     heart_full = np.zeros((size, size), np.uint8)
-    cv2.ellipse(heart_full, (int(round((mid + anat.heart_offset) * size * _ONE)),
-                             int(round((anat.heart_y + dy) * size * _ONE))),
+    cv2.ellipse(heart_full, (int(round(heart_x * size * _ONE)), int(round(heart_y * size * _ONE))),
                 (int(round(ax * heart_scale * size * _ONE)), int(round(ay * heart_scale * size * _ONE))),
                 anat.heart_angle, 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
     heart = heart_full & (1 - abdomen)
@@ -167,14 +169,14 @@ def render_anatomy(anat: Anatomy, pose: Pose, size: int, rng: np.random.Generato
     density = body * (0.38 + 0.17 * profile)
     lungs = right_lung | left_lung
     density -= 0.24 * lungs
-    density += 0.10 * heart + 0.12 * mediastinum * (1 - heart) + 0.08 * abdomen
+    density += 0.07 * heart + 0.09 * mediastinum * (1 - heart) + 0.04 * abdomen
 
     spine = (np.abs(X - mid) < anat.spine_half_width) & (Y > sy - 0.05)
     vertebra = 0.5 + 0.5 * np.cos(2 * np.pi * (Y - anat.rib_start) / (anat.rib_spacing * 0.9)) ** 8  # endplates
-    density += spine * (0.07 + 0.05 * vertebra)
+    density += spine * (0.025 + 0.035 * vertebra)
 
     density += _vessels(X, Y, mid, anat, lungs, rng, size)
-    density += _ribs(anat, mid, dy, size, body, lungs)
+    density += _ribs(anat, mid, dy, size, body, lungs) * (1.0 - 0.7 * abdomen)  # hidden by the liver
     density += _clavicles(anat, mid, dy, size)
     if anat.breast:
         for side in (-1, +1):
@@ -199,18 +201,18 @@ def _vessels(X: np.ndarray, Y: np.ndarray, mid: float, anat: Anatomy, lungs: np.
 def _ribs(anat: Anatomy, mid: float, dy: float, size: int, body: np.ndarray, lungs: np.ndarray) -> np.ndarray:
     """Posterior ribs: arcs from the spine, rising laterally then sweeping down, drawn as thick AA lines."""
     layer = np.zeros((size, size), np.float32)
-    thickness = max(1, int(round(0.017 * size)))
+    thickness = max(1, int(round(0.014 * size)))
     d = np.linspace(0.03, anat.body_half_width, 32)
-    for k in range(11):
+    for k in range(10):
         y0 = anat.rib_start + dy + k * anat.rib_spacing
         for side in (-1, +1):
             # rise to about a third of the way, then fall: a rib seen from behind
-            y = y0 - 0.05 * anat.rib_curve * np.sin(np.pi * d / 0.5) + 0.22 * anat.rib_curve * (d / 0.45) ** 2.2
+            y = y0 - 0.04 * anat.rib_curve * np.sin(np.pi * d / 0.5) + 0.32 * anat.rib_curve * (d / 0.45) ** 2.0
             pts = _to_px(mid + side * d, y, size)
             cv2.polylines(layer, [pts], False, 1.0, thickness, cv2.LINE_AA, _SHIFT)
     # the cortex is brighter than the marrow: outline = rib minus its eroded self
     core = cv2.erode(layer, np.ones((3, 3), np.uint8))
-    rib = 0.06 * layer + 0.04 * (layer - core)
+    rib = 0.03 * layer + 0.03 * (layer - core)
     return rib * body * (0.6 + 0.4 * lungs)
 
 

@@ -40,12 +40,12 @@ def sample_course(rng: np.random.Generator, finding: str, max_studies: int) -> C
     if finding == "normal":
         return Course(finding, sex, age, tuple(int(o) for o in offsets), (0.0,) * n, 0,
                       int(offsets[-1] + rng.integers(14, 61)), 0)
-    peak = float(np.clip(rng.beta(2.0, 2.2) * (1.0 if finding != "bacterial" else 0.85), 0.1, 1.0))
+    peak = float(np.clip(rng.beta(2.2, 1.6) * (1.0 if finding != "bacterial" else 0.85), 0.1, 1.0))
     peak_day = float(rng.uniform(2, 10))
     width = float(rng.uniform(4, 9))
     # risks depend on the whole course, not only on what was imaged
-    icu = int(rng.random() < _sigmoid(9.0 * (peak - 0.55) + 0.03 * (age - 60)))
-    died = int(rng.random() < _sigmoid(7.0 * (peak - 0.7) + 0.05 * (age - 60) + 1.0 * icu))
+    icu = int(rng.random() < _sigmoid(9.0 * (peak - 0.65) + 0.03 * (age - 60)))
+    died = int(rng.random() < _sigmoid(7.0 * (peak - 0.8) + 0.05 * (age - 60) + 1.0 * icu))
     t = offsets.astype(float)
     bump = np.exp(-((t - peak_day) ** 2) / (2 * width**2))
     if died:

@@ -45,16 +45,16 @@ def involved_fractions(pattern: DiseasePattern, severity: float) -> tuple[float,
         return 0.0, 0.0
     if pattern.finding == "bacterial":
         main = 0.05 + 0.75 * severity
-        spill = max(0.0, severity - 0.65) * 0.8  # severe bacterial pneumonia spreads to the other lung
+        spill = 0.03 + (severity - 0.75) * 0.8 if severity > 0.75 else 0.0  # severe: spreads to the other lung
         return (main, spill) if pattern.sides[0] else (spill, main)
     reach = 0.65 if pattern.finding == "viral" else 0.9
     return tuple(float(min(0.98, 0.04 + reach * severity * w)) for w in pattern.sides)  # type: ignore[return-value]
 
 
 def consolidation_share(finding: str, severity: float) -> float:
-    """Share of the involved region that is consolidation (the rest is ground glass)."""
+    """Share of a lung's involved region that is consolidation (the rest is ground glass)."""
     if finding == "bacterial":
-        return 0.75
+        return float(np.clip(1.2 * severity - 0.1, 0.0, 0.85))  # early lobar pneumonia starts as ground glass
     if finding == "viral":
         return 0.0 if severity < 0.7 else 0.2
     if finding == "covid19":
@@ -91,12 +91,13 @@ def _prior(pattern: DiseasePattern, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if pattern.finding == "bacterial":
         lo, hi = pattern.lobe
         centre = (lo + hi) / 2
-        inside = (v >= lo) & (v <= hi)  # the fissure gives a lobe a sharp border
+        fissure = 0.12 * (u - 0.5)  # fissures run obliquely, higher laterally, and give a lobe a sharp border
+        inside = (v >= lo - fissure) & (v <= hi - fissure)
         return np.exp(-((v - centre) ** 2) / 0.05 - ((u - 0.55) ** 2) / 0.3) * np.where(inside, 1.0, 0.15)
     if pattern.finding == "viral":
         return np.exp(-((u - 0.15) ** 2) / 0.12 - ((v - 0.5) ** 2) / 0.10)  # around the hilum
     if pattern.finding == "covid19":
-        return np.exp(-((1 - u) ** 2) / 0.15 - ((1 - v) ** 2) / 0.3)  # periphery, base
+        return np.exp(-((1 - u) ** 2) / 0.15 - ((1 - v) ** 2) / 0.15)  # periphery, base
     return np.zeros_like(u)
 
 
@@ -110,8 +111,8 @@ def draw_disease(pattern: DiseasePattern, severity: float, right_lung: np.ndarra
         return disease, consolidation, np.zeros((size, size), np.float32)
     blobs = _texture(pattern.texture_seed, size, 9)
     fine = _texture(pattern.texture_seed + 1, size, 40)
-    share = consolidation_share(pattern.finding, severity)
-    for lung, frac, lateral_left in zip((right_lung, left_lung), involved_fractions(pattern, severity), (True, False)):
+    for lung, frac, weight, lateral_left in zip((right_lung, left_lung), involved_fractions(pattern, severity),
+                                                pattern.sides, (True, False)):
         n = int(lung.sum())
         k = int(round(frac * n))
         if k == 0:
@@ -122,7 +123,8 @@ def draw_disease(pattern: DiseasePattern, severity: float, right_lung: np.ndarra
         vals = score.ravel()[idx]
         order = np.argsort(-vals, kind="stable")  # the k highest-scoring pixels: exactly the requested fraction
         disease.ravel()[idx[order[:k]]] = 1
-        kc = int(round(share * k))
+        # each lung consolidates at its own pace (its side weight), so the two lungs can differ in pattern
+        kc = int(round(consolidation_share(pattern.finding, severity * max(weight, 0.5)) * k))
         if kc:
             consolidation.ravel()[idx[order[:kc]]] = 1
     # appearance: hazy ground glass (reticular for viral), dense consolidation; soft edges kept inside the lungs

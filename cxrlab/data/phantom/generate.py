@@ -7,7 +7,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -18,7 +17,8 @@ from cxrlab.data.phantom.course import sample_course
 from cxrlab.data.phantom.disease import sample_pattern
 from cxrlab.data.phantom.render import MASK_NAMES, RenderedStudy, render_study
 from cxrlab.data.phantom.truth import ZONE_INVOLVEMENT_COLUMNS
-from cxrlab.errors import ConfigError, InputError
+from cxrlab.errors import ConfigError
+from cxrlab.io import write_png
 
 SOURCE = "phantom"
 MASK_CONSOLIDATION = "mask_consolidation"  # extra mask column: the consolidated part of mask_disease
@@ -47,13 +47,6 @@ def _marker_text(rng: np.random.Generator, ap: bool, marker_prob: float) -> str 
     return str(rng.choice(["PORTABLE", "AP"])) if ap else "L"
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise InputError(path, "OpenCV could not encode the PNG")
-    path.write_bytes(buf.tobytes())
-
-
 def _patient(args: tuple[Path, int, int, str, int, int, float]) -> list[dict]:
     """Render and write every study of one patient; independent RNG stream per patient (order-free, parallel)."""
     out, seed, index, finding, size, max_studies, marker_prob = args
@@ -62,24 +55,24 @@ def _patient(args: tuple[Path, int, int, str, int, int, float]) -> list[dict]:
     anat = sample_anatomy(rng, course.sex)
     pattern = sample_pattern(rng, finding)
     pid = f"PH{seed:03d}-{index:04d}"
-    rows = []
+    rows = []  # paths absolute in memory, as a Manifest holds them
     for j, (offset, severity) in enumerate(zip(course.offsets, course.severities)):
         srng = np.random.default_rng([seed, index, j + 1])
         ap = bool(srng.random() < (0.8 if severity > 0.5 else 0.2))  # sick patients get portable AP films
         study = render_study(anat, pattern, severity, _pose(srng, ap), size, srng,
                              _marker_text(srng, ap, marker_prob))
         name = f"{pid}_s{j + 1}.png"
-        _write_png(out / "images" / name, study.image)
+        write_png(out / "images" / name, study.image)
         row = {
-            schema.IMAGE: f"images/{name}", schema.PATIENT_ID: pid, schema.STUDY_ID: f"{pid}-s{j + 1}",
+            schema.IMAGE: str(out / "images" / name), schema.PATIENT_ID: pid, schema.STUDY_ID: f"{pid}-s{j + 1}",
             schema.OFFSET_DAYS: offset, schema.VIEW: "AP" if ap else "PA", schema.SEX: course.sex,
             schema.AGE: course.age, schema.SOURCE_DATASET: SOURCE, schema.FINDING: finding,
             schema.WENT_ICU: course.went_icu, schema.SURVIVAL_DAYS: course.survival_days,
             schema.DEATH_EVENT: course.death_event,
         }
         for kind, mask in study.masks.items():
-            _write_png(out / "masks" / kind / name, mask * 255)
-            row[MASK_COLUMN[kind]] = f"masks/{kind}/{name}"
+            write_png(out / "masks" / kind / name, mask, mask=True)
+            row[MASK_COLUMN[kind]] = str(out / "masks" / kind / name)
         row.update(study.truth)
         rows.append(row)
     return rows
@@ -97,7 +90,7 @@ def generate_phantom(out_dir: str | os.PathLike, n_patients: int = 60, size: int
     if n_patients < 1 or size < 32 or not 1 <= max_studies <= 6:
         raise ConfigError(f"phantom: need n_patients >= 1, size >= 32 and 1 <= max_studies <= 6 "
                           f"(got {n_patients}, {size}, {max_studies})")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # absolute in memory; save_manifest stores them relative
     (out / "images").mkdir(parents=True, exist_ok=True)
     for kind in MASK_NAMES:
         (out / "masks" / kind).mkdir(parents=True, exist_ok=True)

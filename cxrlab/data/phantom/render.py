@@ -23,7 +23,7 @@ class RenderedStudy:
 
 def _exposure(density: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     blurred = cv2.GaussianBlur(density, (0, 0), rng.uniform(0.6, 1.4) * size / 256)
-    contrast, offset, gamma = rng.uniform(1.1, 1.5), rng.uniform(-0.02, 0.06), rng.uniform(0.8, 1.25)
+    contrast, offset, gamma = rng.uniform(1.05, 1.4), rng.uniform(-0.02, 0.06), rng.uniform(0.8, 1.25)
     img = np.clip(blurred * contrast + offset, 0, 1) ** gamma
     grain = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), 0.7)
     img = img + rng.uniform(0.008, 0.025) * rng.standard_normal((size, size)).astype(np.float32) + 0.01 * grain

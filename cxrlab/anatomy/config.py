@@ -1,0 +1,149 @@
+"""The segmentation training config (pydantic; unknown keys are errors). Saved resolved as ``recipe.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrlab.data import schema
+from cxrlab.errors import ConfigError
+
+LUNG_TARGETS = [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG, schema.MASK_HEART]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Strict):
+    """Patient-level split. ``by_source`` splits each source separately so each keeps held-out patients."""
+
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    seed: int = 0
+    by_source: bool = True
+    split_csv: str | None = None  # reuse a saved split (columns image, patient_id, split)
+
+
+class AugmentConfig(_Strict):
+    enabled: bool = True
+    rotate: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.06
+    aspect: float = 0.1  # log x/y stretch: covers COVID-QU-Ex's squashed 256x256 images
+    gamma: float = 0.3
+    hflip: float = 0.0  # mirrored chests are not anatomical; post-processing corrects swapped sides anyway
+
+
+class SegmentationConfig(_Strict):
+    """Everything a segmentation run needs; the run directory saves it resolved (incl. the seed)."""
+
+    name: str = "lung"
+    arch: str = "unet"
+    encoder: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    size: int = 256
+    targets: list[str] = Field(default_factory=lambda: list(LUNG_TARGETS))
+    input: Literal["image", "image+lung"] = "image"
+    input_mask_column: str = schema.MASK_LUNGS
+    manifests: list[str] = Field(default_factory=list)
+    column_map: dict[str, str] = Field(default_factory=dict)
+    sources: list[str] | None = None  # fnmatch patterns on source_dataset; None = all
+    # Sources whose lung masks EXCLUDE the retrocardiac lung (SCR): lung channels ignore the heart region there.
+    retrocardiac_excluded_sources: list[str] = Field(default_factory=lambda: ["*SCR*"])
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(16, ge=1)
+    samples_per_epoch: int | None = Field(None, ge=1)  # source-balanced draw per epoch; None = all
+    val_max_images: int | None = Field(400, ge=1)
+    patience: int = Field(6, ge=1)
+    min_delta: float = Field(1e-3, ge=0)
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    threads: int | None = None
+    threshold: float = Field(0.5, gt=0, lt=1)
+    evaluate_test: bool = True
+    out: str = "runs/segment"
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v < 64 or v % 32:
+            raise ValueError("size must be a multiple of 32 and >= 64 (the encoders downsample by 32)")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v) or not all(c.startswith("mask_") for c in v):
+            raise ValueError("targets must be distinct mask columns (names starting with 'mask_')")
+        return v
+
+    @model_validator(mode="after")
+    def _lungs_paired(self) -> "SegmentationConfig":
+        has = {schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG} & set(self.targets)
+        if len(has) == 1:
+            raise ValueError("targets must hold both mask_right_lung and mask_left_lung or neither")
+        return self
+
+    @property
+    def in_channels(self) -> int:
+        return 2 if self.input == "image+lung" else 1
+
+    @property
+    def is_lung_model(self) -> bool:
+        return schema.MASK_RIGHT_LUNG in self.targets
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["epochs=5", "split.seed=3", "targets=[mask_heart]"]`` → values parsed as YAML scalars/lists."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return data
+
+
+def load_config(source: str | Path | dict[str, Any] | SegmentationConfig | None = None,
+                overrides: list[str] | None = None) -> SegmentationConfig:
+    """A YAML file, a dict or a config, plus ``key=value`` overrides → a validated config."""
+    if isinstance(source, SegmentationConfig):
+        data = source.model_dump()
+    elif isinstance(source, dict):
+        data = dict(source)
+    elif source is None:
+        data = {}
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the config must be a mapping")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return SegmentationConfig(**data)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid segmentation config: {msgs}") from None

@@ -1,0 +1,207 @@
+"""``train_segmentation(config) -> run_dir``: Dice + BCE, patient-level split, early stopping, resume.
+
+Run directory: ``recipe.yaml`` (the resolved config, incl. seed), ``split.csv``, ``checkpoints/{last,best}.pt``
+(written atomically every epoch), ``history.csv``, ``metrics.json`` (held-out test set, per source and
+structure) and ``predictions.parquet`` (per-image test metrics).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cxrlab.anatomy.architectures import create_segmentation_model
+from cxrlab.anatomy.config import SegmentationConfig, load_config
+from cxrlab.anatomy.data import SegmentationDataset, assign_split, balanced_draw, build_cache, load_table
+from cxrlab.anatomy.evaluate import evaluate_segmenter
+from cxrlab.anatomy.predict import LungSegmenter, autocast, load_checkpoint, resolve_precision
+from cxrlab.data.splits import save_split
+from cxrlab.errors import ConfigError
+from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, seed_everything
+
+Progress = Callable[[str, int, int, str], None]
+
+
+class DiceBCELoss(nn.Module):
+    """BCE-with-logits + soft Dice, both weighted per pixel and channel by ``w`` (0 = unsupervised).
+
+    Dice is computed per (image, channel) and averaged over the supervised pairs, so an image without a heart
+    mask neither rewards nor penalises the heart channel.
+    """
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, eps: float = 1.0):
+        super().__init__()
+        self.bce_weight, self.dice_weight, self.eps = bce_weight, dice_weight, eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        bce = (bce * weight).sum() / weight.sum().clamp_min(1.0)
+        p = torch.sigmoid(logits) * weight
+        t = target * weight
+        inter = (p * t).sum(dim=(2, 3))
+        denom = p.sum(dim=(2, 3)) + t.sum(dim=(2, 3))
+        supervised = (weight.sum(dim=(2, 3)) > 0).float()
+        dice = 1.0 - (2 * inter + self.eps) / (denom + self.eps)
+        dice = (dice * supervised).sum() / supervised.sum().clamp_min(1.0)
+        return self.bce_weight * bce + self.dice_weight * dice
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _resolved_recipe(cfg: SegmentationConfig, precision: str) -> str:
+    data = cfg.model_dump(mode="json")
+    header = (f"# cxrlab segmentation run; resolved config. precision used: {precision}; torch {torch.__version__};"
+              f" {platform.processor() or platform.machine()}\n")
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, loader: DataLoader, loss_fn: DiceBCELoss, precision: str, threshold: float,
+              lung_channels: np.ndarray) -> tuple[float, float]:
+    """Mean loss and mean hard Dice of the lung channels (supervised pixels only) on the letterboxed canvas."""
+    model.eval()
+    losses, dices = [], []
+    for x, y, w in loader:
+        with autocast(precision):
+            logits = model(x)
+        losses.append(float(loss_fn(logits, y, w)) * len(x))
+        pred = (torch.sigmoid(logits.float()) >= threshold).float()
+        chans = np.flatnonzero(lung_channels) if lung_channels.any() else np.arange(y.shape[1])
+        for c in chans:
+            wc = w[:, c]
+            sup = wc.sum(dim=(1, 2)) > 0
+            inter = (pred[:, c] * y[:, c] * wc).sum(dim=(1, 2))
+            denom = (pred[:, c] * wc).sum(dim=(1, 2)) + (y[:, c] * wc).sum(dim=(1, 2))
+            d = torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-6), torch.ones_like(denom))
+            dices.extend(d[sup].tolist())
+    n = len(loader.dataset)
+    return sum(losses) / max(n, 1), float(np.mean(dices)) if dices else float("nan")
+
+
+def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str | Path | None = None,
+                       resume: bool = False, progress: Progress | None = None) -> Path:
+    """Train a segmentation model; returns the run directory. ``progress(stage, done, total, status)``."""
+    cfg = load_config(config)
+    run_dir = Path(out if out is not None else cfg.out)
+    if out is not None:
+        cfg = cfg.model_copy(update={"out": str(run_dir)})
+    ckpt_dir = run_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    if last_path.exists() and not resume:
+        raise ConfigError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another --out")
+    if resume and not last_path.exists():
+        raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    if resume:
+        saved = load_config(run_dir / "recipe.yaml")
+        if saved.model_dump(exclude={"epochs", "out"}) != cfg.model_dump(exclude={"epochs", "out"}):
+            raise ConfigError(f"{run_dir}: --resume needs the run's own config (only 'epochs' may change)")
+    report = progress or (lambda *a: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    precision = resolve_precision(cfg.precision)
+    seed_everything(cfg.seed)
+
+    df = assign_split(load_table(cfg), cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "recipe.yaml", _resolved_recipe(cfg, precision))
+    save_split(df, run_dir / "split.csv")
+
+    work = df[df["split"].isin(["train", "val"])].reset_index(drop=True)
+    cache = build_cache(work, cfg, on_item=lambda i, n: report("load", i, n, "reading images"))
+    train_idx = np.flatnonzero(work["split"].to_numpy() == "train")
+    val_idx = np.flatnonzero(work["split"].to_numpy() == "val")
+    if len(train_idx) == 0:
+        raise ConfigError("the split left no training images")
+    if cfg.val_max_images and len(val_idx) > cfg.val_max_images:
+        val_idx = np.sort(np.random.default_rng(cfg.seed).choice(val_idx, cfg.val_max_images, replace=False))
+    train_ds = SegmentationDataset(cache, train_idx, cfg, train=True)
+    val_ds = SegmentationDataset(cache, val_idx if len(val_idx) else train_idx[:1], cfg, train=False)
+    lung_channels = train_ds.lung_channels
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False)
+
+    model = create_segmentation_model(cfg.arch, cfg.encoder, cfg.weights, cfg.in_channels, len(cfg.targets))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.02)
+    loss_fn = DiceBCELoss()
+    history: list[dict[str, Any]] = []
+    start_epoch, best, stale = 0, -math.inf, 0
+    if resume:
+        state = load_checkpoint(last_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        sched.T_max = cfg.epochs
+        start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+
+    per_epoch = cfg.samples_per_epoch or len(train_idx)
+    for epoch in range(start_epoch, cfg.epochs):
+        if stale >= cfg.patience:
+            break
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        positions = balanced_draw(cache.sources[train_idx], per_epoch, rng) if cfg.samples_per_epoch \
+            else rng.permutation(len(train_idx))
+        train_ds.epoch = epoch
+        loader = DataLoader(torch.utils.data.Subset(train_ds, positions.tolist()), batch_size=cfg.batch_size,
+                            shuffle=False, drop_last=len(positions) > cfg.batch_size)
+        model.train()
+        total, seen = 0.0, 0
+        for b, (x, y, w) in enumerate(loader):
+            with autocast(precision):
+                logits = model(x)
+            loss = loss_fn(logits, y, w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(x)
+            seen += len(x)
+            report("train", b + 1, len(loader), f"epoch {epoch + 1}/{cfg.epochs} loss {total / seen:.4f}")
+        train_time = time.perf_counter() - t0
+        sched.step()
+        val_loss, val_dice = _validate(model, val_loader, loss_fn, precision, cfg.threshold, lung_channels)
+        improved = val_dice > best + cfg.min_delta
+        best, stale = (val_dice, 0) if improved else (best, stale + 1)
+        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
+                        "val_dice": val_dice, "lr": opt.param_groups[0]["lr"], "train_seconds": train_time,
+                        "train_images_per_s": seen / train_time, "epoch_seconds": time.perf_counter() - t0,
+                        "precision": precision})
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "epoch": epoch, "best": best, "stale": stale, "history": history,
+                 "torch_rng": torch.get_rng_state(), "config": cfg.model_dump(mode="json")}
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if improved or not (ckpt_dir / "best.pt").exists():
+            _save_atomic(state, ckpt_dir / "best.pt")
+        _save_atomic(state, last_path)
+        with atomic_path(run_dir / "history.csv") as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
+        report("epoch", epoch + 1, cfg.epochs, f"val dice {val_dice:.4f} (best {best:.4f})")
+
+    metrics: dict[str, Any] = {"best_val_dice": best, "epochs_run": len(history), "precision": precision,
+                               "n_images": {k: int(v) for k, v in df["split"].value_counts().items()}}
+    test = df[df["split"] == "test"].reset_index(drop=True)
+    if cfg.evaluate_test and len(test):
+        seg = LungSegmenter.from_run(run_dir, "best", precision)
+        table, summary = evaluate_segmenter(seg, test, batch_size=cfg.batch_size,
+                                            on_item=lambda i, n: report("test", i, n, "evaluating"))
+        metrics["test"] = summary
+        with atomic_path(run_dir / "predictions.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return run_dir
+
+

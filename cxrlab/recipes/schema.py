@@ -1,0 +1,132 @@
+"""The recipe schema (pydantic): every key a training run reads, with defaults; unknown keys are errors.
+
+A recipe is YAML; ``--set train.lr=1e-4`` style overrides are applied before validation, and the resolved
+recipe (with its seed) is saved in the run directory so the run can be repeated from it alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Strict):
+    extra: Literal["train_only", "pooled"] = Field(
+        "train_only", description="manifests after the first: label fusion into training only, or pooled and split")
+    filter: dict[str, list[Any]] = Field(default_factory=dict, description="keep rows whose column is in the list")
+    rename: dict[str, str] = Field(default_factory=dict,
+                                   description="column renames applied to the extra manifests (label fusion)")
+
+
+class SplitSpec(_Strict):
+    ratios: list[float] = Field(default_factory=lambda: [0.7, 0.15, 0.15], description="train/val/test by patient")
+    stratify: str | None = Field(None, description="patient-level stratification column")
+    folds: int = Field(0, ge=0, description="k > 1: patient-level k-fold CV; `fold` is the test fold")
+    fold: int = Field(0, ge=0)
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="k-fold: share of training patients used for val")
+    column: str | None = Field(None, description="use this manifest column (train/val/test) as the split")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "SplitSpec":
+        if self.folds == 1:
+            raise ValueError("folds must be 0 (ratio split) or >= 2")
+        if self.folds and self.fold >= self.folds:
+            raise ValueError(f"fold must be < folds ({self.folds})")
+        return self
+
+
+class InputSpec(_Strict):
+    size: int = Field(224, ge=16, le=2048, description="square model input after resize-and-pad")
+    roi: str = Field("none", description="ROI scheme of cxrlab.anatomy (none, lung, midline, lungs, image+mask)")
+    roi_options: dict[str, Any] = Field(default_factory=dict)
+    clahe: str | bool = Field(False, description="False or 'True_<clip>_<grid>' (applied before the ROI)")
+    sharpen: bool = Field(False, description="unsharp masking before the ROI")
+    augment: list[str | dict[str, Any]] = Field(
+        default_factory=list, description="random training transforms (cxrlab.transforms specs)")
+    mask_columns: list[str] | None = Field(None, description="mask columns to read (default: those the ROI needs)")
+
+
+class ModelSpec(_Strict):
+    backbone: str = "resnet18"
+    weights: str = Field("none", description="none | imagenet | xrv:<name> | file:<path>")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class StageSpec(_Strict):
+    epochs: int = Field(10, ge=0)
+    train_blocks: int | Literal["all"] = Field(
+        "all", description="backbone stages trained (counted from the top); 0 = head only on a frozen backbone")
+    lr: float = Field(1e-3, gt=0)
+
+
+class TrainSpec(_Strict):
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec()])
+    balancing: str = Field("none", description="none | class_weight | sampler | under | over | double | focal")
+    focal_gamma: float = Field(2.0, ge=0)
+    double_balanced_fraction: float = Field(0.5, gt=0, le=1,
+                                            description="double: share of each stage's epochs on balanced data")
+    plateau_patience: int = Field(7, ge=0)
+    plateau_factor: float = Field(0.1, gt=0, lt=1)
+    early_stopping_patience: int = Field(10, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    feature_cache: Literal["auto", "off"] = Field("auto", description="cache frozen-part outputs when nothing random "
+                                                                     "precedes them")
+    cache_dir: str | None = Field(None, description="default: $CXRLAB_HOME/cache")
+    num_workers: int = Field(2, ge=0, description="processes preparing images (keep both cores busy)")
+    threads: int = Field(2, ge=1, description="torch intra-op threads")
+
+    @field_validator("stages")
+    @classmethod
+    def _some_stage(cls, v: list[StageSpec]) -> list[StageSpec]:
+        if not v:
+            raise ValueError("at least one stage is needed")
+        return v
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    reference: str = Field("", description="the publication this recipe follows")
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    input: InputSpec = Field(default_factory=InputSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    tasks: list[dict[str, Any]] = Field(description="task specs: {kind: diagnosis|binary|opacity|severity|zones, ...}")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_known(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from cxrlab.tasks import TaskSet
+
+        if not v:
+            raise ValueError("at least one task is needed")
+        TaskSet.from_config(v)  # unknown kinds or options fail here, with their name
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _balancing_known(cls, v: TrainSpec) -> TrainSpec:
+        from cxrlab.train.balancing import BALANCING
+
+        BALANCING.get(v.balancing)
+        return v
+
+    @field_validator("input")
+    @classmethod
+    def _roi_known(cls, v: InputSpec) -> InputSpec:
+        from cxrlab.anatomy.roi import ROI_SCHEMES
+
+        ROI_SCHEMES.get(v.roi)
+        return v

@@ -1,0 +1,379 @@
+"""End-to-end benchmark of the service pipeline (``cxrlab bench``; ``bench/end_to_end.py`` is the script).
+
+On one set of real images, in one run: per-stage timings, single-image latency (with heatmap) p50/p95 and
+batch throughput (lung segmentation + diagnosis, no heatmap) for every available backend; TorchXRayVision's
+DenseNet-121 with its own preprocessing as a reference; each model's achieved FLOP/s against this machine's
+measured fp32/bf16 GEMM peak; a loopback load test of the running service. Machine, date and load are recorded
+with the figures because the CPU may be shared.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrlab.errors import ConfigError
+from cxrlab.utils import atomic_write_json, atomic_write_text
+
+TARGET_BATCH_IPS = 12.0
+TARGET_LATENCY_P50_MS = 300.0
+
+
+# --- machine ----------------------------------------------------------------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 1.5) -> float:
+    """Measured dense matmul FLOP/s (``2 n^3`` per product) for ``dtype`` on this CPU, all torch threads."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2.0 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def count_flops(module: torch.nn.Module, sample: torch.Tensor) -> int:
+    """FLOPs of one forward pass of ``sample`` (PyTorch's FlopCounterMode; a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module.eval()(sample)
+    return int(counter.get_total_flops())
+
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values_ms, dtype=float)
+    return {"p50_ms": round(float(np.percentile(v, 50)), 1), "p95_ms": round(float(np.percentile(v, 95)), 1),
+            "n": int(v.size)}
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+def real_images(data_root: str | Path, n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` images drawn evenly from every ``manifest.csv`` folder under ``data_root`` (fixed seed)."""
+    root = Path(data_root)
+    manifests = sorted(root.glob("*/manifest.csv"))
+    if not manifests:
+        raise ConfigError(f"benchmark data: no */manifest.csv under {root}")
+    rng = np.random.default_rng(seed)
+    per = -(-n // len(manifests))
+    picked: list[tuple[str, bytes]] = []
+    for m in manifests:
+        df = pd.read_csv(m, usecols=["image"])
+        rows = rng.choice(len(df), size=min(per, len(df)), replace=False)
+        for r in rows:
+            path = m.parent / str(df["image"].iloc[int(r)])
+            picked.append((f"{m.parent.name}/{path.name}", path.read_bytes()))
+    order = rng.permutation(len(picked))[:n]
+    return [picked[i] for i in order]
+
+
+# --- pipeline timings -------------------------------------------------------------------------------------------
+
+def time_pipeline(pipeline: Any, datas: Sequence[bytes], batch_size: int = 16,
+                  batch_roles: Sequence[str] = ("lung", "diagnosis")) -> dict[str, Any]:
+    """Single-image latency with heatmap (p50/p95), median per-stage timings, and batch throughput of the
+    ``batch_roles`` stages without heatmap."""
+    from cxrlab.serve.pipeline import AnalysisPipeline
+
+    pipeline.warmup()
+    latencies, stage_ms = [], {}
+    for data in datas:
+        t0 = time.perf_counter()
+        analysis = pipeline.analyze(data, heatmap=True)
+        latencies.append(1000 * (time.perf_counter() - t0))
+        for name, ms in analysis.report["timings_ms"].items():
+            stage_ms.setdefault(name, []).append(ms)
+    sub = AnalysisPipeline([s for s in pipeline.stages if s.role in batch_roles], backend=pipeline.backend,
+                           max_pixels=pipeline.max_pixels, min_side=pipeline.min_side)
+    sub.analyze_many(list(datas[:batch_size]), heatmap=False)  # warm-up at batch size
+    t0 = time.perf_counter()
+    for start in range(0, len(datas), batch_size):
+        sub.analyze_many(list(datas[start:start + batch_size]), heatmap=False)
+    batch_s = time.perf_counter() - t0
+    return {
+        "latency_with_heatmap": percentiles(latencies),
+        "stage_median_ms": {k: round(float(np.median(v)), 2) for k, v in stage_ms.items()},
+        "batch": {"roles": [s.role for s in sub.stages], "batch_size": batch_size,
+                  "images_per_s": round(len(datas) / batch_s, 2), "n": len(datas)},
+    }
+
+
+def model_flops(pipeline: Any) -> list[dict[str, Any]]:
+    out = []
+    for stage in pipeline.stages:
+        for name, module, sample in stage.modules():
+            out.append({"model": name, "input": list(sample.shape), "gflops_per_image": count_flops(module, sample) / 1e9})
+    return out
+
+
+# --- TorchXRayVision reference ----------------------------------------------------------------------------------
+
+def xrv_reference(datas: Sequence[bytes], batch_size: int = 16) -> dict[str, Any]:
+    """TorchXRayVision DenseNet-121 (random weights: timing only) with its own preprocessing
+    (normalize to [-1024, 1024], XRayCenterCrop, XRayResizer(224)); decode with cxrlab.io like the pipeline."""
+    import torchvision
+    import torchxrayvision as xrv
+
+    from cxrlab.io import read_image_bytes
+
+    model = xrv.models.DenseNet(weights=None).eval()
+    transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)])
+
+    def prepare(data: bytes) -> np.ndarray:
+        image, _ = read_image_bytes(data, "bench")
+        return transform(xrv.datasets.normalize(image * 255.0, 255)[None]).astype(np.float32)
+
+    with torch.no_grad():
+        model(torch.from_numpy(prepare(datas[0]))[None])
+        latencies = []
+        for data in datas:
+            t0 = time.perf_counter()
+            model(torch.from_numpy(prepare(data))[None])
+            latencies.append(1000 * (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for start in range(0, len(datas), batch_size):
+            x = torch.from_numpy(np.stack([prepare(d) for d in datas[start:start + batch_size]]))
+            model(x)
+        batch_s = time.perf_counter() - t0
+        flops = count_flops(model, torch.zeros(1, 1, 224, 224))
+    return {"latency": percentiles(latencies), "images_per_s": round(len(datas) / batch_s, 2),
+            "gflops_per_image": flops / 1e9, "batch_size": batch_size}
+
+
+# --- load test --------------------------------------------------------------------------------------------------
+
+def load_test(url: str, datas: Sequence[bytes], n_requests: int = 200, concurrency: int = 8,
+              token: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """``n_requests`` POST /v1/analyze at ``concurrency`` (bounded thread pool); latencies and error count."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    statuses: list[int] = []
+    latencies: list[float] = []
+
+    def one(i: int) -> None:
+        data = datas[i % len(datas)]
+        t0 = time.perf_counter()
+        try:
+            with httpx.Client(timeout=timeout) as client:
+                r = client.post(f"{url}/v1/analyze", files={"file": ("image", data)}, headers=headers)
+            statuses.append(r.status_code)
+        except httpx.HTTPError:
+            statuses.append(-1)
+        latencies.append(1000 * (time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n_requests)))
+    wall = time.perf_counter() - t0
+    errors = sum(s != 200 for s in statuses)
+    return {"requests": n_requests, "concurrency": concurrency, "errors": errors,
+            "status_counts": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+            **percentiles(latencies), "requests_per_s": round(n_requests / wall, 2)}
+
+
+# --- the whole run ----------------------------------------------------------------------------------------------
+
+def run_benchmark(*, data: str | Path, config: str | Path | None, n_images: int = 64,
+                  out_md: str | Path = "docs/benchmarks/service.md",
+                  out_json: str | Path = "bench/results/end_to_end.json",
+                  n_requests: int = 200, concurrency: int = 8, batch_size: int = 16,
+                  backends: Sequence[str] | None = None,
+                  on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    from cxrlab.export import available_backends
+    from cxrlab.serve.app import create_app
+    from cxrlab.serve.config import load_service_config
+    from cxrlab.serve.pipeline import AnalysisPipeline
+    from cxrlab.serve.runner import start_background
+
+    step = on_step or (lambda msg: None)
+    config_path = Path(config) if config is not None else Path("runs/demo/service.yaml")
+    if not config_path.is_file():
+        raise ConfigError(f"benchmark: service config {config_path} not found (run `make demo` or pass --config)")
+    cfg = load_service_config(config_path)
+    images = real_images(data, n_images)
+    datas = [b for _, b in images]
+    result: dict[str, Any] = {"machine": machine_info(), "load_before": load_average(), "config": str(config_path),
+                              "models": {k: str(v) for k, v in cfg.models.present().items()},
+                              "images": {"n": len(datas), "data": str(data),
+                                         "folders": sorted({n.split("/")[0] for n, _ in images})}}
+    step("measuring GEMM peak")
+    result["gemm_peak_gflops"] = {"fp32": gemm_peak(torch.float32) / 1e9, "bf16": gemm_peak(torch.bfloat16) / 1e9}
+    result["backends"] = {}
+    flops = None
+    for backend in backends or available_backends():
+        step(f"pipeline on {backend}")
+        pipeline = AnalysisPipeline.from_config(cfg.model_copy(update={"backend": backend}))
+        if flops is None:
+            flops = model_flops(pipeline)
+        result["backends"][backend] = time_pipeline(pipeline, datas, batch_size=batch_size) | {
+            "load_after": load_average()}
+    result["model_flops"] = flops or []
+    step("TorchXRayVision reference")
+    result["xrv_densenet121"] = xrv_reference(datas, batch_size=batch_size)
+    step("loopback load test")
+    app = create_app(cfg)
+    server = start_background(app)
+    try:
+        result["load_test"] = load_test(server.url, datas, n_requests, concurrency) | {"backend": cfg.backend}
+    finally:
+        server.stop()
+    result["load_after"] = load_average()
+    result["summary"] = summarize(result)
+    atomic_write_json(out_json, result)
+    atomic_write_text(out_md, render_markdown(result))
+    return result
+
+
+def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    xrv_ips = r["xrv_densenet121"]["images_per_s"]
+    for name, b in r["backends"].items():
+        out[name] = {
+            "batch_images_per_s": b["batch"]["images_per_s"],
+            "latency_p50_ms": b["latency_with_heatmap"]["p50_ms"],
+            "latency_p95_ms": b["latency_with_heatmap"]["p95_ms"],
+            "batch_vs_xrv": round(b["batch"]["images_per_s"] / xrv_ips, 2) if xrv_ips else None,
+            "meets_batch_target": b["batch"]["images_per_s"] >= TARGET_BATCH_IPS,
+            "meets_latency_target": b["latency_with_heatmap"]["p50_ms"] <= TARGET_LATENCY_P50_MS,
+        }
+    lt = r["load_test"]
+    out["load_test"] = {"errors": lt["errors"], "p50_ms": lt["p50_ms"], "p95_ms": lt["p95_ms"]}
+    return out
+
+
+def _achieved(r: dict[str, Any]) -> list[str]:
+    """Rows: model, GFLOP/image, images/s in the batch run, achieved GFLOP/s, share of fp32/bf16 GEMM peak."""
+    rows = []
+    peak32, peak16 = r["gemm_peak_gflops"]["fp32"], r["gemm_peak_gflops"]["bf16"]
+    for backend, b in r["backends"].items():
+        ips = b["batch"]["images_per_s"]
+        batch_roles = b["batch"]["roles"]
+        for m in r["model_flops"]:
+            if m["model"] not in batch_roles:
+                continue
+            # Both batch models run on every image, so each one's share of the wall time is not separable here;
+            # the per-model network time from the stage medians apportions it.
+            net_ms = b["stage_median_ms"].get(_stage_key(m["model"]) + ".network") or b["stage_median_ms"].get(
+                _stage_key(m["model"]))
+            if not net_ms:
+                continue
+            achieved = m["gflops_per_image"] / (net_ms / 1000)
+            rows.append(f"| {m['model']} | {backend} | {m['gflops_per_image']:.2f} | {net_ms:.1f} | {achieved:.1f} | "
+                        f"{100 * achieved / peak32:.0f} % | {100 * achieved / peak16:.0f} % |")
+    xr = r["xrv_densenet121"]
+    xa = xr["gflops_per_image"] * xr["images_per_s"]
+    rows.append(f"| TorchXRayVision DenseNet-121 | torch-fp32 (batch) | {xr['gflops_per_image']:.2f} | "
+                f"{1000 / xr['images_per_s']:.1f} | {xa:.1f} | {100 * xa / peak32:.0f} % | {100 * xa / peak16:.0f} % |")
+    return rows
+
+
+def _stage_key(role: str) -> str:
+    return {"lung": "lung_segmentation", "opacity": "opacity_segmentation", "diagnosis": "diagnosis",
+            "icu": "icu"}.get(role, role)
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        "# Service and end-to-end benchmark",
+        "",
+        "Produced by `cxrlab bench` (script: `bench/end_to_end.py`); raw figures in `bench/results/end_to_end.json`.",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"Python {m['python']}",
+        f"- Date: {m['date']}",
+        f"- Load average (1/5/15 min) before: {r['load_before']}, after: {r['load_after']} — the CPU is shared, "
+        "so every figure is a lower bound on what an idle machine gives.",
+        f"- Images: {r['images']['n']} real images from {', '.join(r['images']['folders'])} "
+        f"(`{r['images']['data']}`), the same set for every backend and the reference.",
+        f"- Models: {', '.join(f'{k}: `{v}`' for k, v in r['models'].items())} (service config `{r['config']}`).",
+        f"- Measured GEMM peak (1024² matmul): fp32 {r['gemm_peak_gflops']['fp32']:.0f} GFLOP/s, "
+        f"bf16 {r['gemm_peak_gflops']['bf16']:.0f} GFLOP/s.",
+        "",
+        "## Throughput and latency per backend",
+        "",
+        f"Targets: lung segmentation + diagnosis without heatmaps ≥ {TARGET_BATCH_IPS:g} images/s (batch mode); "
+        f"single-image latency including the heatmap p50 ≤ {TARGET_LATENCY_P50_MS:g} ms.",
+        "",
+        "| backend | batch images/s (seg + diagnosis) | vs TorchXRayVision | latency p50 (ms) | p95 (ms) | "
+        "batch target | latency target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in r["summary"].items():
+        if name == "load_test":
+            continue
+        lines.append(f"| {name} | {s['batch_images_per_s']} | {s['batch_vs_xrv']}× | {s['latency_p50_ms']} | "
+                     f"{s['latency_p95_ms']} | {'met' if s['meets_batch_target'] else 'missed'} | "
+                     f"{'met' if s['meets_latency_target'] else 'missed'} |")
+    xr = r["xrv_densenet121"]
+    lines += [
+        "",
+        f"Reference: TorchXRayVision DenseNet-121 (random weights, its own preprocessing, torch fp32) "
+        f"{xr['images_per_s']} images/s in batches of {xr['batch_size']}, single-image latency p50 "
+        f"{xr['latency']['p50_ms']} ms, p95 {xr['latency']['p95_ms']} ms.",
+        "",
+        "## Stage timings (median ms per image, single-image requests with heatmap)",
+        "",
+    ]
+    stage_names = sorted({k for b in r["backends"].values() for k in b["stage_median_ms"]},
+                         key=lambda k: (k == "total", k))
+    lines.append("| stage | " + " | ".join(r["backends"]) + " |")
+    lines.append("|---|" + "---|" * len(r["backends"]))
+    for k in stage_names:
+        lines.append(f"| {k} | " + " | ".join(str(b["stage_median_ms"].get(k, "–")) for b in r["backends"].values())
+                     + " |")
+    lines += [
+        "",
+        "`*.network` is the time inside the network (the backend's share); the rest of a stage is pre- and "
+        "post-processing (letterbox resize, resizing back, connected components). Grad-CAM always runs in "
+        "PyTorch fp32 (it needs gradients), whatever the backend.",
+        "",
+        "## Achieved FLOP/s",
+        "",
+        "| model | backend | GFLOP / image | network ms / image | achieved GFLOP/s | of fp32 peak | of bf16 peak |",
+        "|---|---|---|---|---|---|---|",
+        *_achieved(r),
+        "",
+        "## Loopback load test",
+        "",
+    ]
+    lt = r["load_test"]
+    lines += [
+        f"{lt['requests']} requests to `POST /v1/analyze` at concurrency {lt['concurrency']} (backend "
+        f"{lt['backend']}, heatmaps on): errors {lt['errors']} (status counts {lt['status_counts']}), latency "
+        f"p50 {lt['p50_ms']} ms, p95 {lt['p95_ms']} ms, {lt['requests_per_s']} requests/s. The service runs one "
+        "inference at a time (the model already uses every core) and queues the rest, so latency under load is "
+        "queueing time plus one analysis.",
+        "",
+    ]
+    return "\n".join(lines)

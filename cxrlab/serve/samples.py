@@ -1,0 +1,61 @@
+"""Upload bytes from an in-memory image (PNG, JPEG, DICOM with made-up identifiers): for the service's tests,
+the benchmark's decode timings and the demo. The DICOM carries a fake patient name and ID on purpose, so that
+de-identification can be checked end to end."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+
+FAKE_PATIENT_NAME = "Doe^Jane"
+FAKE_PATIENT_ID = "PID-0001-SECRET"
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", _u8(image))[1].tobytes()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 92) -> bytes:
+    return cv2.imencode(".jpg", _u8(image), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def encode_dicom(image: np.ndarray, *, view_position: str = "PA", modality: str = "DX",
+                 monochrome1: bool = False, bits: int = 12) -> bytes:
+    """A single-frame DX/CR radiograph (``bits``-bit, optionally MONOCHROME1) with fake identifiers."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    hi = 2**bits - 1
+    pixels = np.round(np.clip(image, 0.0, 1.0) * hi).astype(np.uint16)
+    if monochrome1:
+        pixels = (hi - pixels).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = modality
+    ds.PatientName = FAKE_PATIENT_NAME
+    ds.PatientID = FAKE_PATIENT_ID
+    ds.PatientBirthDate = "19600101"
+    ds.AccessionNumber = "ACC-SECRET-42"
+    ds.InstitutionName = "Secret General Hospital"
+    ds.ViewPosition = view_position
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

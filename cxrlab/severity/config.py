@@ -1,0 +1,124 @@
+"""Severity configs (pydantic, unknown keys are errors): the training config and the fitted scoring parameters.
+
+A severity run directory::
+
+    runs/severity/<name>/
+      recipe.yaml        the resolved SeverityConfig (incl. seeds)
+      disease/           the Stage II segmentation run (a normal anatomy run directory)
+      scoring.json       ScoringParams: zone strategy, zone threshold, Brixia cut-points, what they were fitted on
+      severity.json      {"lung_run", "disease_run"}: what SeverityPipeline.from_run loads
+      predictions.parquet, metrics.json   (written by ``cxrlab severity evaluate``)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cxrlab.anatomy.config import apply_overrides
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.severity.scores import DEFAULT_BRIXIA_CUTPOINTS, DEFAULT_ZONE_THRESHOLD
+from cxrlab.utils import atomic_write_json
+
+ZoneStrategy = Literal["equal_area", "equal_height"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScoringParams(_Strict):
+    """Everything that turns masks into scores, besides the masks themselves."""
+
+    zone_strategy: ZoneStrategy = "equal_area"
+    zone_threshold: float = DEFAULT_ZONE_THRESHOLD
+    brixia_cutpoints: tuple[float, float, float] = DEFAULT_BRIXIA_CUTPOINTS
+    fitted_on: dict[str, Any] = Field(default_factory=dict)  # provenance: rows, reference, split
+
+    @field_validator("brixia_cutpoints")
+    @classmethod
+    def _ascending(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not v[0] <= v[1] <= v[2]:
+            raise ValueError("brixia_cutpoints must be ascending")
+        return v
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScoringParams":
+        path = Path(path)
+        if not path.exists():
+            raise InputError(path, "scoring parameters file does not exist")
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise InputError(path, f"invalid scoring parameters: {exc}") from None
+
+
+class BrixiaFitConfig(_Strict):
+    """Where the Brixia cut-points are fitted: BrixIA-scored images, patient-level split, train part only."""
+
+    manifests: list[str] = Field(default_factory=list)  # empty: the training manifests' rows with Brixia scores
+    columns_prefix: str = "brixia_"  # brixia_A..F (senior reader in cxrlab manifests); brixia_junior_ for the other
+    test_fraction: float = Field(0.3, ge=0, lt=1)  # external manifests only: held-out patients for evaluation
+    seed: int = 0
+
+
+class SeverityConfig(_Strict):
+    """The ``covid-scoring`` pipeline: a Stage I lung run + Stage II disease training + fitted scoring."""
+
+    name: str = "covid-scoring"
+    lung_run: str
+    manifests: list[str]
+    # Any anatomy SegmentationConfig key for the disease model (arch: one of the nine smp decoders, encoder,
+    # input: image | image+lung, size, epochs, ...). targets is fixed to [mask_disease].
+    disease: dict[str, Any] = Field(default_factory=dict)
+    # Rows without a disease mask whose finding is listed here are disease-free: they train with an empty mask
+    # (teaching "no disease"); other rows without a mask (e.g. non-COVID pneumonia, never annotated) are dropped.
+    disease_free_findings: list[str] = Field(default_factory=lambda: ["normal"])
+    # balanced: each epoch draws images with and without disease equally (anatomy's balanced draw over the
+    # groups "<source>|disease" / "<source>|clear"); natural: every training image once per epoch.
+    sampling: Literal["balanced", "natural"] = "balanced"
+    zone_strategy: ZoneStrategy = "equal_area"
+    zone_reference: Literal["mask", "brixia"] = "mask"  # what "zone affected" means when fitting the threshold
+    brixia: BrixiaFitConfig = Field(default_factory=BrixiaFitConfig)
+    seed: int = 0
+    out: str = "runs/severity"
+
+    @field_validator("disease")
+    @classmethod
+    def _no_targets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in ("targets", "manifests", "out", "name"):
+            if key in v:
+                raise ValueError(f"disease.{key} is set by the severity pipeline; remove it")
+        return v
+
+
+def load_severity_config(source: str | Path | dict[str, Any] | SeverityConfig,
+                         overrides: list[str] | None = None) -> SeverityConfig:
+    """A YAML file, a dict or a config, plus ``key=value`` overrides (``disease.epochs=5``) → validated."""
+    if isinstance(source, SeverityConfig):
+        data = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the config must be a mapping")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return SeverityConfig(**data)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid severity config: {msgs}") from None

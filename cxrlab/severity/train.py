@@ -1,0 +1,145 @@
+"""``train_severity(config) -> run_dir``: Stage II training on disease masks, then the scoring fit.
+
+1. Training table: rows with a ``mask_disease`` file, plus disease-free rows (``disease_free_findings``) with an
+   empty mask written under ``<run>/empty_masks/`` so the model also learns "nothing here"; rows without
+   a mask and not known to be clear (e.g. never-annotated pneumonia) are left out.
+2. Sampling: ``balanced`` tags each row ``<source>|disease`` or ``<source>|clear`` in the derived training
+   manifest, so the anatomy trainer's balanced draw gives both groups equal weight in every epoch (and its
+   patient-level split stratifies by them). The loss is the anatomy trainer's per-image Dice + BCE, whose
+   smoothed Dice is zero for an empty prediction on an empty mask, so clear images are learnable.
+3. ``cxrlab.anatomy.train_segmentation`` trains the disease model (any of the nine smp decoders, input
+   ``image`` or ``image+lung``) into ``<run>/disease``; its patient-level ``split.csv`` is the split of
+   everything below.
+4. The zone threshold is fitted on the validation split, the Brixia cut-points on Brixia-scored training
+   images (the training split, or the train part of a patient-level split of ``brixia.manifests``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cxrlab.anatomy.config import load_config
+from cxrlab.anatomy.train import train_segmentation
+from cxrlab.data import schema
+from cxrlab.data.manifest import Manifest, load_manifest, save_manifest
+from cxrlab.data.splits import assert_patient_disjoint, load_split, save_split, split_patients
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.io import image_size, read_mask, write_png
+from cxrlab.severity.config import SeverityConfig, load_severity_config
+from cxrlab.severity.fitting import brixia_columns, fit_scoring
+from cxrlab.severity.pipeline import PIPELINE_FILE, SCORING_FILE, SeverityPipeline
+from cxrlab.utils import atomic_write_json, atomic_write_text, seed_everything
+
+Progress = Callable[[str, int, int, str], None]
+GROUP_SEPARATOR = "|"
+
+
+def _has(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def load_rows(manifests: list[str]) -> pd.DataFrame:
+    if not manifests:
+        raise ConfigError("severity config: 'manifests' is empty")
+    frames = [load_manifest(p).df for p in manifests]
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def training_table(cfg: SeverityConfig, run_dir: Path, progress: Progress) -> pd.DataFrame:
+    """Rows Stage II can learn from, with a mask for each (empty for disease-free rows) and a sampling group."""
+    df = load_rows(cfg.manifests)
+    if schema.MASK_DISEASE not in df:
+        df[schema.MASK_DISEASE] = None
+    has_mask = df[schema.MASK_DISEASE].map(_has)
+    clear = ~has_mask & df.get(schema.FINDING, pd.Series(None, index=df.index)).isin(cfg.disease_free_findings)
+    df = df[has_mask | clear].reset_index(drop=True)
+    if df.empty:
+        raise InputError(", ".join(cfg.manifests), f"no row has a {schema.MASK_DISEASE} or a disease-free finding "
+                         f"({cfg.disease_free_findings})")
+    diseased = np.zeros(len(df), bool)
+    for i, row in df.iterrows():
+        if _has(row[schema.MASK_DISEASE]):
+            diseased[i] = read_mask(row[schema.MASK_DISEASE]).any()
+        else:
+            path = run_dir / "empty_masks" / f"{i:06d}_{Path(str(row[schema.IMAGE])).stem}.png"
+            write_png(path, np.zeros(image_size(row[schema.IMAGE]), np.uint8), mask=True)
+            df.at[i, schema.MASK_DISEASE] = str(path)
+        progress("masks", i + 1, len(df), "checking disease masks")
+    df["has_disease"] = diseased.astype(int)
+    if cfg.sampling == "balanced":
+        df[schema.SOURCE_DATASET] = [f"{s}{GROUP_SEPARATOR}{'disease' if d else 'clear'}"
+                                     for s, d in zip(df[schema.SOURCE_DATASET].astype(str), diseased)]
+    return df
+
+
+def disease_config(cfg: SeverityConfig, manifest: Path, run_dir: Path, n_rows: int) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": f"{cfg.name}-disease", "input": "image+lung", "encoder": "efficientnet_lite0",
+                            "seed": cfg.seed, "split": {"seed": cfg.seed}}
+    data = {**base, **cfg.disease}
+    data.update(targets=[schema.MASK_DISEASE], manifests=[str(manifest)], out=str(run_dir / "disease"))
+    if cfg.sampling == "balanced" and data.get("samples_per_epoch") is None:
+        split = data.get("split", {})
+        share = 1.0 - split.get("val_fraction", 0.15) - split.get("test_fraction", 0.15)
+        data["samples_per_epoch"] = max(1, int(round(n_rows * share)))
+    return data
+
+
+def brixia_rows(cfg: SeverityConfig, train_df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """Brixia-scored rows the cut-points may be fitted on (training patients only)."""
+    cols = brixia_columns(cfg.brixia.columns_prefix)
+    if not cfg.brixia.manifests:
+        return train_df.dropna(subset=cols) if all(c in train_df for c in cols) else train_df.iloc[0:0]
+    df = load_rows(cfg.brixia.manifests)
+    missing = [c for c in cols if c not in df]
+    if missing:
+        raise InputError(", ".join(cfg.brixia.manifests), f"no Brixia columns {missing}")
+    df = df.dropna(subset=cols).reset_index(drop=True)
+    t = cfg.brixia.test_fraction
+    df["split"] = split_patients(df, (1 - t, t), seed=cfg.brixia.seed).to_numpy() if t > 0 else "train"
+    save_split(df, run_dir / "brixia_split.csv")
+    return df[df["split"] == "train"]
+
+
+def train_severity(config: SeverityConfig | dict | str | Path, overrides: list[str] | None = None,
+                   resume: bool = False, progress: Progress | None = None) -> Path:
+    """Train Stage II, fit the scoring parameters, write a severity run directory; returns its path."""
+    cfg = load_severity_config(config, overrides)
+    report = progress or (lambda *a: None)
+    run_dir = Path(cfg.out)
+    if (run_dir / PIPELINE_FILE).exists() and not resume:
+        raise ConfigError(f"{run_dir} already holds a severity run; choose another out (or resume)")
+    lung_run = Path(cfg.lung_run)
+    if not (lung_run / "recipe.yaml").exists():
+        raise InputError(lung_run, "lung_run is not a segmentation run directory (no recipe.yaml)")
+    seed_everything(cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "recipe.yaml", "# cxrlab severity run; resolved config\n"
+                      + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    table = training_table(cfg, run_dir, report)
+    manifest_path = save_manifest(Manifest(table), run_dir / "disease_manifest.csv")
+    seg_cfg = load_config(disease_config(cfg, manifest_path, run_dir, len(table)))
+    disease_run = train_segmentation(seg_cfg, resume=resume and (run_dir / "disease" / "checkpoints").exists(),
+                                     progress=report)
+
+    split = load_split(disease_run / "split.csv")
+    table["split"] = table[schema.IMAGE].map(dict(zip(split[schema.IMAGE], split["split"])))
+    assert_patient_disjoint(table.dropna(subset=["split"]))
+    pipe = SeverityPipeline.from_runs(lung_run, disease_run)
+    val = table[table["split"] == "val"]
+    if val.empty:
+        val = table[table["split"] == "train"]  # tiny data: say so in fitted_on rather than fail
+    scoring = fit_scoring(pipe, val, brixia_rows(cfg, table[table["split"] == "train"], run_dir),
+                          zone_strategy=cfg.zone_strategy, zone_reference=cfg.zone_reference,
+                          brixia_prefix=cfg.brixia.columns_prefix,
+                          on_batch=lambda i, n: report("fit", i, n, "fitting scoring parameters"))
+    if table["split"].eq("val").sum() == 0:
+        scoring.fitted_on["warning"] = "no validation images: zone threshold fitted on training images"
+    scoring.save(run_dir / SCORING_FILE)
+    atomic_write_json(run_dir / PIPELINE_FILE, {"lung_run": str(lung_run.resolve()), "disease_run": "disease"})
+    return run_dir

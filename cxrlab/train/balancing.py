@@ -1,0 +1,89 @@
+"""Class-balancing strategies by name. They touch only the training part; validation and test are never resampled.
+
+A strategy turns the training strata (one class per item, -1 = unlabelled) into, per epoch, the item indices to
+visit (in order) and, for loss re-weighting, one weight per item.
+
+- ``none``: every item once, shuffled.
+- ``class_weight``: every item once; loss weight ``n / (K · n_c)``.
+- ``sampler``: a weighted random sampler (probability ∝ 1 / n_c, with replacement, as many draws as items),
+  like the imbalanced-dataset sampler of the COVID classification project.
+- ``under``: each epoch a fresh random subset of every class the size of the rarest.
+- ``over``: every class drawn with replacement up to the most frequent one's size; needs random augmentation
+  so the copies differ (the trainer enables it).
+- ``double``: the first part of every stage on under-sampled data, the rest on all of it.
+- ``focal``: every item once; focal loss with α = inverse class frequency (as ``class_weight``) and ``γ``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import WeightedRandomSampler
+
+from cxrlab.errors import ConfigError
+from cxrlab.registry import Registry
+
+
+@dataclass
+class Balancer:
+    name: str
+    needs_augmentation: bool = False
+    focal: bool = False
+    balanced_fraction: float = 0.5
+
+    def _counts(self, strata: np.ndarray) -> np.ndarray:
+        labelled = strata[strata >= 0]
+        if not len(labelled):
+            raise ConfigError(f"balancing {self.name}: no labelled training items")
+        return np.bincount(labelled)
+
+    def inverse_frequency(self, strata: np.ndarray) -> np.ndarray:
+        """Per-item weight n / (K · n_c) over the classes present (1 for unlabelled items)."""
+        counts = self._counts(strata)
+        present = counts > 0
+        w_class = np.zeros(len(counts))
+        w_class[present] = counts.sum() / (present.sum() * counts[present])
+        return np.where(strata >= 0, w_class[np.clip(strata, 0, None)], 1.0)
+
+    def sample_weight(self, strata: np.ndarray) -> np.ndarray | None:
+        return self.inverse_frequency(strata) if self.name in ("class_weight", "focal") else None
+
+    def epoch_indices(self, strata: np.ndarray, epoch: int, stage_epochs: int,
+                      generator: torch.Generator) -> np.ndarray:
+        """Training item indices for this (0-based, within the stage) epoch."""
+        n = len(strata)
+        mode = self.name
+        if mode == "double":
+            mode = "under" if epoch < max(1, round(self.balanced_fraction * stage_epochs)) else "none"
+        if mode == "sampler":
+            weights = torch.as_tensor(self.inverse_frequency(strata), dtype=torch.double)
+            return np.fromiter(WeightedRandomSampler(weights, n, replacement=True, generator=generator), int, n)
+        if mode in ("under", "over"):
+            counts = self._counts(strata)
+            present = np.flatnonzero(counts)
+            target = counts[present].min() if mode == "under" else counts[present].max()
+            picks = []
+            for c in present:
+                members = np.flatnonzero(strata == c)
+                if mode == "under":
+                    order = torch.randperm(len(members), generator=generator).numpy()[:target]
+                    picks.append(members[order])
+                else:  # every original once, then random copies up to the target
+                    extra = torch.randint(len(members), (target - len(members),), generator=generator).numpy()
+                    picks.append(np.concatenate([members, members[extra]]))
+            chosen = np.concatenate(picks + [np.flatnonzero(strata < 0)])
+            return chosen[torch.randperm(len(chosen), generator=generator).numpy()]
+        return torch.randperm(n, generator=generator).numpy()
+
+
+BALANCING: Registry[Balancer] = Registry("balancing strategy")
+for _name, _kwargs in {"none": {}, "class_weight": {}, "sampler": {}, "under": {},
+                       "over": {"needs_augmentation": True}, "double": {}, "focal": {"focal": True}}.items():
+    BALANCING.register(_name)(Balancer(_name, **_kwargs))
+
+
+def get_balancer(name: str, balanced_fraction: float = 0.5) -> Balancer:
+    base = BALANCING.get(name)
+    return Balancer(base.name, base.needs_augmentation, base.focal, balanced_fraction)

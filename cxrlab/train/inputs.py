@@ -1,0 +1,187 @@
+"""From manifest rows to model inputs: read, CLAHE/sharpen, ROI scheme, resize-and-pad, channel stack.
+
+The deterministic part runs once per image (with ``num_workers`` processes) and is cached on disk, keyed by
+the image file and the input spec; random augmentation is applied afterwards, per epoch, from a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxrlab.anatomy.roi import ROI_SCHEMES
+from cxrlab.data import schema
+from cxrlab.data.dataset import load_sample
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.recipes.schema import InputSpec
+from cxrlab.transforms import CLAHEd, ResizePadd, UnsharpMaskd, build_transforms
+from cxrlab.utils import atomic_path
+
+# Light geometric + intensity jitter used when a strategy needs augmentation and the recipe names none.
+DEFAULT_AUGMENT: list[dict[str, Any]] = [{"name": "rand_affine", "rotate": 10, "scale": [0.9, 1.1],
+                                          "translate": 0.05}, {"name": "rand_gamma", "log_range": 0.2}]
+# ROI schemes that read lung masks (from the manifest, or predicted by a lung model).
+_LUNG_MASK_COLUMNS = [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG, schema.MASK_LUNGS]
+
+
+def spec_hash(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+class InputPipeline:
+    """The recipe's ``input`` section as code: ``prepare(sample) -> [C×H×W float32]`` (one per ROI output)."""
+
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+        self.roi = ROI_SCHEMES.create(spec.roi, **spec.roi_options)
+        meta = ROI_SCHEMES.meta(spec.roi)
+        self.per_image: int = int(meta.get("per_image", 1))
+        self.in_chans: int = int(meta.get("in_channels", 1))
+        self.pre = []
+        if spec.clahe not in (False, "False", None):
+            self.pre.append(CLAHEd(histeq=spec.clahe if isinstance(spec.clahe, str) else "True_2_8"))
+        if spec.sharpen:
+            self.pre.append(UnsharpMaskd())
+        self.resize = ResizePadd(spec.size)
+
+    @property
+    def needs_masks(self) -> bool:
+        return self.spec.roi != "none"
+
+    def key(self) -> str:
+        """Identifies the deterministic preprocessing (cache key part)."""
+        return spec_hash({k: getattr(self.spec, k) for k in ("size", "roi", "roi_options", "clahe", "sharpen")})
+
+    def mask_columns(self, df: pd.DataFrame) -> list[str]:
+        if self.spec.mask_columns is not None:
+            return list(self.spec.mask_columns)
+        if not self.needs_masks:
+            return []
+        if {schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG} <= set(df.columns):
+            return [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG]
+        if schema.MASK_LUNGS in df.columns:
+            return [schema.MASK_LUNGS]
+        raise InputError("manifest", f"input.roi={self.spec.roi} needs lung masks: none of the columns "
+                         f"{_LUNG_MASK_COLUMNS} is present")
+
+    def prepare(self, sample: dict) -> list[np.ndarray]:
+        for t in self.pre:
+            sample = t(sample)
+        out = []
+        for s in self.roi(sample):
+            s = self.resize({schema.KEY_IMAGE: s[schema.KEY_IMAGE], schema.KEY_META: s.get(schema.KEY_META, {})})
+            image = np.asarray(s[schema.KEY_IMAGE], dtype=np.float32)
+            out.append(image[None] if image.ndim == 2 else image)
+        if len(out) != self.per_image:
+            raise InputError(sample.get(schema.KEY_META, {}).get("image", "<sample>"),
+                             f"ROI {self.spec.roi} gave {len(out)} inputs, expected {self.per_image}")
+        return out
+
+    def augmenter(self, force: bool) -> Callable | None:
+        specs = self.spec.augment or (DEFAULT_AUGMENT if force else [])
+        return build_transforms(specs, seed=0) if specs else None
+
+
+class _RowInputs(Dataset):
+    def __init__(self, df: pd.DataFrame, pipeline: InputPipeline, mask_columns: list[str]):
+        self.df, self.pipeline, self.mask_columns = df.reset_index(drop=True), pipeline, mask_columns
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        sample = load_sample(self.df.iloc[i], self.mask_columns, label_columns=[])
+        return np.stack(self.pipeline.prepare(sample))
+
+
+def image_key(row: pd.Series, mask_columns: Sequence[str]) -> str:
+    """Cache identity of a row's inputs: file paths, sizes and modification times of image and masks."""
+    parts = []
+    for col in [schema.IMAGE, *mask_columns]:
+        path = row.get(col)
+        if isinstance(path, str) and path:
+            st = os.stat(path)
+            parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+class TensorStore:
+    """A dict of tensors in one file (keyed by strings), loaded whole and rewritten atomically when it grows."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, torch.Tensor] = {}
+        if path.is_file():
+            try:
+                self.data = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a cache is disposable: rebuild rather than fail
+                self.data = {}
+
+    def missing(self, keys: Sequence[str]) -> list[int]:
+        return [i for i, k in enumerate(keys) if k not in self.data]
+
+    def stack(self, keys: Sequence[str]) -> torch.Tensor:
+        return torch.stack([self.data[k] for k in keys])
+
+    def add(self, keys: Sequence[str], values: torch.Tensor) -> None:
+        for k, v in zip(keys, values):
+            self.data[k] = v.clone()
+
+    def save(self) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save(self.data, tmp)
+
+
+def prepare_inputs(df: pd.DataFrame, pipeline: InputPipeline, cache_dir: Path | None, num_workers: int = 2,
+                   on_progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """``(rows, per_image, C, H, W)`` float16 inputs for ``df`` (absolute paths), from cache where possible."""
+    masks = pipeline.mask_columns(df)
+    for col in masks:
+        if col not in df.columns:
+            raise InputError("manifest", f"input.roi={pipeline.spec.roi} needs this mask column", field=col)
+    keys = [image_key(row, masks) for _, row in df.iterrows()]
+    store = TensorStore(cache_dir / f"inputs-{pipeline.key()}.pt") if cache_dir else None
+    todo = list(range(len(df))) if store is None else store.missing(keys)
+    if todo:
+        ds = _RowInputs(df.iloc[todo], pipeline, masks)
+        workers = min(num_workers, max(0, len(todo) // 16))
+        loader = DataLoader(ds, batch_size=8, num_workers=workers, collate_fn=lambda b: b,
+                            persistent_workers=False)
+        done, arrays = 0, []
+        for batch in loader:
+            arrays.extend(torch.from_numpy(a).half() for a in batch)
+            done += len(batch)
+            if on_progress:
+                on_progress(done, len(todo))
+        fresh = torch.stack(arrays)
+        if store is None:
+            return fresh
+        store.add([keys[i] for i in todo], fresh)
+        store.save()
+    if store is None:
+        raise ConfigError("no rows to prepare")
+    return store.stack(keys)
+
+
+class AugmentedItems(Dataset):
+    """Training items with seeded random augmentation: item ``i`` of epoch ``e`` always gets the same draw."""
+
+    def __init__(self, inputs: torch.Tensor, order: np.ndarray, augment: Callable, seed: int):
+        self.inputs, self.order, self.augment, self.seed = inputs, order, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, pos: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, pos])
+        image = self.inputs[self.order[pos]].float().numpy()
+        out = self.augment({schema.KEY_IMAGE: image, schema.KEY_META: {}}, rng)[schema.KEY_IMAGE]
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))

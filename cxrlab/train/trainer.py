@@ -1,0 +1,487 @@
+"""``train(recipe, data, out)``: the training loop behind every recipe.
+
+Stages (two-stage fine-tuning: head on a frozen backbone, then the last N blocks at a lower learning rate),
+balancing, ReduceLROnPlateau, early stopping on validation loss with the best weights restored, an atomic
+checkpoint after every epoch (``--resume`` continues to the same result as an uninterrupted run: every epoch
+draws its randomness from ``(seed, stage, epoch)``), and a cache of the frozen part's outputs when nothing random
+happens before it.
+
+Run directory: ``recipe.yaml``, ``split.csv``, ``model.json``, ``weights_report.json``, ``checkpoints/{last,best}.pt``,
+``history.csv``, ``metrics.json``, ``predictions.parquet``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cxrlab.data import schema
+from cxrlab.data.manifest import Manifest, load_manifest
+from cxrlab.data.splits import SPLIT, save_split
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.models import CxrNet, create_model, get_backbone_entry
+from cxrlab.models.weights import WeightSource
+from cxrlab.recipes import Recipe, load_recipe, save_recipe
+from cxrlab.tasks import TaskSet
+from cxrlab.train.balancing import get_balancer
+from cxrlab.train.data import TRAIN_ONLY, RunTable, build_table
+from cxrlab.train.inputs import AugmentedItems, InputPipeline, TensorStore, prepare_inputs, spec_hash
+from cxrlab.train.speed import autocast, resolve_channels_last, resolve_precision, to_memory_format
+from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, cxrlab_home, file_sha256, seed_everything
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    return (seed * 1_000_003 + stage * 10_007 + epoch) % (2**63)
+
+
+def build_tasks(recipe: Recipe, pipeline: InputPipeline) -> TaskSet:
+    if pipeline.per_image not in (1, 2):
+        raise ConfigError(f"input.roi={recipe.input.roi}: {pipeline.per_image} inputs per image is not supported")
+    tasks = TaskSet.from_config(recipe.tasks, per_side=pipeline.per_image == 2) if pipeline.per_image == 2 \
+        else TaskSet.from_config(recipe.tasks)
+    return tasks
+
+
+def build_model(recipe: Recipe, tasks: TaskSet, pipeline: InputPipeline, weights: str | None = None
+                ) -> tuple[CxrNet, Any]:
+    """The run's network: seeded, so a ``none`` initialisation is the same on every run of the recipe."""
+    seed_everything(recipe.seed)
+    return create_model(recipe.model.backbone, tasks.heads, in_chans=pipeline.in_chans,
+                        weights=recipe.model.weights if weights is None else weights, dropout=recipe.model.dropout)
+
+
+def _weights_identity(recipe: Recipe) -> str:
+    src = WeightSource.parse(recipe.model.weights)
+    if src.kind == "none":
+        return f"none-seed{recipe.seed}"  # a random init is identified by its seed
+    if src.kind == "file":
+        return f"file-{file_sha256(src.arg)[:16]}"
+    return str(src)
+
+
+@dataclass
+class StagePlan:
+    index: int
+    frozen: int  # backbone stages kept frozen (from the input side)
+    n_stages: int
+    cached: bool
+
+    @property
+    def start(self) -> int | None:
+        """Where training-time forward passes start: None = raw input, else stage index (n_stages = features)."""
+        return self.frozen if self.cached else None
+
+
+@dataclass
+class TrainState:
+    stage: int = 0
+    epoch: int = 0
+    best_val: float = math.inf
+    bad_epochs: int = 0
+    min_frozen: int | None = None  # fewest frozen stages so far: deeper ones were trained, their outputs changed
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, table: RunTable, tasks: TaskSet, pipeline: InputPipeline,
+                 inputs: torch.Tensor, model: CxrNet, run_dir: Path, show_progress: bool = True,
+                 on_epoch_end: EpochCallback | None = None):
+        self.recipe, self.table, self.tasks, self.pipeline = recipe, table, tasks, pipeline
+        self.inputs = inputs  # (items, C, H, W) float16
+        self.model = model
+        self.run_dir = run_dir
+        self.show_progress = show_progress
+        self.on_epoch_end = on_epoch_end
+        tr = recipe.train
+        self.precision = resolve_precision(tr.precision)
+        self.channels_last = resolve_channels_last(tr.channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.balancer = get_balancer(tr.balancing, tr.double_balanced_fraction)
+        self.train_items = table.items("train")
+        self.val_items = table.items("val")
+        strata = tasks.strata(table.item_targets)
+        self.train_strata = None if strata is None else strata[self.train_items]
+        if self.train_strata is None and tr.balancing != "none":
+            raise ConfigError(f"train.balancing={tr.balancing}: the primary task {tasks.primary.name} has no classes")
+        weights = None if self.train_strata is None else self.balancer.sample_weight(self.train_strata)
+        self.sample_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.focal_gamma = tr.focal_gamma if self.balancer.focal else 0.0
+        self.augment = pipeline.augmenter(force=self.balancer.needs_augmentation)
+        self.cache_dir = Path(tr.cache_dir) if tr.cache_dir else cxrlab_home() / "cache"
+        self.n_stages = len(model.backbone.stages())
+        self.ckpt_dir = run_dir / "checkpoints"
+        self._features: torch.Tensor | None = None
+        self._features_start: int | None = None
+
+    # --- stage set-up ---------------------------------------------------------------------------------
+    def plan(self, index: int, state: TrainState) -> StagePlan:
+        spec = self.recipe.train.stages[index]
+        trainable = self.n_stages if spec.train_blocks == "all" else min(int(spec.train_blocks), self.n_stages)
+        frozen = self.n_stages - trainable
+        untouched = state.min_frozen is None or frozen <= state.min_frozen
+        cached = (self.recipe.train.feature_cache == "auto" and frozen > 0 and self.augment is None and untouched)
+        return StagePlan(index, frozen, self.n_stages, cached)
+
+    def _set_trainable(self, plan: StagePlan) -> list[nn.Parameter]:
+        stages = self.model.backbone.stages()
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        for stage in stages[:plan.frozen]:
+            for p in stage.parameters():
+                p.requires_grad_(False)
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _train_mode(self, plan: StagePlan) -> None:
+        self.model.train()
+        for stage in self.model.backbone.stages()[:plan.frozen]:
+            stage.eval()  # frozen BatchNorm keeps its statistics: the frozen part is a fixed function
+
+    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        tr = self.recipe.train
+        if tr.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+        cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, weight_decay=tr.weight_decay)
+
+    # --- feature cache --------------------------------------------------------------------------------
+    def _cache_key(self, plan: StagePlan) -> str:
+        return spec_hash({"inputs": self.pipeline.key(), "backbone": self.recipe.model.backbone,
+                          "weights": _weights_identity(self.recipe), "in_chans": self.pipeline.in_chans,
+                          "frozen": plan.frozen, "precision": self.precision})
+
+    def _item_keys(self) -> list[str]:
+        df = self.table.df
+        return [f"{df[schema.IMAGE].iat[r]}#{s}" for r, s in zip(self.table.item_row, self.table.item_side)]
+
+    @torch.no_grad()
+    def _frozen_outputs(self, plan: StagePlan, progress: Any) -> torch.Tensor:
+        """Outputs of the frozen part for every item (pooled features when all of the backbone is frozen)."""
+        if self._features is not None and self._features_start == plan.frozen:
+            return self._features
+        store = TensorStore(self.cache_dir / f"features-{self._cache_key(plan)}.pt")
+        keys = self._item_keys()
+        todo = store.missing(keys)
+        if todo:
+            self.model.eval()
+            task = progress.add_task("caching frozen outputs", total=len(todo), status="") if progress else None
+            bs = self.recipe.train.batch_size
+            for i in range(0, len(todo), bs):
+                idx = todo[i:i + bs]
+                x = to_memory_format(self.inputs[idx].float(), self.channels_last)
+                with autocast(self.precision):
+                    if plan.frozen == plan.n_stages:
+                        out = self.model.features(x)
+                    else:
+                        out = self.model.boundary(x, plan.frozen)
+                # stored in half precision; uncached and resumed runs read the same rounded values
+                store.add([keys[j] for j in idx], out.float().contiguous().half())
+                if task is not None:
+                    progress.update(task, advance=len(idx))
+            store.save()
+        self._features, self._features_start = store.stack(keys), plan.frozen
+        return self._features
+
+    # --- passes ---------------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, plan: StagePlan | None) -> dict[str, torch.Tensor]:
+        x = to_memory_format(x, self.channels_last)
+        with autocast(self.precision):
+            if plan is None or plan.start is None:
+                return self.model(x)
+            if plan.start == plan.n_stages:
+                return self.model.forward_heads(x)
+            return self.model.forward_from(x, plan.start)
+
+    def _source(self, plan: StagePlan | None) -> torch.Tensor:
+        return self._features if plan is not None and plan.cached else self.inputs
+
+    def _batches_for_epoch(self, plan: StagePlan, items: np.ndarray, seed: int):
+        """``(start, x)`` per batch of ``items`` in order; augmented in worker processes when augmentation is on."""
+        bs = self.recipe.train.batch_size
+        if self.augment is None:
+            source = self._source(plan)
+            for i in range(0, len(items), bs):
+                yield i, source[items[i:i + bs]].float()
+            return
+        loader = torch.utils.data.DataLoader(
+            AugmentedItems(self.inputs, items, self.augment, seed), batch_size=bs, shuffle=False,
+            num_workers=self.recipe.train.num_workers)
+        for i, x in enumerate(loader):
+            yield i * bs, x
+
+    def train_epoch(self, plan: StagePlan, epoch: int, optimizer: torch.optim.Optimizer, progress: Any
+                    ) -> tuple[float, float]:
+        seed = _epoch_seed(self.recipe.seed, plan.index, epoch)
+        torch.manual_seed(seed)  # dropout draws
+        generator = torch.Generator().manual_seed(seed)
+        if self.train_strata is None:
+            pos = torch.randperm(len(self.train_items), generator=generator).numpy()
+        else:
+            pos = self.balancer.epoch_indices(self.train_strata, epoch, self.recipe.train.stages[plan.index].epochs,
+                                              generator)
+        self._train_mode(plan)
+        targets = torch.as_tensor(self.table.item_targets)
+        task = progress.add_task(f"stage {plan.index + 1} epoch {epoch + 1}", total=len(pos), status="") \
+            if progress else None
+        total, count, t0 = 0.0, 0, time.perf_counter()
+        bs = self.recipe.train.batch_size
+        for start, x in self._batches_for_epoch(plan, self.train_items[pos], seed):
+            batch_pos = pos[start:start + bs]
+            items = self.train_items[batch_pos]
+            if len(items) < 2 and self.model.training and plan.frozen < plan.n_stages:
+                continue  # BatchNorm cannot train on a batch of one
+            out = self._forward(x, plan)
+            w = None if self.sample_weight is None else self.sample_weight[batch_pos]
+            loss = self.tasks.loss(out, targets[items], w, self.focal_gamma)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(items)
+            count += len(items)
+            if task is not None:
+                progress.update(task, advance=len(items), status=f"loss {total / max(count, 1):.4f}")
+        seconds = time.perf_counter() - t0
+        if task is not None:
+            progress.remove_task(task)
+        return total / max(count, 1), count / max(seconds, 1e-9)
+
+    @torch.no_grad()
+    def predict_items(self, items: np.ndarray, plan: StagePlan | None) -> tuple[dict[str, np.ndarray], float]:
+        """Logits for ``items`` and their unweighted validation loss (no balancing weights, no focal term)."""
+        self.model.eval()
+        source = self._source(plan)
+        bs = max(self.recipe.train.batch_size, 64)
+        outs: dict[str, list[np.ndarray]] = {}
+        targets = torch.as_tensor(self.table.item_targets)
+        loss_sum, n = 0.0, 0
+        for i in range(0, len(items), bs):
+            idx = items[i:i + bs]
+            out = self._forward(source[idx].float(), plan)
+            loss_sum += float(self.tasks.loss(out, targets[idx])) * len(idx)
+            n += len(idx)
+            for k, v in out.items():
+                outs.setdefault(k, []).append(v.float().numpy())
+        return {k: np.concatenate(v) for k, v in outs.items()}, loss_sum / max(n, 1)
+
+    def evaluate(self, items: np.ndarray, plan: StagePlan | None) -> tuple[dict[str, float], float]:
+        logits, loss = self.predict_items(items, plan)
+        rows = np.unique(self.table.item_row[items])
+        decoded = self._decode(logits, items)
+        metrics = self.tasks.metrics(self.table.row_targets[rows], {k: v[rows] for k, v in decoded.items()})
+        return metrics, loss
+
+    def _decode(self, logits: dict[str, np.ndarray], items: np.ndarray) -> dict[str, np.ndarray]:
+        return self.tasks.decode(logits, self.table.item_row[items], self.table.item_side[items], len(self.table.df)) \
+            if self.tasks.per_side else _scatter(self.tasks.decode(logits), self.table.item_row[items],
+                                                 len(self.table.df))
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def _save_last(self, state: TrainState, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:
+        payload = {
+            "model": self.model.state_dict(), "state": state.__dict__,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "recipe": self.recipe.model_dump(mode="json"),
+        }
+        with atomic_path(self.ckpt_dir / "last.pt") as tmp:
+            torch.save(payload, tmp)
+
+    def _save_best(self, state: TrainState) -> None:
+        with atomic_path(self.ckpt_dir / "best.pt") as tmp:
+            torch.save({"model": self.model.state_dict(), "stage": state.stage, "epoch": state.epoch,
+                        "val_loss": state.best_val, "recipe": self.recipe.model_dump(mode="json")}, tmp)
+
+    def _restore_best(self) -> None:
+        best = torch.load(self.ckpt_dir / "best.pt", map_location="cpu", weights_only=False)
+        self.model.load_state_dict(best["model"])
+
+    def _write_history(self, state: TrainState) -> None:
+        with atomic_path(self.run_dir / "history.csv") as tmp:
+            pd.DataFrame(state.history).to_csv(tmp, index=False)
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def fit(self, state: TrainState, resume_payload: dict | None, progress: Any) -> StagePlan | None:
+        plan = None
+        stages = self.recipe.train.stages
+        tr = self.recipe.train
+        while state.stage < len(stages):
+            spec = stages[state.stage]
+            plan = self.plan(state.stage, state)
+            params = self._set_trainable(plan)
+            optimizer = self._optimizer(params, spec.lr)
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tr.plateau_factor,
+                                                                   patience=tr.plateau_patience)
+            if resume_payload is not None and resume_payload.get("optimizer") is not None:
+                optimizer.load_state_dict(resume_payload["optimizer"])
+                scheduler.load_state_dict(resume_payload["scheduler"])
+            resume_payload = None
+            if plan.cached:
+                self._frozen_outputs(plan, progress)
+            while state.epoch < spec.epochs and state.bad_epochs < tr.early_stopping_patience:
+                t0 = time.perf_counter()
+                train_loss, speed = self.train_epoch(plan, state.epoch, optimizer, progress)
+                val_metrics, val_loss = self.evaluate(self.val_items, plan)
+                scheduler.step(val_loss)
+                improved = val_loss < state.best_val
+                state.epoch += 1
+                if improved:
+                    state.best_val, state.bad_epochs = val_loss, 0
+                    self._save_best(state)
+                else:
+                    state.bad_epochs += 1
+                row = {"stage": state.stage + 1, "epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"],
+                       "train_loss": train_loss, "val_loss": val_loss, "best": improved,
+                       "train_images_per_s": speed, "seconds": time.perf_counter() - t0,
+                       **{f"val_{k}": v for k, v in val_metrics.items() if isinstance(v, float)}}
+                state.history.append(row)
+                self._write_history(state)
+                self._save_last(state, optimizer, scheduler)
+                if progress is not None:
+                    progress.console.print(
+                        f"stage {row['stage']} epoch {row['epoch']}: train loss {train_loss:.4f}  val loss "
+                        f"{val_loss:.4f}{'  *' if improved else ''}  ({speed:.0f} img/s)")
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(row)
+            # stage done: continue from the best weights so far; deeper stages may be trained next
+            self._restore_best()
+            state.min_frozen = plan.frozen if state.min_frozen is None else min(state.min_frozen, plan.frozen)
+            state.stage += 1
+            state.epoch, state.bad_epochs = 0, 0
+            self._save_last(state, None, None)
+        return plan
+
+
+def _scatter(decoded: dict[str, np.ndarray], rows: np.ndarray, n_rows: int) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in decoded.items():
+        v = np.asarray(v)
+        col = np.full(n_rows, None, dtype=object) if v.dtype == object else np.full(n_rows, np.nan)
+        col[rows] = v
+        out[k] = col
+    return out
+
+
+def _as_manifests(data: Sequence[str | os.PathLike | Manifest] | str | os.PathLike | Manifest) -> list[Manifest]:
+    items = [data] if isinstance(data, (str, os.PathLike, Manifest)) else list(data)
+    return [d if isinstance(d, Manifest) else load_manifest(d) for d in items]
+
+
+def _progress(show: bool):
+    if not show:
+        return None
+    from cxrlab.cli._common import progress  # the one progress style; imported lazily (library stays CLI-free)
+
+    return progress()
+
+
+def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike | Manifest] | str | Manifest,
+          out: str | os.PathLike, resume: bool = False, overrides: Sequence[str] = (), show_progress: bool = True,
+          on_epoch_end: EpochCallback | None = None) -> Path:
+    """Train ``recipe`` on ``data`` (manifest paths or Manifests; the first is split, see ``data.extra``) into
+    the run directory ``out``; ``resume=True`` continues an interrupted run from ``checkpoints/last.pt``."""
+    run_dir = Path(out)
+    last = run_dir / "checkpoints" / "last.pt"
+    payload = None
+    if resume:
+        if not last.is_file():
+            raise InputError(run_dir, "nothing to resume: no checkpoints/last.pt")
+        payload = torch.load(last, map_location="cpu", weights_only=False)
+        recipe = load_recipe(payload["recipe"])  # the run's own resolved recipe is authoritative
+    else:
+        if last.is_file():
+            raise ConfigError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
+        recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    manifests = _as_manifests(data)
+    torch.set_num_threads(recipe.train.threads)
+    pipeline = InputPipeline(recipe.input)
+    tasks = build_tasks(recipe, pipeline)
+    saved_split = pd.read_csv(run_dir / "split.csv", dtype={schema.PATIENT_ID: str}) if resume else None
+    table, dropped = build_table(recipe, manifests, tasks, pipeline.per_image, saved_split)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_recipe(recipe, run_dir / "recipe.yaml")
+        save_split(table.df, run_dir / "split.csv")
+    model, report = build_model(recipe, tasks, pipeline)
+    entry = get_backbone_entry(recipe.model.backbone)
+    atomic_write_json(run_dir / "weights_report.json", report.to_dict() if report else {"source": "none"})
+    atomic_write_json(run_dir / "model.json", {
+        **entry.contract(pipeline.in_chans, recipe.model.weights, recipe.input.size), "roi": recipe.input.roi,
+        "per_image": pipeline.per_image, "heads": {k: str(v) for k, v in model.heads.items()},
+        "tasks": tasks.config()})
+    state = TrainState()
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        state = TrainState(**payload["state"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        np.random.set_state(payload["rng"]["numpy"])
+        random.setstate(payload["rng"]["python"])
+    progress = _progress(show_progress)
+    cache_dir = Path(recipe.train.cache_dir) if recipe.train.cache_dir else cxrlab_home() / "cache"
+    with (progress if progress is not None else contextlib.nullcontext()):
+        task = progress.add_task("preparing images", total=len(table.df), status="") if progress else None
+        rows = prepare_inputs(table.df, pipeline, cache_dir, recipe.train.num_workers,
+                              (lambda d, t: progress.update(task, completed=d, total=t)) if progress else None)
+        inputs = rows.reshape(-1, *rows.shape[2:])  # (rows·per_image, C, H, W): item i = row i // per_image
+        trainer = Trainer(recipe, table, tasks, pipeline, inputs, model, run_dir, show_progress, on_epoch_end)
+        t0 = time.perf_counter()
+        plan = trainer.fit(state, payload, progress)
+        train_seconds = time.perf_counter() - t0
+        _finish(trainer, plan, dropped, train_seconds)
+    return run_dir
+
+
+def _finish(trainer: Trainer, plan: StagePlan | None, dropped: int, train_seconds: float) -> None:
+    """Predictions for every item with the best weights; metrics per split; written atomically."""
+    table, tasks = trainer.table, trainer.tasks
+    all_items = np.arange(len(table.item_row))
+    use = plan if plan is not None and plan.cached else None
+    logits, _ = trainer.predict_items(all_items, use)
+    decoded = trainer._decode(logits, all_items)
+    df = table.df
+    pred = pd.DataFrame({c: df[c].to_numpy() for c in [schema.IMAGE, schema.PATIENT_ID, SPLIT] if c in df.columns})
+    for c in (schema.SOURCE_DATASET, TRAIN_ONLY):
+        if c in df.columns:
+            pred[c.lstrip("_")] = df[c].to_numpy()
+    for c in tasks.columns:
+        pred[c] = df[c].to_numpy()
+    for k, v in decoded.items():
+        pred[k] = v
+    with atomic_path(trainer.run_dir / "predictions.parquet") as tmp:
+        pred.to_parquet(tmp, index=False)
+    metrics: dict[str, Any] = {}
+    for part in ("train", "val", "test"):
+        rows = np.flatnonzero(df[SPLIT].to_numpy() == part)
+        if len(rows):
+            metrics[part] = tasks.metrics(table.row_targets[rows], {k: v[rows] for k, v in decoded.items()})
+    history = trainer.run_dir / "history.csv"
+    hist = pd.read_csv(history) if history.is_file() else pd.DataFrame()
+    metrics["run"] = {
+        "epochs": int(len(hist)), "best_val_loss": float(hist["val_loss"].min()) if len(hist) else None,
+        "rows": int(len(df)), "rows_without_target": dropped, "items": int(len(all_items)),
+        "precision": trainer.precision, "channels_last": trainer.channels_last,
+        "train_seconds_this_call": round(train_seconds, 2), "seed": trainer.recipe.seed,
+    }
+    atomic_write_json(trainer.run_dir / "metrics.json", _finite(metrics))
+
+
+def _finite(obj: Any) -> Any:
+    """NaN → null (valid JSON; 'undefined' metrics such as an AUC without positives)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
