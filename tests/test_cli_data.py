@@ -86,3 +86,21 @@ def test_fuse_and_unknown_format(imported, tmp_path):
     assert fused.loc[fused["source_dataset"] == "ricord", "train_only"].eq(1).all()
     result = runner.invoke(app, ["data", "import", "cxrlab", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert isinstance(result.exception, InputError) and "does not exist" in str(result.exception)
+
+
+def test_import_with_options(tmp_path):
+    import json
+
+    import numpy as np
+
+    from cxrlab.io import write_png
+
+    for klass in ("Normal", "COVID"):
+        for i in range(2):
+            write_png(tmp_path / "src" / klass / f"p{i}_{klass}.png", np.full((64, 64), 0.5, np.float32))
+    run("import", "folder", tmp_path / "src", "--out", tmp_path / "out", "--opt", "label=diagnosis",
+        "--opt", r"patient-regex=^(p\d+)_")
+    df = load_manifest(tmp_path / "out").df
+    assert sorted(df["diagnosis"]) == ["covid", "covid", "normal", "normal"] and df["patient_id"].nunique() == 2
+    record = json.loads((tmp_path / "out" / "import.json").read_text())
+    assert record["format"] == "folder" and record["images"] == 4 and record["options"]["label"] == "diagnosis"

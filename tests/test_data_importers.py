@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlab.data import schema
 from cxrlab.data.importers import import_dataset, list_importers, register_importer
 from cxrlab.data.validate import errors, validate_manifest
 from cxrlab.errors import ConfigError, InputError

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from cxrlab.errors import InputError
 from cxrlab.io import deidentify_dicom, image_size, read_image, read_image_bytes
@@ -59,6 +59,8 @@ def make_dicom(path: Path | None, pixels: np.ndarray, *, modality: str = "CR", p
         ds.WindowCenter, ds.WindowWidth = window
     if compress == "rle":
         ds.compress(RLELossless, pixels)
+    elif compress == "j2k":  # encoded by pylibjpeg-openjpeg
+        ds.compress(JPEG2000Lossless, pixels, encoding_plugin="pylibjpeg")
     if path is not None:
         ds.save_as(path, enforce_file_format=True)
     return ds
@@ -108,12 +110,13 @@ def test_rescale_slope_changes_nothing_without_window_but_is_applied(tmp_path):
     assert img[0, 0] == pytest.approx(1.0) and img[-1, -1] == pytest.approx(0.0)
 
 
-def test_rle_compressed_matches_uncompressed(tmp_path):
+@pytest.mark.parametrize("codec, uid", [("rle", RLELossless), ("j2k", JPEG2000Lossless)])
+def test_compressed_matches_uncompressed(tmp_path, codec, uid):
     pixels = ramp()
-    make_dicom(tmp_path / "raw.dcm", pixels)
-    make_dicom(tmp_path / "rle.dcm", pixels, compress="rle")
-    assert pydicom.dcmread(tmp_path / "rle.dcm").file_meta.TransferSyntaxUID == RLELossless
-    np.testing.assert_array_equal(read_image(tmp_path / "raw.dcm")[0], read_image(tmp_path / "rle.dcm")[0])
+    make_dicom(tmp_path / "raw.dcm", pixels, bits_stored=12)
+    make_dicom(tmp_path / "c.dcm", pixels, bits_stored=12, compress=codec)
+    assert pydicom.dcmread(tmp_path / "c.dcm").file_meta.TransferSyntaxUID == uid
+    np.testing.assert_array_equal(read_image(tmp_path / "raw.dcm")[0], read_image(tmp_path / "c.dcm")[0])
 
 
 def test_8bit_dicom(tmp_path):
@@ -200,3 +203,31 @@ def test_size_limits(tmp_path):
     with pytest.raises(InputError, match="decompression bomb"):
         read_image(tmp_path / "big.dcm", max_pixels=1000)
     assert image_size(tmp_path / "big.dcm") == (64, 80)
+
+
+def test_voi_lut_sequence_is_applied(tmp_path):
+    from pydicom.dataset import Dataset as Item
+    from pydicom.sequence import Sequence
+
+    ds = make_dicom(None, ramp(), bits_stored=12)
+    item = Item()
+    item.add_new((0x0028, 0x3002), "US", [4096, 0, 16])  # LUT Descriptor: entries, first value, bits
+    item.add_new((0x0028, 0x3006), "US", [65535 - 16 * v for v in range(4096)])  # reversing LUT Data
+    ds.VOILUTSequence = Sequence([item])
+    ds.save_as(tmp_path / "lut.dcm", enforce_file_format=True)
+    img, _ = read_image(tmp_path / "lut.dcm")  # output range from the descriptor: 0..65535
+    assert img[0, 0] == pytest.approx(1.0) and img[-1, -1] == pytest.approx(15 / 65535, abs=1e-7)
+
+
+def test_dicom_without_preamble_named_dcm(tmp_path):
+    path = tmp_path / "raw.dcm"
+    make_dicom(path, ramp())
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM"
+    ds = pydicom.dcmread(path)
+    ds.preamble = None
+    ds.save_as(tmp_path / "nopre.dcm", enforce_file_format=False)
+    stripped = (tmp_path / "nopre.dcm").read_bytes()
+    assert stripped[128:132] != b"DICM"
+    img, header = read_image_bytes(stripped, "nopre.dcm")
+    assert header.format == "dicom" and img.shape == (64, 80)

@@ -68,6 +68,9 @@ def test_truncated_png_and_garbage(tmp_path):
         read_image(tmp_path / "g.png")
     with pytest.raises(InputError, match="missing.png.*does not exist"):
         read_image(tmp_path / "missing.png")
+    (tmp_path / "short.png").write_bytes(data[:20])  # header cut inside IHDR
+    with pytest.raises(InputError, match="short.png"):
+        image_size(tmp_path / "short.png")
 
 
 def test_decompression_bomb_and_min_size(tmp_path):

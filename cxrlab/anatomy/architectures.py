@@ -64,14 +64,19 @@ class SegmentationNet(nn.Module):
 
 
 def create_segmentation_model(arch: str, encoder: str, weights: str = "none", in_channels: int = 1,
-                              classes: int = 3) -> SegmentationNet:
-    """Build ``arch`` × ``encoder`` with ``weights`` (``none`` or ``imagenet`` where the encoder has them)."""
+                              classes: int = 3, **arch_kwargs: Any) -> SegmentationNet:
+    """Build ``arch`` × ``encoder`` with ``weights`` (``none`` or ``imagenet`` where the encoder has them);
+    ``arch_kwargs`` go to the smp class (e.g. ``decoder_channels`` for a lighter U-Net decoder)."""
     cls = ARCHITECTURES.get(arch)
     meta = ENCODERS.meta(encoder)
     if weights not in meta["weights"]:
         raise ConfigError(f"encoder {encoder!r} has no weights {weights!r}; available: {sorted(meta['weights'])}")
     if in_channels < 1 or classes < 1:
         raise ConfigError(f"in_channels and classes must be >= 1, got {in_channels}, {classes}")
-    net = cls(encoder_name=meta["smp_name"], encoder_weights=None, in_channels=in_channels, classes=classes)
+    try:
+        net = cls(encoder_name=meta["smp_name"], encoder_weights=None, in_channels=in_channels, classes=classes,
+                  **arch_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"architecture {arch!r}: {exc}") from None
     meta["weights"][weights](net.encoder, in_channels)
     return SegmentationNet(net, in_channels, meta["mean"], meta["std"])

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import pandas as pd
 import typer
 from rich.table import Table
 
 from cxrlab.cli._common import console, progress
 from cxrlab.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas loads with the command that needs it, so `cxrlab --help` stays fast
+    import pandas as pd
 
 data_app = typer.Typer(help="Datasets: import native layouts, validate, summarise, exclude, split, fuse, phantom.",
                        no_args_is_help=True)
@@ -33,6 +35,8 @@ def _opts(items: list[str] | None) -> dict[str, str]:
 
 
 def _table(df: pd.DataFrame, title: str, max_rows: int = 40) -> Table:
+    import pandas as pd
+
     table = Table(title=title, title_justify="left", show_lines=False)
     index_name = " / ".join(str(n) for n in df.index.names if n) or ""
     table.add_column(index_name, style="bold")
@@ -76,9 +80,11 @@ def import_cmd(
     parquet: bool = typer.Option(False, help="also write manifest.parquet"),
     validate: bool = typer.Option(True, help="validate the imported manifest"),
 ) -> None:
-    """Import a dataset's native layout into DIR/manifest.csv (paths stored relative to DIR)."""
+    """Import a dataset's native layout into DIR/manifest.csv (paths relative to DIR) and DIR/import.json."""
+    from cxrlab import __version__
     from cxrlab.data.importers import import_dataset
     from cxrlab.data.manifest import save_manifest
+    from cxrlab.utils import atomic_write_json
 
     start = time.perf_counter()
     with console.status(f"importing {fmt} from {src}"):
@@ -87,6 +93,9 @@ def import_cmd(
     path = save_manifest(manifest, out / "manifest.csv")
     if parquet:
         save_manifest(manifest, out / "manifest.parquet")
+    atomic_write_json(out / "import.json", {"format": fmt, "src": str(src.resolve()), "options": _opts(opt),
+                                            "images": len(manifest), "seconds": round(seconds, 3),
+                                            "notes": manifest.attrs.get("notes", []), "cxrlab": __version__})
     for note in manifest.attrs.get("notes", []):
         console.print(f"note: {note}")
     console.print(f"[green]imported[/] {len(manifest)} images of {manifest.df['patient_id'].nunique()} patients "
@@ -254,5 +263,7 @@ def phantom_cmd(
         task = bar.add_task("phantom patients", total=n_patients, status="")
         path = generate_phantom(out, n_patients=n_patients, size=size, seed=seed, n_jobs=jobs,
                                 on_patient=lambda done, total: bar.update(task, completed=done))
+    import pandas as pd
+
     console.print(f"wrote {path} ({len(pd.read_csv(path))} images)")
     console.print(json.dumps({"manifest": str(path), "seed": seed, "size": size, "n_patients": n_patients}))

@@ -32,12 +32,15 @@ def mask_key(column: str) -> str:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
+    """None, NaN/NA/NaT or a blank string: the ways a CSV or Parquet cell says 'nothing here'."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 def _plain(value: Any) -> Any:
     """numpy/pandas scalars -> Python scalars; missing -> None (so samples serialise and compare simply)."""
-    if _missing(value) or value is pd.NA:
+    if _missing(value):
         return None
     return value.item() if isinstance(value, np.generic) else value
 

@@ -21,9 +21,10 @@ from cxrlab.evaluate.multiclass import classification_scores, confusion_matrix, 
 from cxrlab.evaluate.ordinal import collapse_scores, macro_mae, ordinal_metrics, quadratic_kappa
 from cxrlab.evaluate.regression import bland_altman, regression_metrics, regression_scores
 from cxrlab.evaluate.subgroups import bin_column, subgroup_table
+from cxrlab.evaluate.report import build_report
 
 __all__ = [
-    "Estimate", "agreement_table", "bin_column", "binary_metrics", "bland_altman", "bootstrap", "brier",
+    "Estimate", "agreement_table", "bin_column", "binary_metrics", "build_report", "bland_altman", "bootstrap", "brier",
     "calibration", "classification_scores", "collapse_scores", "confusion_matrix", "expected_calibration_error",
     "macro_mae", "multiclass_metrics", "ordinal_metrics", "quadratic_kappa", "regression_metrics",
     "regression_scores", "reliability_curve", "roc_auc", "subgroup_table", "threshold_metrics",

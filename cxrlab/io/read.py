@@ -109,7 +109,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
-            if head.startswith(PNG_MAGIC) and head[12:16] == b"IHDR":
+            if len(head) >= 24 and head.startswith(PNG_MAGIC) and head[12:16] == b"IHDR":
                 width, height = struct.unpack(">II", head[16:24])
                 return int(height), int(width)
     except OSError as exc:

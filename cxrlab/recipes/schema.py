@@ -83,7 +83,7 @@ class TrainSpec(_Strict):
                                                                      "precedes them")
     cache_dir: str | None = Field(None, description="default: $CXRLAB_HOME/cache")
     num_workers: int = Field(2, ge=0, description="processes preparing images (keep both cores busy)")
-    threads: int = Field(2, ge=1, description="torch intra-op threads")
+    threads: int = Field(1, ge=1, description="torch intra-op threads (1: on a shared CPU more threads spin and stall)")
 
     @field_validator("stages")
     @classmethod

@@ -105,8 +105,21 @@ class AnalysisPipeline:
                 continue
             cases.append((i, case))
         if cases:
-            self.run([c for _, c in cases], heatmap=heatmap)
-            for i, case in cases:
+            try:
+                self.run([c for _, c in cases], heatmap=heatmap)
+                done = cases
+            except InputError:
+                # One image a stage cannot take (e.g. no lung for a lung-ROI classifier) must not fail the
+                # others: run them one by one and keep each one's error.
+                done = []
+                for i, case in cases:
+                    case.report, case.timings_ms = {"quality": case.report["quality"]}, dict(case.timings_ms)
+                    try:
+                        self.run([case], heatmap=heatmap)
+                        done.append((i, case))
+                    except InputError as exc:
+                        out[i] = exc
+            for i, case in done:
                 out[i] = self.finish(case)
         return out  # type: ignore[return-value]
 

@@ -5,6 +5,7 @@ de-identification can be checked end to end."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -59,3 +60,28 @@ def encode_dicom(image: np.ndarray, *, view_position: str = "PA", modality: str 
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def train_tiny_runs(out_dir: str | Path, manifest: str | Path) -> dict[str, Path]:
+    """Train tiny versions of every model the service loads (seconds each, on a phantom manifest), with the
+    other packages' own trainers, and write ``out_dir/service.yaml`` naming them. For tests and smoke runs:
+    the models are real run directories but far too small to mean anything clinically.
+
+    Reuses an existing ``out_dir/service.yaml`` (several test modules of one session share the runs).
+    """
+    from cxrlab.anatomy.train import train_segmentation
+    from cxrlab.serve.config import write_service_config
+    from cxrlab.severity.train import train_severity
+
+    out = Path(out_dir)
+    config = out / "service.yaml"
+    runs = {"lung": out / "lung", "opacity": out / "severity"}
+    if config.is_file():
+        return runs | {"config": config}
+    tiny = {"arch": "unet", "encoder": "resnet18", "weights": "none", "size": 64, "epochs": 1, "batch_size": 8,
+            "samples_per_epoch": 8, "val_max_images": 4, "evaluate_test": False, "seed": 0}
+    train_segmentation({**tiny, "manifests": [str(manifest)]}, out=runs["lung"])
+    train_severity({"lung_run": str(runs["lung"]), "manifests": [str(manifest)], "out": str(runs["opacity"]),
+                    "disease": {**tiny, "input": "image+lung"}})
+    write_service_config(config, lung_run=runs["lung"], opacity_run=runs["opacity"])
+    return runs | {"config": config}

@@ -324,3 +324,192 @@ def severity_section(rec: dict[str, float]) -> dict[str, Any]:
                    "geographic_extent": rec["geographic_extent"], "opacity_score": rec["opacity_score"],
                    "involvement_lungs": rec["involvement_lungs"]},
     }
+
+
+def to_image_frame(heat: np.ndarray, applied: list[dict[str, Any]]) -> np.ndarray | None:
+    """Map a map on the model-input canvas back onto the uploaded image by undoing the recorded geometric steps
+    (``meta["applied"]``); None when a step cannot be undone (e.g. the midline split records no geometry)."""
+    import cv2
+
+    from cxrlab.transforms import undo_resize_pad
+
+    out = heat.astype(np.float32)
+    for step in reversed(applied):
+        name = step["name"]
+        if name == "resize_pad":
+            out = undo_resize_pad(out, step, is_mask=False)
+        elif name == "resize":
+            h, w = step["orig_shape"]
+            out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
+        elif name == "crop_to_mask":
+            y0, y1, x0, x1 = step["box"]
+            canvas = np.zeros(step["orig_shape"], np.float32)
+            canvas[y0:y1, x0:x1] = cv2.resize(out, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) \
+                if out.shape != (y1 - y0, x1 - x0) else out
+            out = canvas
+        elif name == "hflip":
+            out = out[:, ::-1]
+        elif name in ("clahe", "unsharp"):
+            continue
+        else:
+            return None
+    return out
+
+
+class _ClassifierStage(Stage):
+    """A trained classifier run (``cxrlab.train``), rebuilt with :func:`cxrlab.explain.run.load_explain_model`
+    and fed exactly as in training (the run's input pipeline: intensity steps, ROI, resize-and-pad), with the
+    lung masks of the lung stage when its ROI needs them."""
+
+    task_kind = ""
+
+    def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam"):
+        import torch
+
+        from cxrlab.explain.run import load_explain_model
+        from cxrlab.export import create_backend
+
+        super().__init__(run_dir)
+        self.em = load_explain_model(run_dir)
+        self.cam_method = cam_method
+        spec = self.em.pipeline.spec
+        self.sample = torch.rand(1, self.em.pipeline.in_chans, spec.size, spec.size)
+        self.fast = create_backend(backend, self.em.model, sample=self.sample, onnx_path=fresh_onnx(self.run_dir))
+        self.task = self._task()
+
+    def _task(self) -> Any:
+        for task in self.em.tasks.tasks:
+            if task.kind == self.task_kind:
+                return task
+        raise ConfigError(f"{self.run_dir}: no {self.task_kind} task in this run "
+                          f"(tasks: {[t.kind for t in self.em.tasks.tasks]})")
+
+    @classmethod
+    def matches(cls, recipe: dict[str, Any], text: str) -> bool:
+        tasks = recipe.get("tasks") or []
+        return bool(tasks) and isinstance(tasks[0], dict) and tasks[0].get("kind") == cls.task_kind
+
+    def modules(self) -> list[tuple[str, Any, Any]]:
+        return [(self.role, self.em.model, self.sample)]
+
+    def prepare(self, case: Any) -> list[tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]]:
+        """``[(C×H×W input, lung mask in the same frame or None, applied geometric steps)]`` per model input."""
+        from cxrlab.data import schema
+
+        sample: dict[str, Any] = {schema.KEY_IMAGE: case.image, schema.KEY_META: {"image": "upload"}}
+        for key in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK):
+            if key in case.masks:
+                sample[key] = case.masks[key]
+        if self.em.pipeline.needs_masks and schema.KEY_RIGHT_MASK not in sample:
+            raise ConfigError(f"{self.run_dir}: input.roi={self.em.pipeline.spec.roi} needs lung masks: "
+                              "configure a lung model")
+        for t in self.em.pipeline.pre:
+            sample = t(sample)
+        out = []
+        for s in self.em.pipeline.roi(sample):
+            s = self.em.pipeline.resize(s)
+            masks = [np.asarray(s[k]) for k in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK)
+                     if k in s]
+            lungs = (np.maximum.reduce(masks) > 0).astype(np.uint8) if masks else None
+            image = np.asarray(s[schema.KEY_IMAGE], dtype=np.float32)
+            out.append((image[None] if image.ndim == 2 else image, lungs,
+                        list(s.get(schema.KEY_META, {}).get("applied", []))))
+        return out
+
+    def forward(self, cases: list[Any], timer: Timer) -> tuple[Any, list[list[Any]], dict[str, np.ndarray]]:
+        """Prepare, run the backend, decode with the run's tasks: (input batch, per-case inputs, decoded)."""
+        import torch
+
+        from cxrlab.errors import InputError
+
+        with timer(f"{self.role}.preprocess"):
+            prepared = []
+            for case in cases:
+                try:
+                    prepared.append(self.prepare(case))
+                except InputError as exc:  # e.g. a lung ROI on an image where no lung was found
+                    raise InputError("upload", f"{self.role} model cannot read this image: {exc.reason}") from None
+            flat = [item for per_case in prepared for item in per_case]
+            item_row = np.repeat(np.arange(len(prepared)), [len(p) for p in prepared])
+            item_side = np.concatenate([np.arange(len(p)) for p in prepared])
+            x = torch.from_numpy(np.stack([a for a, _, _ in flat]))
+        before = self.fast.seconds
+        out = self.fast(x)
+        timer.seconds[f"{self.role}.network"] = self.fast.seconds - before
+        logits = {k: v.float().numpy() for k, v in out.items()}
+        decoded = self.em.tasks.decode(logits, item_row, item_side, len(prepared))
+        return x, prepared, decoded
+
+    @staticmethod
+    def outputs_of(decoded: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+        """Every decoded column of case ``i`` (probabilities, predictions, per-side grades)."""
+        return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in decoded.items()}
+
+
+@STAGES.register("diagnosis")
+class DiagnosisStage(_ClassifierStage):
+    """Class probabilities; with heatmaps on, Grad-CAM of the top class (one backward pass, PyTorch fp32) mapped
+    back onto the image, and its concordance with the lungs (HCS of :mod:`cxrlab.explain`)."""
+
+    role = "diagnosis"
+    task_kind = "diagnosis"
+
+    def run(self, cases: list[Any], *, heatmap: bool) -> dict[str, float]:
+        timer = Timer()
+        with timer("diagnosis"):
+            x, prepared, decoded = self.forward(cases, timer)
+        classes = list(self.task.classes)
+        for i, case in enumerate(cases):
+            probs = {c: float(decoded[f"prob_{c}"][i]) for c in classes}
+            case.report["diagnosis"] = {"probabilities": probs, "predicted": max(probs, key=probs.get),
+                                        "outputs": self.outputs_of(decoded, i)}
+        if heatmap:
+            with timer("gradcam"):
+                self._heatmaps(cases, x, prepared)
+        return timer.seconds
+
+    def _heatmaps(self, cases: list[Any], x: Any, prepared: list[list[Any]]) -> None:
+        from cxrlab.explain import OutputTarget, compute_cam, heatmap_concordance, lung_fraction
+        from cxrlab.explain.heatmap import rescale
+        head_module = self.em.model.as_classifier(self.task.name)
+        classes = list(self.task.classes)
+        targets, owners = [], []
+        for i, (case, per_case) in enumerate(zip(cases, prepared)):
+            k = classes.index(case.report["diagnosis"]["predicted"])
+            targets += [OutputTarget(k)] * len(per_case)
+            owners += [i] * len(per_case)
+        maps = rescale(compute_cam(head_module, x, self.cam_method, self.em.target_layers, targets))
+        start = 0
+        for i, (case, per_case) in enumerate(zip(cases, prepared)):
+            own = maps[start:start + len(per_case)]
+            start += len(per_case)
+            hcs = [heatmap_concordance(m, lungs) for m, (_, lungs, _) in zip(own, per_case)
+                   if lungs is not None and lungs.any()]
+            frames = [to_image_frame(m, applied) for m, (_, _, applied) in zip(own, per_case)]
+            if all(f is not None and f.shape == case.image.shape for f in frames):
+                case.heatmap = np.max(np.stack(frames), axis=0)
+            finite = [h for h in hcs if np.isfinite(h)]
+            case.report["heatmap"] = {
+                "method": self.cam_method, "target": case.report["diagnosis"]["predicted"],
+                "concordance": float(np.mean(finite)) if finite else None,
+                "chance_level": float(np.mean([lung_fraction(l) for _, l, _ in per_case if l is not None]))
+                if any(l is not None for _, l, _ in per_case) else None,
+                "shown_on_image": case.heatmap is not None,
+            }
+
+
+@STAGES.register("icu")
+class IcuStage(_ClassifierStage):
+    """ICU-admission risk from a binary-outcome run."""
+
+    role = "icu"
+    task_kind = "binary"
+
+    def run(self, cases: list[Any], *, heatmap: bool) -> dict[str, float]:
+        timer = Timer()
+        with timer("icu"):
+            _, _, decoded = self.forward(cases, timer)
+        for i, case in enumerate(cases):
+            case.report["icu"] = {"risk": float(decoded[f"prob_{self.task.column}"][i]),
+                                  "outcome": self.task.column, "outputs": self.outputs_of(decoded, i)}
+        return timer.seconds

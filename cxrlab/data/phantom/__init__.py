@@ -5,9 +5,10 @@
 the tests run exactly the code path of real data. ``render_sample(...)`` renders one sample dict in memory.
 
 Anatomy (:mod:`.anatomy`): body outline and soft tissue, two lungs of varying shape and size, the heart on
-the PATIENT's left (= image right on PA/AP), mediastinum with aortic knob, spine, posterior ribs, clavicles,
-diaphragm domes (right higher), breast shadows; per study: inspiration, AP magnification, shift, rotation
-(+-5 degrees), blur, exposure (contrast, offset, gamma), noise, and an occasional text marker.
+the PATIENT's left (= image right on PA/AP), mediastinum with aortic knob, trachea and main bronchi, spine,
+posterior ribs, clavicles, diaphragm domes (right higher), breast shadows; per study: inspiration, AP
+magnification, shift, rotation (+-5 degrees), blur, exposure (contrast, offset, gamma), noise, and an
+occasional text marker.
 
 Disease (:mod:`.disease`), drawn only inside the lungs as ground glass and consolidation:
 normal (none); bacterial (focal lobar consolidation, one lung); viral (bilateral perihilar interstitial);

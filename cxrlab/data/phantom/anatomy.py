@@ -175,6 +175,7 @@ def render_anatomy(anat: Anatomy, pose: Pose, size: int, rng: np.random.Generato
     vertebra = 0.5 + 0.5 * np.cos(2 * np.pi * (Y - anat.rib_start) / (anat.rib_spacing * 0.9)) ** 8  # endplates
     density += spine * (0.025 + 0.035 * vertebra)
 
+    density -= _airways(mid, dy, size) * (1 - lungs)  # trachea and main bronchi: air inside the mediastinum
     density += _vessels(X, Y, mid, anat, lungs, rng, size)
     density += _ribs(anat, mid, dy, size, body, lungs) * (1.0 - 0.7 * abdomen)  # hidden by the liver
     density += _clavicles(anat, mid, dy, size)
@@ -214,6 +215,20 @@ def _ribs(anat: Anatomy, mid: float, dy: float, size: int, body: np.ndarray, lun
     core = cv2.erode(layer, np.ones((3, 3), np.uint8))
     rib = 0.03 * layer + 0.03 * (layer - core)
     return rib * body * (0.6 + 0.4 * lungs)
+
+
+def _airways(mid: float, dy: float, size: int) -> np.ndarray:
+    """Trachea down to the carina, then the two main bronchi towards the hila (drawn as dark AA lines)."""
+    layer = np.zeros((size, size), np.float32)
+    carina = 0.34 + dy
+    cv2.polylines(layer, [_to_px(np.array([mid, mid]), np.array([0.0, carina]), size)], False, 1.0,
+                  max(1, int(round(0.028 * size))), cv2.LINE_AA, _SHIFT)
+    for side, drop in ((-1, 0.05), (+1, 0.07)):  # the left main bronchus is longer and more horizontal
+        xs = np.array([mid, mid + side * 0.035, mid + side * 0.07])
+        ys = np.array([carina, carina + drop * 0.6, carina + drop])
+        cv2.polylines(layer, [_to_px(xs, ys, size)], False, 1.0, max(1, int(round(0.016 * size))), cv2.LINE_AA,
+                      _SHIFT)
+    return 0.07 * layer
 
 
 def _clavicles(anat: Anatomy, mid: float, dy: float, size: int) -> np.ndarray:

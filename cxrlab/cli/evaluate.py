@@ -1,0 +1,59 @@
+"""``cxrlab evaluate RUN`` (metrics.json + report.html) and ``cxrlab explain RUN IMAGE... --out DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cxrlab.cli._common import console, progress
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+    app.command("explain")(explain)
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory (with predictions.parquet)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Manifest with extra columns (sex, age, view, "
+                                        "lung masks for HCS) joined on the image path."),
+    readers: Optional[Path] = typer.Option(None, "--readers", help="Reader table: 'image' and "
+                                           "'<target column>@<reader>' columns (CSV/Parquet)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/evaluation)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Patient-level bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap and sampling seed."),
+    gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Heatmap overlays and HCS (needs the model)."),
+    method: str = typer.Option("gradcam", "--method", help="CAM method for the gallery and HCS."),
+) -> None:
+    """Evaluate a run: metrics with patient-level CIs, subgroups, reader agreement, HCS, HTML report."""
+    from cxrlab.evaluate.report import build_report
+
+    with console.status(f"evaluating {run} ({n_boot} bootstrap resamples"
+                        f"{', heatmaps' if gallery else ''})"):
+        path = build_report(run, data=data, readers=readers, out=out, n_boot=n_boot, seed=seed, gallery=gallery,
+                            cam_method=method)
+    console.print(f"metrics: {path.parent / 'metrics.json'}")
+    console.print(f"report:  {path}")
+
+
+def explain(
+    run: Path = typer.Argument(..., help="Run directory (with recipe.yaml and checkpoints/best.pt)."),
+    images: list[Path] = typer.Argument(..., help="Image files to explain."),
+    out: Path = typer.Option(..., "--out", help="Folder for overlay PNGs and explain.json."),
+    method: str = typer.Option("gradcam", "--method", help="CAM method (see --list-methods)."),
+    head: Optional[str] = typer.Option(None, "--head", help="Model head to explain (default: the first)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Manifest listing the images, for lung masks (HCS, "
+                                        "contour)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="HCS threshold relative to the heatmap's peak."),
+) -> None:
+    """Heatmap overlays (image, lung contour, probability-weighted CAM) and HCS for images."""
+    from cxrlab.explain.cams import CAM_METHODS
+    from cxrlab.explain.run import explain_images
+
+    CAM_METHODS.get(method)  # unknown method: one-line error listing the known ones
+    with progress() as bar:
+        folder = explain_images(run, images, out, method=method, head=head, threshold=threshold, data=data,
+                                progress=bar)
+    console.print(f"overlays and explain.json in {folder}")

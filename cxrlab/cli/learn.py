@@ -1,0 +1,69 @@
+"""``cxrlab train``, ``cxrlab predict``, ``cxrlab recipes list|show``: a thin layer over cxrlab.train / recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cxrlab.cli._common import console
+
+
+def register(app: typer.Typer) -> None:
+    recipes_app = typer.Typer(help="Shipped training recipes.", no_args_is_help=True)
+
+    @app.command("train")
+    def train_cmd(
+        recipe: str = typer.Argument(..., help="recipe name (cxrlab recipes list) or path to a YAML file"),
+        data: list[Path] = typer.Option(..., "--data", help="manifest(s); the first is split by patient, later "
+                                        "ones follow the recipe's data.extra (label fusion)"),
+        out: Path = typer.Option(..., "--out", help="run directory"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="override a recipe key: train.lr=1e-4"),
+        resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+    ) -> None:
+        """Train a recipe; writes a self-describing run directory."""
+        from cxrlab.train import train
+
+        run_dir = train(recipe, data, out, resume=resume, overrides=set_ or [])
+        console.print(f"run written to [bold]{run_dir}[/] (metrics.json, predictions.parquet)")
+
+    @app.command("predict")
+    def predict_cmd(
+        run: Path = typer.Argument(..., help="a training run directory"),
+        inputs: list[Path] = typer.Argument(..., help="image files, a folder of images, or a manifest"),
+        out: Path = typer.Option(..., "--out", help="output table (.csv or .parquet)"),
+        lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="segmentation run giving lung masks "
+                                                  "when the recipe's ROI needs them and the input has none"),
+    ) -> None:
+        """Predict with a trained run on new images."""
+        from cxrlab.train import load_run
+        from cxrlab.utils import atomic_path
+
+        table = load_run(run).predict(inputs if len(inputs) > 1 else inputs[0], lung_model=lung_model)
+        with atomic_path(out) as tmp:
+            if out.suffix == ".parquet":
+                table.to_parquet(tmp, index=False)
+            else:
+                table.to_csv(tmp, index=False)
+        console.print(f"{len(table)} prediction(s) written to [bold]{out}[/]")
+
+    @recipes_app.command("list")
+    def recipes_list() -> None:
+        """Recipe names and what they do."""
+        from cxrlab.recipes import list_recipes
+
+        for name, description in list_recipes().items():
+            console.print(f"[bold]{name}[/]  {description}")
+
+    @recipes_app.command("show")
+    def recipes_show(
+        name: str = typer.Argument(..., help="recipe name or YAML path"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key before showing"),
+    ) -> None:
+        """Print the fully resolved recipe (defaults filled in, overrides applied)."""
+        from cxrlab.recipes import load_recipe, recipe_yaml
+
+        console.print(recipe_yaml(load_recipe(name, set_ or [])), highlight=False, markup=False)
+
+    app.add_typer(recipes_app, name="recipes")

@@ -1,0 +1,253 @@
+"""``build_report(run_dir, ...)``: ``metrics.json`` and a self-contained ``report.html`` for a run directory.
+
+Everything the HTML shows is embedded (figures and overlays as base64 PNG), so the file can be mailed or
+attached to a paper's supplement. Heatmaps need the run's model (torch): they are computed by
+``cxrlab.explain``, imported only here and only when the gallery is requested, so the metric modules stay
+torch-free.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import importlib.metadata
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from cxrlab.errors import CxrlabError, InputError
+from cxrlab.evaluate import figures
+from cxrlab.evaluate.bootstrap import DEFAULT_N_BOOT
+from cxrlab.evaluate.evaluation import SUBGROUP_KEYS, eval_split, evaluate_predictions, fingerprint, labelled
+from cxrlab.evaluate.run import SPLIT, RunData, Target, read_run, targets_of
+from cxrlab.evaluate.template import REPORT_TEMPLATE
+from cxrlab.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("cxrlab", "numpy", "pandas", "scikit-learn", "scipy", "matplotlib", "torch", "torchvision", "timm",
+            "grad-cam", "segmentation-models-pytorch")
+MASK_COLUMNS = ("mask_lungs", "mask_right_lung", "mask_left_lung")
+
+
+def software_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _resolve_images(df: pd.DataFrame, base: Path) -> pd.DataFrame:
+    df = df.copy()
+    df["image"] = [str(Path(p) if Path(p).is_absolute() else (base / p).resolve()) for p in df["image"].astype(str)]
+    return df
+
+
+def load_readers(readers: str | os.PathLike | pd.DataFrame | None) -> pd.DataFrame | None:
+    """A reader table: ``image`` plus ``<target column>@<reader>`` columns (paths relative to the file)."""
+    if readers is None or isinstance(readers, pd.DataFrame):
+        return readers
+    from cxrlab.data.manifest import read_table
+
+    path = Path(readers)
+    table = read_table(path)
+    if "image" not in table.columns:
+        raise InputError(path, "reader table needs an 'image' column", field="image")
+    return _resolve_images(table, path.parent)
+
+
+def merge_manifest(pred: pd.DataFrame, data: str | os.PathLike | None) -> pd.DataFrame:
+    """Add the manifest's columns (sex, age, view, masks...) that the predictions lack, joined on the image."""
+    if data is None:
+        return pred
+    from cxrlab.data.manifest import load_manifest
+
+    manifest = load_manifest(data).df
+    extra = [c for c in manifest.columns if c not in pred.columns]
+    merged = pred.merge(manifest[["image", *extra]].drop_duplicates("image"), on="image", how="left")
+    if extra and merged[extra].isna().all(axis=None):
+        raise InputError(data, "no image of the run's predictions is listed in this manifest")
+    return merged
+
+
+def _b64(png: bytes | None) -> str | None:
+    return base64.b64encode(png).decode("ascii") if png else None
+
+
+def _figures(result: dict) -> dict[tuple[str, str], list[dict]]:
+    figs: dict[tuple[str, str], list[dict]] = {}
+    for name, t in result["targets"].items():
+        for split, r in t["splits"].items():
+            items = []
+            m = r["metrics"]
+            if t["kind"] == "binary" and "roc" in r:
+                items.append(("ROC curve", figures.roc_figure({name: r["roc"]}, {name: m["auc"]["value"]},
+                                                              f"{name} ({split})")))
+                items.append(("Precision-recall curve", figures.pr_figure(
+                    {name: r["pr"]}, {name: m["prevalence"]["value"]}, f"{name} ({split})")))
+            if t["kind"] == "multiclass" and r.get("roc"):
+                aucs = {c: m.get(f"auc[{t['classes'].index(c)}]", {}).get("value", float("nan")) for c in r["roc"]}
+                items.append(("ROC curves, one-vs-rest", figures.roc_figure(r["roc"], aucs, f"{name} ({split})")))
+                prev = {c: r["support"][t["classes"].index(c)] / r["n"] for c in r["pr"]}
+                items.append(("Precision-recall, one-vs-rest", figures.pr_figure(r["pr"], prev, f"{name} ({split})")))
+            if "confusion_matrix" in r:
+                items.append(("Confusion matrix (rows true, columns predicted)",
+                              figures.confusion_figure(r["confusion_matrix"], t["classes"], f"{name} ({split})")))
+            if "calibration" in r:
+                items.append(("Reliability curve (counts per bin)", figures.calibration_figure(
+                    r["calibration"]["curve"], r["calibration"]["ece"], f"{name} ({split})")))
+            if t["kind"] == "regression" and "points" in r:
+                ba = {k.split(".", 1)[1]: v["value"] for k, v in m.items() if k.startswith("bland_altman.")}
+                items.append(("Prediction vs truth; Bland-Altman (bias, 95 % limits)", figures.bland_altman_figure(
+                    r["points"]["truth"], r["points"]["pred"], ba, f"{name} ({split})")))
+            figs[(name, split)] = [{"caption": c, "b64": _b64(png)} for c, png in items]
+    return figs
+
+
+def pick_gallery_cases(df: pd.DataFrame, target: Target, per_class: int) -> list[dict]:
+    """Per true class: the ``per_class`` most confident correct and wrong cases (by predicted-class prob)."""
+    df = labelled(df, target)
+    y, pred = target.truth(df), target.predicted(df)
+    if target.kind == "binary":
+        pred = (pred >= 0.5).astype(float)
+    probs = target.probs(df)
+    conf = probs.max(axis=1) if probs is not None and probs.shape[1] > 1 else np.abs(target.predicted(df) - 0.5)
+    groups = []
+    for k, cls in enumerate(target.classes):
+        for correct in (True, False):
+            sel = np.flatnonzero((y == k) & ((pred == k) == correct))
+            sel = sel[np.argsort(-conf[sel], kind="stable")][:per_class]
+            groups.append({"true": cls, "correct": correct, "rows": df.iloc[sel], "pred": pred[sel]})
+    return groups
+
+
+def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method: str, per_class: int,
+             threshold: float, max_hcs_images: int, seed: int) -> dict:
+    """HCS table per head and the gallery; ``{"error": reason}`` when heatmaps cannot be made."""
+    try:
+        from cxrlab.explain.run import explain_rows, load_explain_model
+    except ImportError as exc:  # torch stack missing: the metric report still stands
+        return {"error": f"cxrlab.explain unavailable ({exc})"}
+    try:
+        em = load_explain_model(run_dir)
+    except CxrlabError as exc:
+        return {"error": str(exc)}
+    heads = em.heads()
+    per_lung = em.pipeline.per_image == 2
+    out: dict[str, Any] = {"method": method, "threshold": threshold, "per_lung": per_lung, "hcs": {},
+                           "gallery": {}}
+    has_masks = any(c in df.columns and df[c].notna().any() for c in MASK_COLUMNS)
+    for t in targets:
+        if t.kind == "regression":
+            continue
+        head = next((h for h, info in heads.items()
+                     if info["task"] == t.task and (info.get("column") in (t.column, t.task) or
+                                                    info.get("column") == t.task)), None)
+        if head is None:
+            continue
+        part = labelled(df, t)
+        if has_masks:
+            rows = part if len(part) <= max_hcs_images else part.sample(max_hcs_images, random_state=seed)
+            rows = rows[rows[[c for c in MASK_COLUMNS if c in rows.columns]].notna().any(axis=1)]
+            res = explain_rows(em, rows.to_dict("records"), head, method, threshold, with_overlay=False)
+            truth = t.truth(rows)
+            table: dict[str, Any] = {"per_class": {}, "n": {}, "chance": {}}
+            for k, cls in enumerate(t.classes):
+                vals = np.array([r["hcs"] for r, yy in zip(res, truth) if yy == k], dtype=float)
+                fr = np.array([r["lung_fraction"] for r, yy in zip(res, truth) if yy == k], dtype=float)
+                if np.isfinite(vals).any():
+                    table["per_class"][cls] = float(np.nanmean(vals))
+                    table["n"][cls] = int(np.isfinite(vals).sum())
+                    table["chance"][cls] = float(np.nanmean(fr))
+            table["macro"] = float(np.mean(list(table["per_class"].values()))) if table["per_class"] else float("nan")
+            out["hcs"][t.name] = table
+        groups = []
+        for g in pick_gallery_cases(part, t, per_class):
+            rendered = explain_rows(em, g["rows"].to_dict("records"), head, method, threshold) if len(g["rows"]) else []
+            items = []
+            for r, p in zip(rendered, g["pred"]):
+                pred_name = t.classes[int(p)] if 0 <= int(p) < len(t.classes) else str(p)
+                hcs = "" if not np.isfinite(r["hcs"]) else f", HCS {r['hcs']:.2f}"
+                items.append({"caption": f"{Path(r['image']).name}: predicted {pred_name}{hcs}",
+                              "b64": _b64(_png(r["overlay"]))})
+            groups.append({"true": g["true"], "correct": g["correct"], "items": items})
+        out["gallery"][t.name] = groups
+    if not has_masks:
+        out["hcs_note"] = "no lung masks (pass --data with mask_lungs or mask_right_lung/mask_left_lung)"
+    return out
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from cxrlab.explain.overlay import png_bytes
+
+    return png_bytes(rgb)
+
+
+def _strip_private(obj: Any) -> Any:
+    """metrics.json: drop the bulky per-point regression arrays, keep everything else."""
+    if isinstance(obj, dict):
+        return {k: _strip_private(v) for k, v in obj.items() if k != "points"}
+    if isinstance(obj, list):
+        return [_strip_private(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def build_report(
+    run_dir: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    readers: str | os.PathLike | pd.DataFrame | None = None,
+    out: str | os.PathLike | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    gallery: bool = True,
+    cam_method: str = "gradcam",
+    per_class: int = 2,
+    hcs_threshold: float = 0.5,
+    max_hcs_images: int = 200,
+) -> Path:
+    """Evaluate the run and write ``metrics.json`` and ``report.html`` into ``out`` (default
+    ``RUN/evaluation/``; the run's own ``metrics.json`` from training is left untouched). Returns the HTML path.
+    """
+    run: RunData = read_run(run_dir)
+    df = merge_manifest(run.predictions, data)
+    targets = targets_of(run.tasks, df)
+    result = evaluate_predictions(df, targets, readers=load_readers(readers), n_boot=n_boot, seed=seed)
+    result["data_fingerprint"] = fingerprint(df, [t.column for t in targets])
+    result["run"] = {"dir": str(Path(run_dir).resolve()), "training_seed": run.recipe.get("seed"),
+                     "recipe_name": run.recipe.get("name")}
+    result["software"] = software_versions()
+    headline = eval_split(df)
+    explain: dict = {"error": "not requested (gallery=False)"}
+    if gallery:
+        part = df if headline == "all" else df[df[SPLIT].astype(str) == headline]
+        explain = _explain(Path(run_dir), part, targets, cam_method, per_class, hcs_threshold, max_hcs_images, seed)
+        if "hcs" in explain:
+            result["hcs"] = {"method": cam_method, "threshold": hcs_threshold, "per_target": explain["hcs"]}
+        if explain.get("error"):
+            log.warning("no heatmaps in the report: %s", explain["error"])
+    out_dir = Path(out) if out is not None else Path(run_dir) / "evaluation"
+    atomic_write_json(out_dir / "metrics.json", _strip_private(result))
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
+    html = env.from_string(REPORT_TEMPLATE).render(
+        run_name=run.recipe.get("name") or Path(run_dir).name, m=result, targets=[t.name for t in targets
+                                                                                  if t.kind != "regression"],
+        figs=_figures(result), subgroup_keys=SUBGROUP_KEYS,
+        learning_curves=_b64(figures.learning_curves_figure(run.history)), explain=explain,
+        run_dir=str(Path(run_dir).resolve()), training_seed=run.recipe.get("seed"), versions=result["software"],
+        recipe_text=run.recipe_text or "(no recipe.yaml)",
+        generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    path = out_dir / "report.html"
+    atomic_write_text(path, html)
+    return path

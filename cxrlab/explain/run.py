@@ -1,0 +1,211 @@
+"""Explaining a trained run: rebuild its model from the run directory, prepare images exactly as training
+did, compute the paper's heatmap per head, HCS against the lung mask carried through the same preprocessing,
+and overlay PNGs.
+
+The lung mask follows the image through the run's own input pipeline (intensity steps, ROI scheme, resize and
+pad), so heatmap and mask share one frame. Per-side runs (ROI ``lung``/``midline``: one input per lung) give
+one heatmap per side; their HCS is the mean of the two sides and their overlay shows both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cxrlab.data import schema
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.explain.hcs import DEFAULT_THRESHOLD, heatmap_concordance, lung_fraction
+from cxrlab.explain.heatmap import OutputTarget, probability_weighted_heatmap, rescale
+from cxrlab.explain.cams import compute_cam
+from cxrlab.explain.layers import target_layers_for
+from cxrlab.explain.overlay import overlay, png_bytes
+from cxrlab.utils import atomic_write_bytes, atomic_write_json
+
+LUNG_COLUMNS = (schema.MASK_LUNGS, schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)
+
+
+@dataclass
+class ExplainModel:
+    """A run's network in eval mode with what is needed to feed it and to name its outputs."""
+
+    model: nn.Module
+    pipeline: Any  # cxrlab.train.inputs.InputPipeline
+    tasks: Any  # cxrlab.tasks.TaskSet
+    target_layers: list[nn.Module]
+    run_dir: Path
+
+    def heads(self) -> dict[str, dict]:
+        """Head name -> {"task", "classes", "ordinal_scale"} for the classification/ordinal heads."""
+        out = {}
+        for task in self.tasks.tasks:
+            if task.kind == "diagnosis":
+                out[task.name] = {"task": task.name, "classes": list(task.classes), "column": task.column}
+            elif task.kind == "binary":
+                out[task.name] = {"task": task.name, "classes": ["0", "1"], "column": task.column}
+            elif hasattr(task, "outputs") and hasattr(task, "head_name"):  # ordinal: one head per column
+                for column in task.outputs:
+                    out[task.head_name(column)] = {"task": task.name, "column": column,
+                                                   "classes": [str(g) for g in range(task.n_grades)],
+                                                   "ce": getattr(task, "loss_name", "ce") == "ce"}
+        return out
+
+
+def load_explain_model(run_dir: str | os.PathLike, checkpoint: str = "best") -> ExplainModel:
+    """Rebuild the run's model from ``recipe.yaml`` and ``checkpoints/<checkpoint>.pt`` (CPU, eval mode)."""
+    from cxrlab.models import get_backbone_entry
+    from cxrlab.recipes import load_recipe
+    from cxrlab.train.inputs import InputPipeline
+    from cxrlab.train.trainer import build_model, build_tasks
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not (run_dir / "recipe.yaml").is_file():
+        raise InputError(run_dir, "not a run directory: no recipe.yaml")
+    if not ckpt.is_file():
+        raise InputError(run_dir, f"no checkpoints/{checkpoint}.pt: has the run finished an epoch?")
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    pipeline = InputPipeline(recipe.input)
+    tasks = build_tasks(recipe, pipeline)
+    model, _ = build_model(recipe, tasks, pipeline, weights="none")  # weights come from the checkpoint
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    model.eval()
+    layers = get_backbone_entry(recipe.model.backbone).cam_target_layers(model)
+    return ExplainModel(model, pipeline, tasks, layers, run_dir)
+
+
+def prepare_with_mask(em: ExplainModel, row: pd.Series | dict) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``[(C×H×W input, H×W lung mask or None)]`` per model input of the image (two for per-side runs)."""
+    from cxrlab.data.dataset import load_sample
+
+    row = dict(row)
+    cols = [c for c in LUNG_COLUMNS if isinstance(row.get(c), str) and row.get(c)]
+    sample = load_sample(row, cols, label_columns=[])
+    for t in em.pipeline.pre:
+        sample = t(sample)
+    out = []
+    for s in em.pipeline.roi(sample):
+        s = em.pipeline.resize(s)
+        masks = [np.asarray(s[k]) for k in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK)
+                 if k in s]
+        lungs = (np.maximum.reduce(masks) > 0).astype(np.uint8) if masks else None
+        image = np.asarray(s[schema.KEY_IMAGE], dtype=np.float32)
+        out.append((image[None] if image.ndim == 2 else image, lungs))
+    return out
+
+
+class _HeadModule(nn.Module):
+    """One head's logits as a plain tensor (what pytorch-grad-cam targets index)."""
+
+    def __init__(self, model: nn.Module, head: str):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[self.head]
+
+
+def head_heatmap(em: ExplainModel, x: torch.Tensor, head: str, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N×H×W heatmap, N×K class probabilities) of one head.
+
+    Softmax heads: the probability-weighted class average. Cumulative ordinal heads (CORN/CORAL, K-1 logits
+    of P(grade > k)) have no per-class logit: their map is that of the summed logits (the severity direction),
+    and the probabilities come from the task's decoding.
+    """
+    info = em.heads()[head]
+    module = _HeadModule(em.model, head)
+    if info.get("ce", True):
+        return probability_weighted_heatmap(module, x, method, em.target_layers)
+    with torch.no_grad():
+        logits = module(x).numpy()
+    task = next(t for t in em.tasks.tasks if t.name == info["task"])
+    maps = compute_cam(module, x, method, em.target_layers, [_SumTarget()] * len(x))
+    return rescale(maps), task.grade_probs(logits)
+
+
+class _SumTarget:
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output.sum()
+
+
+def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str, method: str = "gradcam",
+                 threshold: float = DEFAULT_THRESHOLD, with_overlay: bool = True, batch_size: int = 16) -> list[dict]:
+    """Per image: probabilities, predicted class, HCS (NaN without a mask), lung fraction and overlay PNG."""
+    rows = list(rows)
+    results = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        inputs = [prepare_with_mask(em, row) for row in chunk]  # per image: one input, or one per side
+        flat = [item for per_image in inputs for item in per_image]
+        heat, probs = head_heatmap(em, torch.from_numpy(np.stack([a for a, _ in flat])), head, method)
+        i = 0
+        for row, per_image in zip(chunk, inputs):
+            k = len(per_image)
+            h, p = heat[i:i + k], probs[i:i + k]
+            i += k
+            hcs = [heatmap_concordance(hm, m, threshold) if m is not None and m.any() else float("nan")
+                   for hm, (_, m) in zip(h, per_image)]
+            fractions = [lung_fraction(m) if m is not None else float("nan") for _, m in per_image]
+            entry = {"image": str(dict(row)[schema.IMAGE]), "probs": p.mean(axis=0).tolist(),
+                     "probs_per_input": p.tolist(),
+                     "pred": int(p.mean(axis=0).argmax()), "hcs": _nanmean(hcs), "lung_fraction": _nanmean(fractions)}
+            if with_overlay:
+                entry["overlay"] = np.hstack([overlay(a, hm, m) for hm, (a, m) in zip(h, per_image)])
+            results.append(entry)
+    return results
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
+
+def explain_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike,
+                   method: str = "gradcam", head: str | None = None, threshold: float = DEFAULT_THRESHOLD,
+                   data: str | os.PathLike | None = None, progress: Any = None) -> Path:
+    """Write ``<stem>_<head>_<method>.png`` overlays and ``explain.json`` (probabilities, HCS) to ``out``.
+
+    Lung masks for the contour and HCS come from ``data`` (a manifest listing the images) when given.
+    """
+    em = load_explain_model(run_dir)
+    heads = em.heads()
+    if head is None:
+        head = next(iter(heads), None)
+    if head not in heads:
+        raise ConfigError(f"run {run_dir} has no explainable head {head!r}; heads: {', '.join(heads) or 'none'}")
+    rows = _rows_for(images, data)
+    out = Path(out)
+    summary = []
+    task = progress.add_task("explaining", total=len(rows), status="") if progress else None
+    for row in rows:
+        res = explain_rows(em, [row], head, method, threshold)[0]
+        name = f"{Path(res['image']).stem}_{head.replace('.', '_')}_{method}.png"
+        atomic_write_bytes(out / name, png_bytes(res.pop("overlay")))
+        res.update(overlay=name, classes=heads[head]["classes"])
+        res["pred_class"] = res["classes"][res["pred"]] if res["pred"] < len(res["classes"]) else str(res["pred"])
+        summary.append(res)
+        if progress:
+            progress.advance(task)
+    atomic_write_json(out / "explain.json", {"run": str(run_dir), "method": method, "head": head,
+                                             "hcs_threshold": threshold, "images": summary})
+    return out
+
+
+def _rows_for(images: Sequence[str | os.PathLike], data: str | os.PathLike | None) -> list[dict]:
+    paths = [str(Path(p).resolve()) for p in images]
+    for p in paths:
+        if not Path(p).is_file():
+            raise InputError(p, "image file does not exist")
+    if data is None:
+        return [{schema.IMAGE: p} for p in paths]
+    from cxrlab.data.manifest import load_manifest
+
+    df = load_manifest(data).df
+    by_path = {str(Path(p).resolve()): r for p, r in zip(df[schema.IMAGE], df.to_dict("records"))}
+    return [by_path.get(p, {schema.IMAGE: p}) for p in paths]

@@ -1,0 +1,147 @@
+"""``load_run(run_dir)``: a trained run as a predictor for new images (CLI ``predict``, evaluation, service).
+
+>>> run = load_run("runs/demo")
+>>> run.predict(["a.png", "b.dcm"])              # DataFrame: image, prob_<class>, pred_*...
+>>> run.predict_sample({"image": img, "patient_right_mask": r, "patient_left_mask": l})
+>>> run.inputs_for(sample)                       # (per_image, C, H, W) float32 tensor: what the model sees
+>>> run.cam_target_layers()                      # for pytorch-grad-cam, with run.model.as_classifier(head)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrlab.data import schema
+from cxrlab.data.dataset import load_sample
+from cxrlab.data.manifest import Manifest, load_manifest
+from cxrlab.errors import InputError
+from cxrlab.models import BackboneEntry, CxrNet, get_backbone_entry
+from cxrlab.recipes import Recipe, load_recipe
+from cxrlab.tasks import TaskSet
+from cxrlab.train.inputs import InputPipeline
+from cxrlab.train.speed import autocast, resolve_precision
+from cxrlab.train.trainer import build_model, build_tasks
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
+
+
+class RunModel:
+    """A run directory's best model with its input pipeline and tasks."""
+
+    def __init__(self, run_dir: Path, recipe: Recipe, model: CxrNet, tasks: TaskSet, pipeline: InputPipeline):
+        self.run_dir, self.recipe, self.model, self.tasks, self.pipeline = run_dir, recipe, model, tasks, pipeline
+        self.precision = resolve_precision(recipe.train.precision)
+        self._segmenter: Any = None
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best") -> "RunModel":
+        run_dir = Path(run_dir)
+        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        if not (run_dir / "recipe.yaml").is_file() or not path.is_file():
+            raise InputError(run_dir, f"not a finished training run (needs recipe.yaml and checkpoints/{checkpoint}.pt)")
+        recipe = load_recipe(run_dir / "recipe.yaml")
+        pipeline = InputPipeline(recipe.input)
+        tasks = build_tasks(recipe, pipeline)
+        # the structure only: the trained weights (and the normalisation buffers) come from the checkpoint
+        model, _ = build_model(recipe, tasks, pipeline, weights="none")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(payload["model"])
+        model.eval()
+        return cls(run_dir, recipe, model, tasks, pipeline)
+
+    @property
+    def entry(self) -> BackboneEntry:
+        return get_backbone_entry(self.recipe.model.backbone)
+
+    def cam_target_layers(self) -> list[torch.nn.Module]:
+        return self.entry.cam_target_layers(self.model)
+
+    @property
+    def head_names(self) -> list[str]:
+        return list(self.model.heads.keys())
+
+    # --- inputs ---------------------------------------------------------------------------------------
+    def _with_masks(self, sample: dict, lung_model: str | os.PathLike | None) -> dict:
+        if not self.pipeline.needs_masks or any(sample.get(k) is not None for k in
+                                                (schema.KEY_RIGHT_MASK, schema.KEY_LUNG_MASK)):
+            return sample
+        if lung_model is None:
+            return sample  # the ROI scheme raises a clear error naming the image
+        if self._segmenter is None:
+            from cxrlab.anatomy.predict import LungSegmenter
+
+            self._segmenter = LungSegmenter.from_run(lung_model)
+        return {**sample, **self._segmenter.predict(sample[schema.KEY_IMAGE])}
+
+    def inputs_for(self, sample: dict, lung_model: str | os.PathLike | None = None) -> torch.Tensor:
+        """``(per_image, C, H, W)`` float32 model input for one sample dict (image float32 [0, 1] + masks)."""
+        sample = self._with_masks(sample, lung_model)
+        return torch.from_numpy(np.stack(self.pipeline.prepare(sample)))
+
+    # --- prediction -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        self.model.eval()
+        with autocast(self.precision):
+            out = self.model(x)
+        return {k: v.float().numpy() for k, v in out.items()}
+
+    def _decode(self, logits: dict[str, np.ndarray], n_rows: int) -> dict[str, np.ndarray]:
+        per = self.pipeline.per_image
+        item_row = np.repeat(np.arange(n_rows), per)
+        item_side = np.tile(np.arange(per), n_rows)
+        return self.tasks.decode(logits, item_row, item_side, n_rows) if self.tasks.per_side \
+            else self.tasks.decode(logits)
+
+    def predict_sample(self, sample: dict, lung_model: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Prediction columns for one in-memory sample."""
+        decoded = self._decode(self.logits(self.inputs_for(sample, lung_model)), 1)
+        return {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in decoded.items()}
+
+    def predict(self, data: pd.DataFrame | Manifest | str | os.PathLike | Sequence[str | os.PathLike],
+                lung_model: str | os.PathLike | None = None, batch_size: int = 32) -> pd.DataFrame:
+        """One row per image: ``image`` (+ ``patient_id``/targets when given a manifest) and prediction columns."""
+        df = _as_frame(data)
+        mask_cols = [c for c in df.columns if c.startswith("mask_") and df[c].notna().all()]
+        decoded_parts = []
+        for start in range(0, len(df), batch_size):
+            chunk = df.iloc[start:start + batch_size]
+            x = torch.cat([self.inputs_for(load_sample(row, mask_cols, label_columns=[]), lung_model)
+                           for _, row in chunk.iterrows()])
+            decoded_parts.append(self._decode(self.logits(x), len(chunk)))
+        keep = [c for c in [schema.IMAGE, schema.PATIENT_ID, *self.tasks.columns] if c in df.columns]
+        out = df[keep].reset_index(drop=True).copy()
+        for key in decoded_parts[0] if decoded_parts else []:
+            out[key] = np.concatenate([np.asarray(p[key]) for p in decoded_parts])
+        return out
+
+
+def _as_frame(data: Any) -> pd.DataFrame:
+    if isinstance(data, Manifest):
+        return data.df
+    if isinstance(data, pd.DataFrame):
+        return data
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if len(paths) == 1:
+        p = Path(paths[0])
+        if p.is_dir() and not any((p / n).exists() for n in ("manifest.csv", "manifest.parquet")):
+            paths = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not paths:
+                raise InputError(p, f"folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif p.is_dir() or p.suffix in (".csv", ".parquet"):
+            return load_manifest(p).df
+    for p in paths:
+        if not Path(p).is_file():
+            raise InputError(p, "image file does not exist")
+    return pd.DataFrame({schema.IMAGE: [str(Path(p).resolve()) for p in paths]})
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunModel:
+    """The trained model of a run directory, ready to predict (see ``RunModel``)."""
+    return RunModel.load(run_dir, checkpoint)
