@@ -48,6 +48,7 @@ def test_every_bad_row_is_reported(tmp_path):
     assert "not a number: 'old'" in by[(4, "age")]
     assert "outside integer range 0-1" in by[(4, "went_icu")]
     assert str(tmp_path / "missing.png") in str(next(i for i in issues if i.row == 2))
+    assert all(i.severity == "error" for i in issues)
     frame = issues_frame(issues)
     assert list(frame.columns) == ["row", "image", "column", "reason", "severity"] and len(frame) == len(issues)
 
@@ -59,3 +60,11 @@ def test_clean_manifest_roundtrip_has_no_errors(tmp_path):
                        "view": ["PA"], "mask_lungs": [str(tmp_path / "msk" / "a.png")]})
     save_manifest(Manifest(df), tmp_path / "manifest.csv")
     assert errors(validate_manifest(load_manifest(tmp_path))) == []
+
+
+def test_contradictory_age_is_a_warning(tmp_path):
+    df = pd.DataFrame({"image": ["/x/a.png", "/x/b.png", "/x/c.png", "/x/d.png"], "patient_id": ["p", "p", "q", "q"],
+                       "source_dataset": "t", "age": [40, 55, 60, 62], "offset_days": [0, 10, 0, 800]})
+    issues = validate_manifest(Manifest(df), check_files=False)
+    assert [(i.row, i.column, i.severity) for i in issues] == [(0, "age", "warning"), (1, "age", "warning")]
+    assert "ages 40-55" in issues[0].reason and errors(issues) == []

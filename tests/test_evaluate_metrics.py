@@ -357,3 +357,10 @@ def test_fast_cores_match_sklearn_with_ties(seed):
     a, b = rng.integers(0, 4, 120), rng.integers(0, 4, 120)
     assert quadratic_kappa(a, b, 4) == pytest.approx(cohen_kappa_score(a, b, weights="quadratic"))
     assert classification_scores(a, b, 4)["macro_f1"] == pytest.approx(f1_score(a, b, average="macro"))
+
+
+def test_per_class_scores_undefined_are_nan():
+    got = classification_scores([0, 0, 1], [0, 0, 0], 3)
+    assert math.isnan(got["precision[1]"]) and got["recall[1]"] == 0.0  # class 1 never predicted
+    assert math.isnan(got["recall[2]"]) and math.isnan(got["f1[2]"])  # class 2 absent everywhere
+    assert got["macro_f1"] == pytest.approx(f1_score([0, 0, 1], [0, 0, 0], average="macro", zero_division=0))

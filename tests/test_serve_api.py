@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from cxrlab.data.phantom import render_sample
+from cxrlab.data.phantom import generate_phantom, render_sample
 from cxrlab.errors import ConfigError
 from cxrlab.serve import create_app, load_service_config, start_background, write_service_config
 from cxrlab.serve.config import LimitsConfig
@@ -30,11 +30,18 @@ from cxrlab.serve.security import require_token_rule
 from cxrlab.serve.store import ResultStore
 
 TOKEN = "test-token-0123456789abcdef"
+ALL_ROLES = {"lung", "diagnosis", "icu", "opacity"}
 
 
 @pytest.fixture(scope="session")
-def service_runs(tmp_path_factory, phantom_root):
-    return train_tiny_runs(tmp_path_factory.getbasetemp() / "service_runs", phantom_root / "manifest.csv")
+def service_runs(tmp_path_factory):
+    """Tiny lung, severity, diagnosis and ICU runs trained by the other packages' trainers (shared by the
+    service, export and viewer tests through the session's base temp folder)."""
+    base = tmp_path_factory.getbasetemp()
+    manifest = base / "service_phantom" / "manifest.csv"
+    if not manifest.is_file():
+        generate_phantom(manifest.parent, n_patients=12, size=128, seed=1, max_studies=2)
+    return train_tiny_runs(base / "service_runs", manifest)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +81,7 @@ def test_analyze_each_format(client, phantom, kind):
     rep = r.json()
     assert rep["image"]["format"] == kind
     assert rep["image"]["width"] == 128 and rep["image"]["height"] == 128
-    assert rep["stages"] == ["lung", "opacity"] or set(rep["stages"]) >= {"lung", "opacity"}
+    assert set(rep["stages"]) == ALL_ROLES
     assert "not for diagnosis" in rep["notice"]
     q = rep["quality"]
     assert isinstance(q["lung_masks_plausible"], bool) and isinstance(q["inverted"], bool)
@@ -84,10 +91,20 @@ def test_analyze_each_format(client, phantom, kind):
         assert set(sev["zones"]) == set("ABCDEF")
         assert set(sev["per_lung"]) == {"patient_right", "patient_left"}
         assert "brixia_global" in sev["totals"]
-    for stage in ("decode", "lung_segmentation", "lung_segmentation.network", "opacity_segmentation",
-                  "severity_scores", "render", "total"):
+    probs = rep["diagnosis"]["probabilities"]
+    assert set(probs) == {"normal", "bacterial", "viral", "covid19"} and abs(sum(probs.values()) - 1) < 1e-4
+    assert rep["diagnosis"]["predicted"] == max(probs, key=probs.get)
+    assert 0 <= rep["icu"]["risk"] <= 1
+    hm = rep["heatmap"]
+    assert hm["method"] == "gradcam" and hm["target"] == rep["diagnosis"]["predicted"] and hm["shown_on_image"]
+    assert hm["concordance"] is None or 0 <= hm["concordance"] <= 1
+    for stage in ("decode", "lung_segmentation", "lung_segmentation.network", "diagnosis", "diagnosis.network",
+                  "gradcam", "icu", "opacity_segmentation", "severity_scores", "render", "total"):
         assert rep["timings_ms"][stage] >= 0
-    assert set(rep["models"]) == {"lung", "opacity"} and all("@" in v for v in rep["models"].values())
+    assert rep["timings_ms"]["total"] >= rep["timings_ms"]["gradcam"]
+    assert set(rep["models"]) == ALL_ROLES and all("@" in v for v in rep["models"].values())
+    heat = cv2.imdecode(np.frombuffer(client.get(rep["links"]["heatmap"]).content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert heat.shape == (128, 128, 4) and heat[..., 3].max() > 0  # BGRA, alpha follows the activation
     for name in ("image", "overlay"):
         png = client.get(rep["links"][name])
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
@@ -135,15 +152,17 @@ def test_batch_mixes_results_and_per_file_errors(client, phantom):
 
 def test_health_and_model_cards(client):
     h = client.get("/v1/health").json()
-    assert h["status"] == "ok" and set(h["stages"]) == {"lung", "opacity"} and h["auth_required"] is False
+    assert h["status"] == "ok" and set(h["stages"]) == ALL_ROLES and h["auth_required"] is False
     cards = {c["role"]: c for c in client.get("/v1/models").json()["models"]}
-    assert set(cards) == {"lung", "opacity"}
+    assert set(cards) == ALL_ROLES
     for card in cards.values():
         assert card["recipe"] and card["intended_use"] and card["limitations"]
         assert "splits" in card["training_data"] and isinstance(card["validation_metrics"], dict)
     assert cards["lung"]["training_data"]["splits"]["train"]["patients"] > 0
     assert cards["lung"]["recipe"]["arch"] == "unet"
     assert "zone_threshold" in cards["opacity"]["scoring"]
+    assert cards["diagnosis"]["recipe"]["tasks"][0]["kind"] == "diagnosis"
+    assert cards["diagnosis"]["validation_metrics"]  # metrics.json of the run, as written by the trainer
 
 
 def _png_of(array: np.ndarray) -> bytes:

@@ -45,6 +45,7 @@ class SegmentationConfig(_Strict):
     arch: str = "unet"
     encoder: str = "efficientnet_lite0"
     weights: str = "imagenet"
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to the smp class (decoder_channels...)
     size: int = 256
     targets: list[str] = Field(default_factory=lambda: list(LUNG_TARGETS))
     input: Literal["image", "image+lung"] = "image"

@@ -70,7 +70,8 @@ class LungSegmenter:
             raise InputError(run_dir, "not a segmentation run directory (no recipe.yaml)")
         cfg = load_config(recipe)
         state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-        model = create_segmentation_model(cfg.arch, cfg.encoder, "none", cfg.in_channels, len(cfg.targets))
+        model = create_segmentation_model(cfg.arch, cfg.encoder, "none", cfg.in_channels, len(cfg.targets),
+                                          **cfg.arch_kwargs)
         model.load_state_dict(state["model"])
         return cls(model, cfg, precision, run_dir)
 

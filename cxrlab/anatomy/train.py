@@ -133,7 +133,8 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
     lung_channels = train_ds.lung_channels
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False)
 
-    model = create_segmentation_model(cfg.arch, cfg.encoder, cfg.weights, cfg.in_channels, len(cfg.targets))
+    model = create_segmentation_model(cfg.arch, cfg.encoder, cfg.weights, cfg.in_channels, len(cfg.targets),
+                                      **cfg.arch_kwargs)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.02)
     loss_fn = DiceBCELoss()

@@ -61,6 +61,8 @@ def _validate_and_report(manifest, report: Path | None) -> int:
     if report is not None and len(frame):
         with atomic_path(report) as tmp:
             frame.to_csv(tmp, index=False)
+    elif report is not None and report.exists():  # a clean run must not leave an old report behind
+        report.unlink()
     if len(frame):
         summary = frame.groupby(["severity", "column"]).size().rename("rows").to_frame()
         console.print(_table(summary, "issues by column"))
@@ -135,11 +137,14 @@ def stats_cmd(
 ) -> None:
     """Class counts per source (and split), images per patient, views, ages."""
     from cxrlab.data.manifest import load_manifest
-    from cxrlab.data.splits import join_split, load_split
     from cxrlab.data.stats import summarise
 
     m = load_manifest(manifest)
-    parts = join_split(m.df, load_split(split)) if split is not None else None
+    parts = None
+    if split is not None:  # splits imports scikit-learn (seconds): only when a split is asked for
+        from cxrlab.data.splits import join_split, load_split
+
+        parts = join_split(m.df, load_split(split))
     for title, table in summarise(m.df, label=label, split=parts).items():
         console.print(_table(table, title))
 

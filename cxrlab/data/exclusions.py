@@ -72,9 +72,10 @@ def inverted_like(image: np.ndarray) -> bool:
     h, w = image.shape
     rows = slice(int(0.3 * h), int(0.75 * h))
     centre = float(image[rows, int(0.45 * w): int(0.55 * w)].mean())
-    lungs = float(np.concatenate([image[rows, int(0.15 * w): int(0.35 * w)].ravel(),
-                                  image[rows, int(0.65 * w): int(0.85 * w)].ravel()]).mean())
-    return centre < lungs - 0.05
+    # both lung bands must be brighter: an off-centre patient puts the heart into one band, not into both
+    right_band = float(image[rows, int(0.15 * w): int(0.35 * w)].mean())
+    left_band = float(image[rows, int(0.65 * w): int(0.85 * w)].mean())
+    return centre < min(right_band, left_band) - 0.05
 
 
 def apply_exclusions(manifest: Manifest, config: ExclusionConfig | None = None,

@@ -2,7 +2,8 @@
 
 Checks: required values, image files exist, views in the vocabulary, sex M/F, plausible age and offsets,
 label ranges (0/1 outcomes, Cohen 0-8 / 0-6, Brixia 0-3 / 0-18, opacity grades 0-3), duplicate images,
-patients with contradictory sex, mask files exist and have their image's size (read from the PNG header
+patients with contradictory sex (and, as a warning, ages that drift more than their follow-up allows), mask
+files exist and have their image's size (read from the PNG header
 only, so 10,000 masks take about a second).
 """
 
@@ -55,7 +56,8 @@ def validate_manifest(manifest: Manifest, *, check_files: bool = True, check_mas
     issues: list[ValidationIssue] = []
     images = df[schema.IMAGE].astype(object) if schema.IMAGE in df else pd.Series([None] * len(df))
     names = [str(p) if _present(p) else f"<row {i}>" for i, p in enumerate(images)]
-    for check in (_required, _views, _sex, _ages, _offsets, _labels, _duplicates, _contradictory_sex):
+    for check in (_required, _views, _sex, _ages, _offsets, _labels, _duplicates, _contradictory_sex,
+                  _contradictory_age):
         issues.extend(check(df, names))
     if check_files:
         issues.extend(_files(df, names, check_masks=check_masks, progress=progress))
@@ -156,6 +158,23 @@ def _contradictory_sex(df: pd.DataFrame, names: list[str]) -> Iterator[Validatio
         pid = df[schema.PATIENT_ID].iloc[i]
         sexes = "/".join(sorted(known.loc[known[schema.PATIENT_ID] == pid, schema.SEX].unique()))
         yield ValidationIssue(int(i), names[i], schema.SEX, f"patient {pid} has contradictory sex ({sexes})")
+
+
+def _contradictory_age(df: pd.DataFrame, names: list[str]) -> Iterator[ValidationIssue]:
+    """Warning: a patient's ages spread wider than the time between their images allows (+1 year of rounding)."""
+    if schema.AGE not in df.columns or schema.PATIENT_ID not in df.columns:
+        return
+    age = pd.to_numeric(df[schema.AGE], errors="coerce")
+    offset = pd.to_numeric(df[schema.OFFSET_DAYS], errors="coerce") if schema.OFFSET_DAYS in df.columns else \
+        pd.Series(np.nan, index=df.index)
+    frame = pd.DataFrame({"p": df[schema.PATIENT_ID].astype(str), "age": age, "offset": offset})
+    per = frame.groupby("p").agg(lo=("age", "min"), hi=("age", "max"), first=("offset", "min"), last=("offset", "max"))
+    allowed = (per["last"] - per["first"]).fillna(0) / 365.25 + 1.0
+    bad = per[(per["hi"] - per["lo"]) > allowed]
+    for i in np.flatnonzero(frame["p"].isin(bad.index).to_numpy(bool) & age.notna().to_numpy(bool)):
+        p = frame["p"].iloc[i]
+        yield ValidationIssue(int(i), names[i], schema.AGE, f"patient {p} has ages {bad.loc[p, 'lo']:g}-"
+                                                          f"{bad.loc[p, 'hi']:g} across images", WARNING)
 
 
 def _files(df: pd.DataFrame, names: list[str], *, check_masks: bool,

@@ -76,7 +76,8 @@ def learning_curves_figure(history: pd.DataFrame) -> bytes | None:
     x = history["epoch"] if "epoch" in history.columns else np.arange(1, len(history) + 1)
     numeric = [c for c in history.columns if c != "epoch" and pd.api.types.is_numeric_dtype(history[c])]
     losses = [c for c in numeric if "loss" in c]
-    others = [c for c in numeric if c not in losses and c not in ("stage", "lr", "seconds", "time")]
+    # validation metrics only: throughput, timing, learning rate and flags have other scales
+    others = [c for c in numeric if c.startswith("val_") and c not in losses]
     fig, axes = plt.subplots(1, 2 if others else 1, figsize=(9 if others else 4.5, 3.6), squeeze=False)
     for c in losses:
         axes[0, 0].plot(x, history[c], label=c)

@@ -46,8 +46,13 @@ def _scores(y: np.ndarray, yp: np.ndarray, n_classes: int) -> dict[str, float]:
     # the opacity paper's support-weighted averages (sklearn average="weighted")
     w = s / s.sum()
     out.update({"weighted_precision": float(w @ p), "weighted_recall": float(w @ r), "weighted_f1": float(w @ f)})
+    # per class, an undefined score is NaN rather than sklearn's 0: precision of a class never predicted,
+    # recall of a class absent from the truth (so bootstrap resamples without the class do not drag CIs to 0)
+    predicted = cm.sum(axis=0)
     for k in range(n_classes):
-        out[f"precision[{k}]"], out[f"recall[{k}]"], out[f"f1[{k}]"] = float(p[k]), float(r[k]), float(f[k])
+        out[f"precision[{k}]"] = float(p[k]) if predicted[k] > 0 else float("nan")
+        out[f"recall[{k}]"] = float(r[k]) if s[k] > 0 else float("nan")
+        out[f"f1[{k}]"] = float(f[k]) if s[k] + predicted[k] > 0 else float("nan")
         out[f"support[{k}]"] = int(s[k])
     return out
 

@@ -83,7 +83,7 @@ def _format(exc: ValidationError, source: object) -> str:
     parts = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         parts.append(f"key '{key}': {reason}")
     return f"recipe {source}: " + "; ".join(parts)
 

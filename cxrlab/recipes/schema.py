@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cxrlab.errors import ConfigError
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -112,7 +114,11 @@ class Recipe(_Strict):
 
         if not v:
             raise ValueError("at least one task is needed")
-        TaskSet.from_config(v)  # unknown kinds or options fail here, with their name
+        for i, spec in enumerate(v):
+            try:  # unknown kinds or options fail here, with their name
+                TaskSet.from_config([spec])
+            except ConfigError as exc:
+                raise ValueError(f"tasks.{i}: {exc}") from None
         return v
 
     @field_validator("train")
@@ -120,7 +126,10 @@ class Recipe(_Strict):
     def _balancing_known(cls, v: TrainSpec) -> TrainSpec:
         from cxrlab.train.balancing import BALANCING
 
-        BALANCING.get(v.balancing)
+        try:
+            BALANCING.get(v.balancing)
+        except ConfigError as exc:
+            raise ValueError(f"balancing: {exc}") from None
         return v
 
     @field_validator("input")
@@ -128,5 +137,8 @@ class Recipe(_Strict):
     def _roi_known(cls, v: InputSpec) -> InputSpec:
         from cxrlab.anatomy.roi import ROI_SCHEMES
 
-        ROI_SCHEMES.get(v.roi)
+        try:
+            ROI_SCHEMES.get(v.roi)
+        except ConfigError as exc:
+            raise ValueError(f"roi: {exc}") from None
         return v

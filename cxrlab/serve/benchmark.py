@@ -130,7 +130,7 @@ def time_pipeline(pipeline: Any, datas: Sequence[bytes], batch_size: int = 16,
 def model_flops(pipeline: Any) -> list[dict[str, Any]]:
     out = []
     for stage in pipeline.stages:
-        for name, module, sample in stage.modules():
+        for name, module, sample, _ in stage.modules():
             out.append({"model": name, "input": list(sample.shape), "gflops_per_image": count_flops(module, sample) / 1e9})
     return out
 

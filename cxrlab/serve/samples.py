@@ -70,18 +70,29 @@ def train_tiny_runs(out_dir: str | Path, manifest: str | Path) -> dict[str, Path
     Reuses an existing ``out_dir/service.yaml`` (several test modules of one session share the runs).
     """
     from cxrlab.anatomy.train import train_segmentation
+    from cxrlab.recipes import load_recipe
     from cxrlab.serve.config import write_service_config
     from cxrlab.severity.train import train_severity
+    from cxrlab.train.trainer import train
 
     out = Path(out_dir)
     config = out / "service.yaml"
-    runs = {"lung": out / "lung", "opacity": out / "severity"}
+    runs = {"lung": out / "lung", "opacity": out / "severity", "diagnosis": out / "diagnosis", "icu": out / "icu"}
     if config.is_file():
         return runs | {"config": config}
-    tiny = {"arch": "unet", "encoder": "resnet18", "weights": "none", "size": 64, "epochs": 1, "batch_size": 8,
-            "samples_per_epoch": 8, "val_max_images": 4, "evaluate_test": False, "seed": 0}
-    train_segmentation({**tiny, "manifests": [str(manifest)]}, out=runs["lung"])
+    seg = {"arch": "unet", "encoder": "resnet18", "weights": "none", "size": 64, "epochs": 1, "batch_size": 8,
+           "samples_per_epoch": 8, "val_max_images": 4, "evaluate_test": False, "seed": 0}
+    train_segmentation({**seg, "manifests": [str(manifest)]}, out=runs["lung"])
     train_severity({"lung_run": str(runs["lung"]), "manifests": [str(manifest)], "out": str(runs["opacity"]),
-                    "disease": {**tiny, "input": "image+lung"}})
-    write_service_config(config, lung_run=runs["lung"], opacity_run=runs["opacity"])
+                    "disease": {**seg, "input": "image+lung"}})
+    recipe = load_recipe("phantom-diagnosis").model_dump()
+    recipe["split"]["stratify"] = None  # a handful of patients cannot be stratified
+    recipe["train"].update(stages=[{"epochs": 1, "train_blocks": "all", "lr": 0.003}], num_workers=0,
+                           cache_dir=str(out / "cache"))
+    train(recipe, str(manifest), runs["diagnosis"], show_progress=False)
+    icu = dict(recipe, name="phantom-icu", tasks=[{"kind": "binary", "column": "went_icu"}],
+               input={**recipe["input"], "roi": "lungs"})  # lung ROI: the classifier needs the lung stage's masks
+    train(icu, str(manifest), runs["icu"], show_progress=False)
+    write_service_config(config, lung_run=runs["lung"], diagnosis_run=runs["diagnosis"], icu_run=runs["icu"],
+                         opacity_run=runs["opacity"])
     return runs | {"config": config}

@@ -14,9 +14,10 @@ keeps the original fp32 module for Grad-CAM. A stage also writes the model card 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
@@ -126,23 +127,18 @@ class Stage:
 
 
 class Timer:
-    """Accumulates wall time per named step: ``with timer("preprocess"): ...``."""
+    """Accumulates wall time per named step: ``with timer("preprocess"): ...`` (steps may nest)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._name = ""
-        self._t0 = 0.0
 
-    def __call__(self, name: str) -> "Timer":
-        self._name = name
-        return self
-
-    def __enter__(self) -> "Timer":
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._t0
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def create_stages(runs: dict[str, Path], *, backend: str, cam_method: str = "gradcam") -> list[Stage]:
@@ -197,6 +193,7 @@ class _SegmenterStage(Stage):
         from cxrlab.export import apply_backend
 
         super().__init__(run_dir)
+        self.model_dir = Path(run_dir)
         # precision "fp32": the backend decides the arithmetic, not the segmenter's own autocast.
         self.segmenter = LungSegmenter.from_run(run_dir, precision="fp32")
         size = self.segmenter.config.size
@@ -208,9 +205,9 @@ class _SegmenterStage(Stage):
     def matches(cls, recipe: dict[str, Any], text: str) -> bool:
         return "arch" in recipe and "encoder" in recipe and cls.target in (recipe.get("targets") or [])
 
-    def modules(self) -> list[tuple[str, Any, Any]]:
-        """(name, fp32 module, sample input) for export and FLOP counts."""
-        return [(self.role, self.module, self.sample)]
+    def modules(self) -> list[tuple[str, Any, Any, Path]]:
+        """(name, fp32 module, sample input, ONNX path) for export and FLOP counts."""
+        return [(self.role, self.module, self.sample, self.model_dir / "model.onnx")]
 
     def _predict(self, images: list[np.ndarray], lung_masks: list[np.ndarray] | None,
                  timer: Timer, step: str) -> list[dict[str, np.ndarray]]:
@@ -389,8 +386,8 @@ class _ClassifierStage(Stage):
         tasks = recipe.get("tasks") or []
         return bool(tasks) and isinstance(tasks[0], dict) and tasks[0].get("kind") == cls.task_kind
 
-    def modules(self) -> list[tuple[str, Any, Any]]:
-        return [(self.role, self.em.model, self.sample)]
+    def modules(self) -> list[tuple[str, Any, Any, Path]]:
+        return [(self.role, self.em.model, self.sample, self.run_dir / "model.onnx")]
 
     def prepare(self, case: Any) -> list[tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]]:
         """``[(C×H×W input, lung mask in the same frame or None, applied geometric steps)]`` per model input."""
@@ -471,7 +468,9 @@ class DiagnosisStage(_ClassifierStage):
     def _heatmaps(self, cases: list[Any], x: Any, prepared: list[list[Any]]) -> None:
         from cxrlab.explain import OutputTarget, compute_cam, heatmap_concordance, lung_fraction
         from cxrlab.explain.heatmap import rescale
-        head_module = self.em.model.as_classifier(self.task.name)
+        # eval() on the wrapper: compute_cam restores the wrapper's own training flag afterwards, and a fresh
+        # nn.Module starts in training mode, which would switch BatchNorm to batch statistics for good.
+        head_module = self.em.model.as_classifier(self.task.name).eval()
         classes = list(self.task.classes)
         targets, owners = [], []
         for i, (case, per_case) in enumerate(zip(cases, prepared)):

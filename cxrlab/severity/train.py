@@ -106,40 +106,62 @@ def brixia_rows(cfg: SeverityConfig, train_df: pd.DataFrame, run_dir: Path) -> p
 
 
 def train_severity(config: SeverityConfig | dict | str | Path, overrides: list[str] | None = None,
-                   resume: bool = False, progress: Progress | None = None) -> Path:
-    """Train Stage II, fit the scoring parameters, write a severity run directory; returns its path."""
+                   resume: bool = False, fit: bool = True, progress: Progress | None = None) -> Path:
+    """Train Stage II, fit the scoring parameters, write a severity run directory; returns its path.
+
+    ``resume``: continue an interrupted run (a finished Stage II run is kept as is). ``fit=False`` stops after
+    Stage II (e.g. while the lung run is still training); a later ``resume=True`` call does the fit.
+    """
     cfg = load_severity_config(config, overrides)
     report = progress or (lambda *a: None)
     run_dir = Path(cfg.out)
-    if (run_dir / PIPELINE_FILE).exists() and not resume:
+    if (run_dir / "recipe.yaml").exists() and not resume:
         raise ConfigError(f"{run_dir} already holds a severity run; choose another out (or resume)")
-    lung_run = Path(cfg.lung_run)
-    if not (lung_run / "recipe.yaml").exists():
-        raise InputError(lung_run, "lung_run is not a segmentation run directory (no recipe.yaml)")
+    if resume and (run_dir / "recipe.yaml").exists():
+        saved = load_severity_config(run_dir / "recipe.yaml")
+        if saved.model_dump(exclude={"lung_run"}) != cfg.model_dump(exclude={"lung_run"}):
+            raise ConfigError(f"{run_dir}: resume needs the run's own config (only lung_run may change)")
     seed_everything(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", "# cxrlab severity run; resolved config\n"
                       + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
-    table = training_table(cfg, run_dir, report)
-    manifest_path = save_manifest(Manifest(table), run_dir / "disease_manifest.csv")
-    seg_cfg = load_config(disease_config(cfg, manifest_path, run_dir, len(table)))
-    disease_run = train_segmentation(seg_cfg, resume=resume and (run_dir / "disease" / "checkpoints").exists(),
-                                     progress=report)
+    manifest_path = run_dir / "disease_manifest.csv"
+    disease_run = run_dir / "disease"
+    if resume and manifest_path.exists():
+        table = load_manifest(manifest_path).df
+    else:
+        table = training_table(cfg, run_dir, report)
+        save_manifest(Manifest(table), manifest_path)
+    if not (resume and (disease_run / "metrics.json").exists()):
+        seg_cfg = load_config(disease_config(cfg, manifest_path, run_dir, len(table)))
+        train_segmentation(seg_cfg, resume=resume and (disease_run / "checkpoints" / "last.pt").exists(),
+                           progress=report)
+    if fit:
+        fit_run(cfg, run_dir, table, report)
+    return run_dir
 
+
+def fit_run(cfg: SeverityConfig, run_dir: Path, table: pd.DataFrame, report: Progress) -> None:
+    """Fit the scoring parameters on the Stage II run's split; write ``scoring.json`` and ``severity.json``."""
+    lung_run = Path(cfg.lung_run)
+    if not (lung_run / "recipe.yaml").exists():
+        raise InputError(lung_run, "lung_run is not a segmentation run directory (no recipe.yaml)")
+    disease_run = run_dir / "disease"
     split = load_split(disease_run / "split.csv")
+    table = table.copy()
     table["split"] = table[schema.IMAGE].map(dict(zip(split[schema.IMAGE], split["split"])))
     assert_patient_disjoint(table.dropna(subset=["split"]))
     pipe = SeverityPipeline.from_runs(lung_run, disease_run)
     val = table[table["split"] == "val"]
-    if val.empty:
-        val = table[table["split"] == "train"]  # tiny data: say so in fitted_on rather than fail
+    no_val = val.empty
+    if no_val:
+        val = table[table["split"] == "train"]  # tiny data: fit on training images and say so in fitted_on
     scoring = fit_scoring(pipe, val, brixia_rows(cfg, table[table["split"] == "train"], run_dir),
                           zone_strategy=cfg.zone_strategy, zone_reference=cfg.zone_reference,
                           brixia_prefix=cfg.brixia.columns_prefix,
                           on_batch=lambda i, n: report("fit", i, n, "fitting scoring parameters"))
-    if table["split"].eq("val").sum() == 0:
+    if no_val:
         scoring.fitted_on["warning"] = "no validation images: zone threshold fitted on training images"
     scoring.save(run_dir / SCORING_FILE)
     atomic_write_json(run_dir / PIPELINE_FILE, {"lung_run": str(lung_run.resolve()), "disease_run": "disease"})
-    return run_dir

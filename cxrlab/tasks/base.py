@@ -7,6 +7,7 @@ stratified splits (None for regression).
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -33,10 +34,11 @@ def register_task(name: str, **meta: Any):
 
 def create_task(kind: str, **options: Any) -> "Task":
     cls = TASKS.get(kind)
-    try:
-        return cls(**options)
-    except TypeError as exc:  # an option the task does not take: name it
-        raise ConfigError(f"task {kind}: {exc}") from None
+    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"task {kind}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return cls(**options)
 
 
 def list_tasks() -> list[str]:

@@ -63,7 +63,7 @@ class OrdinalTask(Task):
         return self._columns
 
     def head_name(self, column: str) -> str:
-        return self.name if column == self.name else f"{self.name}.{column}"
+        return self.name if column == self.name else f"{self.name}:{column}"
 
     def _encode(self, column: str, values: pd.Series, source: object) -> np.ndarray:
         num = pd.to_numeric(values, errors="coerce")

@@ -1,8 +1,9 @@
 """Intensity dictionary transforms (image key only; masks are untouched).
 
 CLAHE follows the ICU paper's ``histeq=True_{cl}_{gs}`` convention (clip limit ``cl*gs*gs``, a ``gs×gs`` tile
-grid) but runs on a 16-bit quantisation of the real intensity range. The published code cast a [0, 1] float
-image to uint8 first, which turns every pixel into 0 or 1; cxrlab never does that.
+grid) on 256 levels spanning the image's real intensity range (OpenCV's 8-bit CLAHE, whose clip limit is
+relative to a 256-bin histogram, as in the paper). The published code cast a [0, 1] float image to uint8
+instead of scaling it, which turns every pixel into 0 or 1; cxrlab never does that.
 """
 
 from __future__ import annotations
@@ -106,13 +107,13 @@ def parse_histeq(spec: str | bool | None) -> tuple[float, int] | None:
 
 
 def clahe(image: np.ndarray, clip: float, grid: int) -> np.ndarray:
-    """CLAHE on the image's own intensity range, quantised to 16 bits (not 8, and never a bare cast)."""
+    """CLAHE on the image's own intensity range: scaled (never cast) to 0..255, equalised, scaled back."""
     lo, hi = float(image.min()), float(image.max())
     if hi - lo < _EPS:
         return image.astype(np.float32)
-    q = np.round((image - lo) / (hi - lo) * 65535.0).astype(np.uint16)
+    q = np.round((image - lo) / (hi - lo) * 255.0).astype(np.uint8)
     eq = cv2.createCLAHE(clipLimit=clip * grid * grid, tileGridSize=(grid, grid)).apply(q)
-    return (eq.astype(np.float32) / 65535.0 * (hi - lo) + lo).astype(np.float32)
+    return (eq.astype(np.float32) / 255.0 * (hi - lo) + lo).astype(np.float32)
 
 
 @TRANSFORMS.register("clahe")
@@ -136,7 +137,8 @@ class CLAHEd(Transform):
 
 @TRANSFORMS.register("unsharp")
 class UnsharpMaskd(Transform):
-    """Unsharp masking: ``x + amount * (x - gaussian(x, sigma))``, clipped back to the input range."""
+    """Unsharp masking: ``x + amount * (x - gaussian(x, sigma))``, clipped to [0, 1] (or to the input's range
+    where that is wider)."""
 
     def __init__(self, sigma: float = 2.0, amount: float = 1.0):
         if sigma <= 0:
@@ -146,7 +148,7 @@ class UnsharpMaskd(Transform):
     def apply(self, sample: Sample, rng) -> Sample:
         def fn(x: np.ndarray) -> np.ndarray:
             blurred = cv2.GaussianBlur(x, (0, 0), self.sigma)
-            return np.clip(x + self.amount * (x - blurred), x.min(), x.max()).astype(np.float32)
+            return np.clip(x + self.amount * (x - blurred), min(0.0, x.min()), max(1.0, x.max())).astype(np.float32)
 
         sample[schema.KEY_IMAGE] = _first_channel_op(_image(sample), fn)
         return sample

@@ -98,7 +98,11 @@ def finish(df: pd.DataFrame, *, source: Path | None = None, attrs: dict | None =
     for col in [c for c in df.columns if c.startswith("mask_")]:
         df[col] = df[col].map(lambda p: str(Path(p).resolve()) if isinstance(p, (str, Path)) and str(p) else None)
     for col in (schema.AGE, schema.OFFSET_DAYS):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
+        values = pd.to_numeric(df[col], errors="coerce")
+        lost = values.isna() & df[col].notna() & (df[col].astype(str).str.strip() != "")
+        if lost.any() and f"{col}_raw" not in df.columns:  # keep what could not be read ('?', '65 y')
+            df[f"{col}_raw"] = df[col].where(lost)
+        df[col] = values
     labels = [c for c in _canonical_labels() if c in df.columns]
     masks = [c for c in schema.MASK_COLUMNS if c in df.columns] + sorted(
         c for c in df.columns if c.startswith("mask_") and c not in schema.MASK_COLUMNS)

@@ -1,0 +1,193 @@
+"""Lung segmentation benchmark on the shared mask data (JSRT/SCR, V7 masks of ieee8023, COVID-QU-Ex lungs).
+
+    python bench/segmentation.py train  --out runs/lung_bench          # the lung model other stages use
+    python bench/segmentation.py cross  --train-source covid_qu_ex --out runs/lung_cross_qu
+    python bench/segmentation.py speed  --run runs/lung_bench           # GEMM peak, end-to-end img/s
+    python bench/segmentation.py report --run runs/lung_bench           # -> docs/benchmarks/anatomy.md
+
+Results land in ``bench/results/`` (git-ignored) and the run directories under ``runs/``; nothing derived
+from the data is written into the repository except the figures in the Markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrlab.anatomy import LungSegmenter, evaluate_segmenter, load_config, train_segmentation
+from cxrlab.anatomy.data import assign_split, load_table
+from cxrlab.data import schema
+from cxrlab.io import read_image, write_png
+
+DATA = Path(os.environ.get("CXRLAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SOURCES = {
+    "jsrt_scr": DATA / "jsrt_scr_lung_masks",
+    "v7_ieee8023": DATA / "ieee8023_covid_chestxray",
+    "covid_qu_ex": DATA / "covid_qu_ex_infection_seg",
+}
+# The V7 masks of ieee8023 sit in their own columns; map them onto the canonical ones.
+COLUMN_MAP = {"mask_v7_lungs": schema.MASK_LUNGS, "mask_v7_right_lung": schema.MASK_RIGHT_LUNG,
+              "mask_v7_left_lung": schema.MASK_LEFT_LUNG}
+SOURCE_PATTERNS = {"jsrt_scr": "JSRT*", "v7_ieee8023": "ieee8023*", "covid_qu_ex": "COVID-QU-Ex*"}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Budgeted for a 2-core CPU shared with six other jobs: 128 px, ImageNet Lite0 encoder, a slim U-Net
+# decoder, a source-balanced draw of images per epoch.
+BENCH_CONFIG = {
+    "name": "lung_bench", "arch": "unet", "encoder": "efficientnet_lite0", "weights": "imagenet",
+    "arch_kwargs": {"decoder_channels": [96, 48, 24, 16, 8]}, "size": 128,
+    "manifests": [str(p) for p in SOURCES.values()], "column_map": COLUMN_MAP,
+    "epochs": 6, "samples_per_epoch": 192, "batch_size": 12, "lr": 2e-3, "val_max_images": 60,
+    "patience": 6, "seed": 0, "precision": "auto", "threads": 2,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {msg}", flush=True)
+
+
+def progress_logger(every: int = 4):
+    def report(stage: str, done: int, total: int, status: str) -> None:
+        if done == total or done % (every * 50 if stage in ("load", "test") else every) == 0:
+            log(f"{stage} {done}/{total} {status}")
+    return report
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
+        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
+    return {"cpu": model, "cores": os.cpu_count(), "date_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
+            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    cfg = load_config(BENCH_CONFIG, args.set)
+    log(f"machine {machine()}")
+    run = train_segmentation(cfg, out=args.out, resume=args.resume, progress=progress_logger())
+    log(f"done: {run}  load {machine()['uptime']}")
+
+
+def cmd_cross(args: argparse.Namespace) -> None:
+    """Train on one source only (its own patient-level train part), test on every source's test part."""
+    pattern = SOURCE_PATTERNS[args.train_source]
+    cfg = load_config({**BENCH_CONFIG, "name": f"lung_only_{args.train_source}", "sources": [pattern],
+                       "evaluate_test": False}, args.set)
+    run = train_segmentation(cfg, out=args.out, resume=args.resume, progress=progress_logger())
+    # The same split as the main run (same seed and ratios, stratified by source), so test parts match.
+    all_cfg = load_config(BENCH_CONFIG)
+    df = assign_split(load_table(all_cfg), all_cfg)
+    test = df[df["split"] == "test"].reset_index(drop=True)
+    seg = LungSegmenter.from_run(run)
+    table, summary = evaluate_segmenter(seg, test, on_item=progress_logger(50))
+    out = RESULTS / f"segmentation_cross_{args.train_source}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"train_source": args.train_source, "run": str(run), "test": summary,
+                               "machine": machine()}, indent=2))
+    log(f"wrote {out}")
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 3.0) -> float:
+    """Measured matrix-multiply throughput (GFLOP/s) on this machine right now."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def model_gflops(seg: LungSegmenter) -> float:
+    """Forward FLOPs per image at the model's size (torch's FLOP counter; convs and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, seg.in_channels, seg.config.size, seg.config.size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        seg.model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def cmd_speed(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    seg = LungSegmenter.from_run(args.run, precision=args.precision)
+    peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
+    log(f"GEMM peak GFLOP/s {peaks}")
+    # 256-px inputs: COVID-QU-Ex images are natively 256x256.
+    images = sorted((SOURCES["covid_qu_ex"] / "images").rglob("*.png"))[: args.n]
+    gflops = model_gflops(seg)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        for start in range(0, len(images), args.batch):
+            chunk = images[start:start + args.batch]
+            arrays = [read_image(p)[0] for p in chunk]
+            for path, masks in zip(chunk, seg.predict_batch(arrays, batch_size=args.batch)):
+                for key in (schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK):
+                    write_png(Path(tmp) / f"{path.stem}_{key}.png", masks[key], mask=True)
+        seconds = time.perf_counter() - t0
+    rate = len(images) / seconds
+    hist = pd.read_csv(Path(args.run) / "history.csv")
+    train_rate = float(hist["train_images_per_s"].median())
+    n_train = int((pd.read_csv(Path(args.run) / "split.csv")["split"] == "train").sum())
+    result = {
+        "end_to_end_images_per_s": rate, "images": len(images), "batch": args.batch, "precision": seg.precision,
+        "model_input_px": seg.config.size, "model_forward_gflop_per_image": gflops,
+        "gemm_peak_gflops": peaks,
+        "inference_fraction_of_peak": rate * gflops / peaks[seg.precision],
+        "train_images_per_s_median": train_rate,
+        "train_images_full_epoch": n_train, "full_epoch_minutes_estimated": n_train / train_rate / 60,
+        # forward + backward ~ 3x forward FLOPs
+        "train_fraction_of_peak": train_rate * 3 * gflops / peaks[str(hist["precision"].iloc[-1])],
+        "machine": machine(),
+    }
+    out = RESULTS / "segmentation_speed.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    log(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--out", default="runs/lung_bench")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--set", action="append", default=[], help="config override key=value")
+    c = sub.add_parser("cross")
+    c.add_argument("--train-source", choices=sorted(SOURCES), required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--resume", action="store_true")
+    c.add_argument("--set", action="append", default=[])
+    s = sub.add_parser("speed")
+    s.add_argument("--run", default="runs/lung_bench")
+    s.add_argument("--n", type=int, default=256)
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--precision", default="auto")
+    r = sub.add_parser("report")
+    r.add_argument("--run", default="runs/lung_bench")
+    r.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "anatomy.md"))
+    args = p.parse_args(argv)
+    {"train": cmd_train, "cross": cmd_cross, "speed": cmd_speed, "report": cmd_report}[args.cmd](args)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from bench.segmentation_report import write_report
+
+    write_report(Path(args.run), RESULTS, Path(args.out))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

@@ -1,0 +1,159 @@
+"""``cxrlab segment train|predict|evaluate``: a thin layer over :mod:`cxrlab.anatomy`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cxrlab.cli._common import console, progress
+from cxrlab.errors import InputError
+
+segment_app = typer.Typer(help="Lung segmentation: train a model, predict masks + overlays, evaluate.",
+                          no_args_is_help=True)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(segment_app, name="segment")
+
+
+def _bar_callback(bar, tasks: dict):
+    def report(stage: str, done: int, total: int, status: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, status="")
+        bar.update(tasks[stage], completed=done, total=total, status=status)
+    return report
+
+
+@segment_app.command("train")
+def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML segmentation config"),
+          set_: list[str] = typer.Option([], "--set", help="override a config key: key=value (repeatable)"),
+          out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: the config's 'out')"),
+          resume: bool = typer.Option(False, "--resume", help="continue from checkpoints/last.pt")) -> None:
+    """Train a segmentation model from a YAML config; writes a self-describing run directory."""
+    from cxrlab.anatomy import load_config, train_segmentation
+
+    cfg = load_config(config, set_)
+    with progress() as bar:
+        run = train_segmentation(cfg, out=out, resume=resume, progress=_bar_callback(bar, {}))
+    metrics = json.loads((run / "metrics.json").read_text())
+    console.print(f"run directory: [bold]{run}[/]  best val Dice {metrics['best_val_dice']:.4f}")
+
+
+def _inputs(paths: list[Path]):
+    """Images given directly, or a manifest file / a folder holding one → (DataFrame or None, image paths)."""
+    from cxrlab.data import load_manifest
+
+    if len(paths) == 1 and (paths[0].is_dir() or paths[0].suffix in {".csv", ".parquet"}):
+        m = load_manifest(paths[0])
+        return m, [Path(p) for p in m.df["image"]]
+    for p in paths:
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(p, f"not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a manifest")
+    return None, paths
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        out.append(p.stem if n == 0 else f"{p.stem}__{n}")
+    return out
+
+
+@segment_app.command("predict")
+def predict(inputs: list[Path] = typer.Argument(..., help="images, or one manifest (csv/parquet/folder)"),
+            run: Path = typer.Option(..., "--run", "--lung-model", help="segmentation run directory"),
+            out: Path = typer.Option(..., "--out", help="output folder"),
+            batch_size: int = typer.Option(16, "--batch-size"),
+            overlays: bool = typer.Option(True, "--overlays/--no-overlays")) -> None:
+    """Predict masks (PNG 0/255) and overlays; writes ``manifest.csv`` with mask columns and biomarkers."""
+    import pandas as pd
+
+    from cxrlab.anatomy import LungSegmenter, lung_biomarkers
+    from cxrlab.anatomy.overlay import mask_overlay
+    from cxrlab.data import Manifest, save_manifest, schema
+    from cxrlab.data.dataset import mask_key
+    from cxrlab.io import read_image, write_png
+
+    seg = LungSegmenter.from_run(run)
+    manifest, images = _inputs(inputs)
+    stems = _unique_stems(images)
+    key_to_col = {mask_key(c): c for c in schema.MASK_COLUMNS}
+    rows = []
+    with progress() as bar:
+        task = bar.add_task("segmenting", total=len(images), status="")
+        for start in range(0, len(images), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(images))))
+            arrays = [read_image(images[i])[0] for i in chunk]
+            for i, image, masks in zip(chunk, arrays, seg.predict_batch(arrays, batch_size=batch_size)):
+                row = {"image": str(images[i].resolve())}
+                for key, m in masks.items():
+                    path = out / "masks" / key.removesuffix("_mask") / f"{stems[i]}.png"
+                    write_png(path, m, mask=True)
+                    row[key_to_col.get(key, f"mask_{key.removesuffix('_mask')}")] = str(path.resolve())
+                if overlays:
+                    write_png(out / "overlays" / f"{stems[i]}.png", mask_overlay(image, masks))
+                if seg.config.is_lung_model:
+                    bio = lung_biomarkers(image, masks[schema.KEY_RIGHT_MASK], masks[schema.KEY_LEFT_MASK],
+                                          masks.get(schema.KEY_HEART_MASK))
+                    bio["flags"] = ";".join(bio["flags"])
+                    row.update({f"bio_{k}": v for k, v in bio.items()})
+                rows.append(row)
+            bar.update(task, completed=chunk[-1] + 1)
+    pred = pd.DataFrame(rows)
+    if manifest is not None:
+        base = manifest.df.drop(columns=[c for c in pred.columns if c != "image" and c in manifest.df.columns])
+        base = base.assign(image=[str(Path(p).resolve()) for p in base["image"]])
+        table = base.merge(pred, on="image", how="left")
+    else:
+        table = pred.assign(patient_id=[p.stem for p in images], source_dataset="predicted")
+    save_manifest(Manifest(table), out / "manifest.csv")
+    flagged = int((pred.get("bio_plausible", pd.Series(dtype=bool)) == False).sum())  # noqa: E712
+    console.print(f"wrote masks for {len(images)} image(s) to {out}"
+                  + (f"; {flagged} flagged implausible (see bio_flags)" if flagged else ""))
+
+
+@segment_app.command("evaluate")
+def evaluate(run: Path = typer.Option(..., "--run", help="segmentation run directory"),
+             manifest: Optional[Path] = typer.Option(None, "--manifest",
+                                                     help="evaluate on these rows (default: the run's test split)"),
+             split: str = typer.Option("test", "--split", help="part of the run's split.csv to use"),
+             column_map: list[str] = typer.Option([], "--map", help="rename a mask column: old=new"),
+             out: Optional[Path] = typer.Option(None, "--out", help="metrics JSON (and a per-image parquet)")) -> None:
+    """Dice, Jaccard and HD95 per structure and per source."""
+    from cxrlab.anatomy import LungSegmenter, evaluate_segmenter
+    from cxrlab.anatomy.data import assign_split, load_table
+    from cxrlab.anatomy.config import load_config
+    from cxrlab.utils import atomic_path, atomic_write_json
+
+    seg = LungSegmenter.from_run(run)
+    mapping = dict(item.split("=", 1) for item in column_map if "=" in item)
+    if manifest is not None:
+        cfg = load_config(seg.config, [f"manifests=[{manifest}]"])
+        cfg = cfg.model_copy(update={"column_map": {**cfg.column_map, **mapping}, "sources": None})
+        df = load_table(cfg)
+    else:
+        cfg = seg.config.model_copy(update={"split": seg.config.split.model_copy(
+            update={"split_csv": str(run / "split.csv")})})
+        df = assign_split(load_table(cfg), cfg)
+        df = df[df["split"] == split].reset_index(drop=True)
+        if df.empty:
+            raise InputError(run / "split.csv", f"no images in split {split!r}")
+    with progress() as bar:
+        task = bar.add_task("evaluating", total=len(df), status="")
+        table, summary = evaluate_segmenter(seg, df, on_item=lambda i, n: bar.update(task, completed=i))
+    for source, s in {"overall": summary["overall"], **summary["by_source"]}.items():
+        parts = [f"{k} Dice {v['dice_mean']:.4f} HD95 {v['hd95_px256_mean']:.1f}" for k, v in s.items()
+                 if isinstance(v, dict)]
+        console.print(f"[bold]{source}[/] (n={s['n_images']}): " + "; ".join(parts))
+    if out is not None:
+        atomic_write_json(out, summary)
+        with atomic_path(out.with_suffix(".parquet")) as tmp:
+            table.to_parquet(tmp, index=False)

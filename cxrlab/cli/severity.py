@@ -1,0 +1,123 @@
+"""``cxrlab severity train|predict|evaluate``: a thin layer over :mod:`cxrlab.severity`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cxrlab.cli._common import console, progress
+from cxrlab.errors import ConfigError
+
+severity_app = typer.Typer(help="Two-stage severity scoring: lungs → disease → zone scores.", no_args_is_help=True)
+
+
+def _bar(bar):
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int, status: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, status="")
+        bar.update(tasks[stage], completed=done, total=total, status=status)
+
+    return report
+
+
+@severity_app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="severity config YAML (lung_run, manifests, disease: {...})"),
+    set_: list[str] = typer.Option([], "--set", help="override a key, e.g. disease.epochs=5 (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (overrides the config's out)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+) -> None:
+    """Train Stage II on disease masks, fit the zone threshold and Brixia cut-points; writes a severity run."""
+    from cxrlab.severity.train import train_severity
+
+    overrides = list(set_) + ([f"out={out}"] if out is not None else [])
+    with progress() as bar:
+        run = train_severity(config, overrides, resume=resume, progress=_bar(bar))
+    console.print(f"severity run: {run}")
+    console.print((run / "scoring.json").read_text())
+
+
+def _pipeline(run: Optional[Path], lung_run: Optional[Path], disease_run: Optional[Path]):
+    from cxrlab.severity.pipeline import SeverityPipeline
+
+    if run is not None:
+        if lung_run is not None or disease_run is not None:
+            raise ConfigError("give either a severity RUN or --lung-run with --disease-run, not both")
+        return SeverityPipeline.from_run(run)
+    if lung_run is None or disease_run is None:
+        raise ConfigError("give a severity RUN directory, or both --lung-run and --disease-run")
+    return SeverityPipeline.from_runs(lung_run, disease_run)
+
+
+@severity_app.command("predict")
+def predict_cmd(
+    inputs: list[Path] = typer.Argument(..., help="image files, or one manifest (.csv/.parquet/folder) for batch mode"),
+    run: Optional[Path] = typer.Option(None, "--run", help="severity run directory (from `severity train`)"),
+    lung_run: Optional[Path] = typer.Option(None, "--lung-run", help="Stage I run (with --disease-run)"),
+    disease_run: Optional[Path] = typer.Option(None, "--disease-run", help="Stage II run (default scoring)"),
+    out: Path = typer.Option(Path("runs/severity_predict"), "--out", help="output folder"),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="write overlay PNGs"),
+    batch_size: int = typer.Option(8, help="images per forward pass"),
+) -> None:
+    """Masks, overlay PNG and a JSON record per image; a manifest gives one predictions.csv table."""
+    from cxrlab.data.manifest import load_manifest
+
+    pipe = _pipeline(run, lung_run, disease_run)
+    is_manifest = len(inputs) == 1 and (inputs[0].is_dir() or inputs[0].suffix in {".csv", ".parquet"})
+    if is_manifest:
+        manifest = load_manifest(inputs[0])
+        with progress() as bar:
+            task = bar.add_task("severity", total=len(manifest), status="")
+            table = pipe.predict_manifest(manifest, out, overlays=overlay, save_masks=True, batch_size=batch_size,
+                                          on_batch=lambda done, total: bar.update(task, completed=done))
+        failed = int(table["error"].notna().sum()) if "error" in table else 0
+        console.print(f"{len(table)} images scored ({failed} failed): {out / 'predictions.csv'}")
+        return
+    for path in inputs:
+        result, image = pipe.predict_path(path)
+        files = result.save(out, path.stem, image if overlay else None)
+        console.print(json.dumps({**result.to_json(), "files": files}, indent=1))
+
+
+@severity_app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="severity run directory"),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="rows to evaluate (default: the run's "
+                                                                     "disease manifest, test split)"),
+    scored: Optional[Path] = typer.Option(None, "--scored", help="manifest with reader scores (Brixia, Cohen)"),
+    split: str = typer.Option("test", help="part of the run's split to evaluate when --manifest is not given"),
+    n_boot: int = typer.Option(200, help="bootstrap resamples for CIs"),
+) -> None:
+    """Disease Dice/IoU, FP area, per-lung involvement and grades, zone count, Brixia and Cohen agreement."""
+    import pandas as pd
+
+    from cxrlab.data import schema
+    from cxrlab.data.manifest import load_manifest
+    from cxrlab.severity.evaluation import evaluate_severity
+    from cxrlab.severity.pipeline import SeverityPipeline
+    from cxrlab.utils import atomic_write_json
+
+    pipe = SeverityPipeline.from_run(run)
+    if manifest is None:
+        df = load_manifest(run / "disease_manifest.csv").df
+        parts = pd.read_csv(run / "disease" / "split.csv", dtype=str)
+        df = df[df[schema.IMAGE].map(dict(zip(parts[schema.IMAGE], parts["split"]))) == split]
+    else:
+        df = load_manifest(manifest).df
+    scored_df = load_manifest(scored).df if scored is not None else None
+    with progress() as bar:
+        result = evaluate_severity(pipe, df, scored_df, n_boot=n_boot, progress=_bar(bar))
+    atomic_write_json(run / "metrics.json", result)
+    console.print(json.dumps({k: v for k, v in result.items() if k in ("disease", "normal_false_positive",
+                                                                     "involvement", "failed_images")}, indent=1,
+                             default=str))
+    console.print(f"written: {run / 'metrics.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(severity_app, name="severity")

@@ -1,0 +1,132 @@
+"""Two-stage severity on the phantom: short training of both stages, fitted scoring, predictions, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cxrlab.anatomy.train import train_segmentation
+from cxrlab.cli.main import app
+from cxrlab.data import schema
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.io import read_image
+from cxrlab.severity import SeverityPipeline, evaluate_severity, train_severity
+from cxrlab.severity.config import ScoringParams
+
+SEG = {"arch": "unet", "encoder": "resnet18", "weights": "none", "size": 64, "batch_size": 8, "lr": 3e-3,
+       "augment": {"enabled": False}, "val_max_images": 12, "evaluate_test": False, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def runs(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("severity")
+    manifest = str(phantom_root / "manifest.csv")
+    lung = train_segmentation({**SEG, "manifests": [manifest], "epochs": 4}, out=out / "lung")
+    run = train_severity({"lung_run": str(lung), "manifests": [manifest], "out": str(out / "sev"),
+                          "disease": {**SEG, "epochs": 6, "input": "image+lung"}})
+    return {"lung": lung, "run": run, "out": out}
+
+
+@pytest.fixture(scope="module")
+def test_rows(runs, phantom_manifest) -> pd.DataFrame:
+    split = pd.read_csv(runs["run"] / "disease" / "split.csv", dtype=str)
+    part = dict(zip(split[schema.IMAGE], split["split"]))
+    df = phantom_manifest.df.copy()
+    return df[df[schema.IMAGE].map(part) == "test"].reset_index(drop=True)
+
+
+def test_run_directory_is_self_describing(runs):
+    run = runs["run"]
+    for name in ("recipe.yaml", "severity.json", "scoring.json", "disease/recipe.yaml", "disease/split.csv",
+                 "disease/checkpoints/best.pt"):
+        assert (run / name).exists(), name
+    scoring = ScoringParams.load(run / "scoring.json")
+    assert scoring.zone_strategy == "equal_area"
+    assert scoring.fitted_on["zone_threshold"]["split"] == "val"
+    assert scoring.fitted_on["brixia_cutpoints"]["split"] == "train"  # the phantom's training images carry Brixia
+    c = scoring.brixia_cutpoints
+    assert c[0] <= c[1] <= c[2]
+
+
+def test_two_stage_beats_trivial_baseline(runs, test_rows, phantom_manifest):
+    """Per-lung involvement and Brixia total on held-out patients beat "predict the training mean"."""
+    pipe = SeverityPipeline.from_run(runs["run"])
+    result = evaluate_severity(pipe, test_rows, test_rows, readers={"truth": "brixia_"}, n_boot=20)
+    assert result["failed_images"] == 0
+    split = pd.read_csv(runs["run"] / "disease" / "split.csv", dtype=str)
+    train = phantom_manifest.df[phantom_manifest.df[schema.IMAGE].isin(split[split["split"] == "train"][schema.IMAGE])]
+    mean_inv = np.concatenate([train["involvement_right"], train["involvement_left"]]).mean()
+    truth_inv = np.concatenate([test_rows["involvement_right"], test_rows["involvement_left"]])
+    baseline_inv = np.abs(truth_inv - mean_inv).mean()
+    model_inv = result["involvement"]["fraction_mae"]["value"]
+    assert model_inv < baseline_inv, (model_inv, baseline_inv)
+    assert result["disease"]["dice_mean"] > 0.3
+    total = result["brixia"]["total"]["rows"][0]
+    assert total["other"] == "model"
+    baseline_total = np.abs(test_rows[schema.BRIXIA_GLOBAL] - train[schema.BRIXIA_GLOBAL].mean()).mean()
+    assert total["mae"]["value"] < baseline_total, (total["mae"]["value"], baseline_total)
+
+
+def test_predict_one_image_masks_scores_overlay(runs, test_rows, tmp_path):
+    pipe = SeverityPipeline.from_run(runs["run"])
+    image, _ = read_image(test_rows[schema.IMAGE].iloc[0])
+    res = pipe.predict(image, "phantom image")
+    for key in ("patient_right_mask", "patient_left_mask", "disease_mask"):
+        assert res.masks[key].shape == image.shape and res.masks[key].dtype == np.uint8
+    lungs = res.masks["patient_right_mask"] | res.masks["patient_left_mask"]
+    assert not (res.masks["disease_mask"] & ~lungs).any()  # nothing outside the predicted lungs
+    record = res.to_json()
+    json.dumps(record)  # serialisable (NaN became null)
+    assert 0 <= record["scores"]["brixia_global"] <= 18 and 0 <= record["scores"]["zone_count"] <= 6
+    files = res.save(tmp_path, "case", image)
+    overlay, _ = read_image(files["overlay"])
+    assert overlay.shape == image.shape
+    assert json.loads(Path(files["record"]).read_text())["scores"] == record["scores"]
+
+
+def test_batch_mode_one_table_and_bad_file_does_not_stop_it(runs, test_rows, tmp_path):
+    pipe = SeverityPipeline.from_run(runs["run"])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    rows = pd.concat([test_rows.head(3), pd.DataFrame({schema.IMAGE: [str(bad)], schema.PATIENT_ID: ["x"]})])
+    table = pipe.predict_manifest(rows, out_dir=tmp_path / "pred", batch_size=2)
+    assert len(table) == 4
+    assert table["error"].notna().sum() == 1 and "broken.png" in table["error"].dropna().iloc[0]
+    assert table["pred_brixia_global"].notna().sum() == 3
+    assert (tmp_path / "pred" / "predictions.csv").exists()
+
+
+def test_cli_predict_writes_record_and_overlay(runs, test_rows, tmp_path):
+    image = test_rows[schema.IMAGE].iloc[0]
+    res = CliRunner().invoke(app, ["severity", "predict", image, "--run", str(runs["run"]), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    stem = Path(image).stem
+    assert (tmp_path / "overlays" / f"{stem}.png").exists()
+    assert json.loads((tmp_path / "records" / f"{stem}.json").read_text())["scores"]["brixia_global"] is not None
+
+
+def test_wrong_runs_are_rejected(runs):
+    with pytest.raises(ConfigError, match="does not predict mask_disease"):
+        SeverityPipeline.from_runs(runs["lung"], runs["lung"])
+    with pytest.raises(ConfigError, match="not a lung model"):
+        SeverityPipeline.from_runs(runs["run"] / "disease", runs["run"] / "disease")
+    with pytest.raises(InputError, match="not a severity run"):
+        SeverityPipeline.from_run(runs["lung"])
+
+
+def test_mask_image_size_mismatch_is_a_clear_error(runs):
+    pipe = SeverityPipeline.from_run(runs["run"])
+    lung = np.zeros((64, 64), np.uint8)
+    lung[10:50, 10:30] = 1
+    masks = {"patient_right_mask": lung, "patient_left_mask": lung[:, ::-1].copy(),
+             "disease_mask": np.zeros((64, 64), np.uint8)}
+    with pytest.raises(InputError, match="image size"):
+        pipe.score(masks, "x.png", image_shape=(64, 80))
+    empty = {k: np.zeros((64, 64), np.uint8) for k in masks}
+    with pytest.raises(InputError, match="lung mask is empty"):
+        pipe.score(empty, "x.png", image_shape=(64, 64))
