@@ -382,5 +382,6 @@ def _print_summary(console: Console, out: Path, outputs: dict[str, Path], second
         table.add_row(step, what, "\n".join(str(p) for p in paths), f"{seconds[step]:.0f}")
     console.print(table)
     console.print(f"Report: [bold]{outputs['report']}[/]")
-    console.print(f"Start the viewer: [bold]{serve_command(out)}[/]  "
-                  f"(runs `cxrlab serve --config {outputs['service_config']}`; Ctrl-C stops it)")
+    console.print(f"The viewer runs `cxrlab serve --config {outputs['service_config']}` on the demo's models "
+                  "(research use only; Ctrl-C stops it).")
+    console.print(f"Start the viewer: [bold]{serve_command(out)}[/]")

@@ -53,6 +53,9 @@ def test_criteria_can_be_switched_off(table):
                              drop_unreadable=False, drop_documents=False, flag_inverted=False)
     result = apply_exclusions(table, config)
     assert len(result.kept) == len(table) and result.report.empty
+    without = apply_exclusions(Manifest(table.df.drop(columns=["accession", "modality"])),
+                               ExclusionConfig(drop_unreadable=False, drop_documents=False, flag_inverted=False))
+    assert without.skipped == ["first_per_accession: no 'accession' column", "radiographs_only: no 'modality' column"]
     dropped = apply_exclusions(table, ExclusionConfig(drop_inverted=True)).report
     assert "inv.png" in " ".join(dropped.loc[dropped["action"] == "excluded", "image"])
 

@@ -35,6 +35,10 @@ def test_registry_lists_every_format_and_rejects_unknown():
             "ny_sbu", "ricord", "folder", "csv"} <= set(list_importers())
     with pytest.raises(ConfigError, match="unknown importer 'nope'"):
         import_dataset("nope", ".")
+    with pytest.raises(ConfigError, match="importer 'kermany' has no option colour; options: person_includes_type"):
+        import_dataset("kermany", ".", colour="red")
+    with pytest.raises(ConfigError, match="expected true/false"):
+        import_dataset("kermany", ".", person_includes_type="maybe")
     with pytest.raises(ValueError, match="already registered"):
         register_importer("kermany")(lambda src, **kw: None)
 

@@ -33,6 +33,11 @@ def test_png_16bit_keeps_precision(tmp_path):
     assert header.bits_stored == 16
     np.testing.assert_allclose(img, arr / 65535.0, atol=1e-6)
     assert len(np.unique(img)) > 90  # more levels than one row of 8-bit would need
+    twelve = (gradient() * 4095).astype(np.uint16)  # 12-bit detector data stored in a 16-bit PNG
+    write_png(tmp_path / "c.png", twelve)
+    img, header = read_image(tmp_path / "c.png")
+    assert header.bits_stored == 12 and img.max() == 1.0
+    np.testing.assert_allclose(img, twelve / 4095.0, atol=1e-6)
 
 
 def test_jpeg_and_extension_is_ignored(tmp_path):

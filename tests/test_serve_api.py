@@ -134,6 +134,16 @@ def test_monochrome1_dicom_is_displayed_like_monochrome2(client, phantom):
     assert np.abs(ia.astype(int) - ib.astype(int)).max() <= 1
 
 
+def test_large_dicom_is_analysed_and_shown_downscaled(client):
+    big = render_sample("bacterial", severity=0.5, size=1280, seed=2)["image"]
+    data = encode_dicom(big)
+    assert len(data) > 3_000_000  # more than starlette's 1 MB in-memory spool
+    rep = client.post("/v1/analyze", files={"file": ("x", data)}).json()
+    assert (rep["image"]["width"], rep["image"]["display_width"]) == (1280, 1024)
+    png = cv2.imdecode(np.frombuffer(client.get(rep["links"]["overlay"]).content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert png.shape[:2] == (1024, 1024)
+
+
 def test_lateral_dicom_is_flagged(client, phantom):
     r = client.post("/v1/analyze", files={"file": ("x", encode_dicom(phantom["image"], view_position="LL"))})
     assert r.status_code == 200 and r.json()["quality"]["lateral_view"] is True
@@ -142,11 +152,13 @@ def test_lateral_dicom_is_flagged(client, phantom):
 def test_batch_mixes_results_and_per_file_errors(client, phantom):
     files = [("files", ("a", encode_png(phantom["image"]))), ("files", ("b", b"GIF89a not an x-ray")),
              ("files", ("c", encode_jpeg(phantom["image"]))), ("files", ("d", encode_png(phantom["image"])[:300]))]
-    r = client.post("/v1/analyze/batch", files=files)
+    r = client.post("/v1/analyze/batch?heatmap=false", files=files)
     assert r.status_code == 200
     res = r.json()["results"]
     assert r.json()["n_ok"] == 2
     assert "id" in res[0] and "id" in res[2]
+    assert "heatmap" not in res[0]["links"] and "gradcam" not in res[0]["timings_ms"]
+    assert res[0]["diagnosis"]["probabilities"]
     assert res[1]["error"]["status"] == 415 and res[3]["error"]["status"] == 422
 
 

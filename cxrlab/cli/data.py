@@ -182,6 +182,8 @@ def exclude_cmd(
     with atomic_path(out / "exclusions.csv") as tmp:
         result.report.to_csv(tmp, index=False)
     atomic_write_json(out / "exclusions.json", config.to_dict())
+    for note in result.skipped:
+        console.print(f"[yellow]not applied[/] {note}")
     if len(result.report):
         console.print(_table(result.counts().rename("rows").to_frame(), "exclusions"))
     console.print(f"kept {len(result.kept)} of {len(m)} rows -> {out / 'manifest.csv'}; "

@@ -71,7 +71,7 @@ def bench_cmd(
     from cxrlab.serve.benchmark import run_benchmark
 
     result = run_benchmark(data=data, config=config, n_images=n_images, out_md=out, out_json=json_out,
-                           n_requests=requests, concurrency=concurrency)
+                           n_requests=requests, concurrency=concurrency, on_step=lambda m: console.log(m))
     console.print(json.dumps(result["summary"], indent=2))
 
 

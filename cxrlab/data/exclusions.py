@@ -54,6 +54,7 @@ class ExclusionConfig:
 class ExclusionResult:
     kept: Manifest
     report: pd.DataFrame  # REPORT_COLUMNS: one row per excluded (or flagged) image
+    skipped: list[str] = field(default_factory=list)  # criteria that could not apply (column missing)
 
     def counts(self) -> pd.Series:
         return self.report.groupby(["criterion", "action"]).size()
@@ -89,6 +90,10 @@ def apply_exclusions(manifest: Manifest, config: ExclusionConfig | None = None,
         for i in np.flatnonzero(np.asarray(mask, bool)):
             reasons.setdefault(int(i), (criterion, reason(int(i))))
 
+    needs = {"first_per_accession": config.accession_column, "min_age": schema.AGE,
+             "radiographs_only": "modality", "frontal_only": schema.VIEW}
+    skipped = [f"{criterion}: no {column!r} column" for criterion, column in needs.items()
+               if getattr(config, criterion) not in (False, None) and column not in df.columns]
     if config.first_per_accession and config.accession_column in df.columns:
         acc = df[config.accession_column]
         order = df.sort_values(schema.OFFSET_DAYS, kind="stable", na_position="last").index \
@@ -147,4 +152,4 @@ def apply_exclusions(manifest: Manifest, config: ExclusionConfig | None = None,
     if config.flag_inverted:
         kept["inverted_suspect"] = [int(i in flagged) for i in kept.index]
     attrs = {**manifest.attrs, "exclusions": config.to_dict()}
-    return ExclusionResult(Manifest(kept.reset_index(drop=True), manifest.source, attrs), report)
+    return ExclusionResult(Manifest(kept.reset_index(drop=True), manifest.source, attrs), report, skipped)

@@ -148,7 +148,7 @@ def reader_agreement(target_group: Sequence[Target], df: pd.DataFrame, readers: 
             continue
         names = [c.split(READER_SEP, 1)[1] for c in cols]
         for name, col in zip(names, cols):
-            stacks.setdefault(name, []).append(pd.to_numeric(merged[col], errors="coerce").to_numpy(float))
+            stacks.setdefault(name, []).append(t.encode(merged[col]))
         stacks.setdefault("model", []).append(t.predicted(merged))
         pids.append(merged["patient_id"].to_numpy())
     readers_found = [k for k in stacks if k != "model"]

@@ -52,7 +52,10 @@ class Target:
 
     def truth(self, df: pd.DataFrame) -> np.ndarray:
         """Float truth per row (class index for classification), NaN where unlabelled."""
-        values = df[self.column]
+        return self.encode(df[self.column])
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        """Labels on this target's scale (class names -> index for classification), NaN where missing."""
         if self.kind == "multiclass":
             index = {c: i for i, c in enumerate(self.classes)}
             mapped = values.map(lambda v: index.get(self.class_map.get(str(v), str(v)), np.nan)

@@ -28,7 +28,8 @@ def open_raster(data: bytes, name: str) -> Image.Image:
 
 
 def decode_raster(img: Image.Image, name: str) -> tuple[np.ndarray, ImageHeader]:
-    """Decode a Pillow image to float32 HxW in [0, 1] (divide by the type's full range, 255 or 65535)."""
+    """Decode a Pillow image to float32 HxW in [0, 1]: 8-bit / 255, 16-bit / (2**bits - 1) with ``bits`` the
+    depth its values use (12-bit data in a 16-bit PNG / 4095)."""
     fmt = (img.format or "raster").lower()
     try:
         img.load()
@@ -56,7 +57,10 @@ def decode_raster(img: Image.Image, name: str) -> tuple[np.ndarray, ImageHeader]
         if arr.max(initial=0) > 65535 or arr.min(initial=0) < 0:
             raise InputError(name, f"integer image values outside 16-bit range (mode {mode})")
         arr = arr.astype(np.uint16)
-        bits, scale = 16, 65535.0
+        # 10/12/14-bit detector data is stored in 16-bit PNGs: scale by the bit depth the values use, so a
+        # 12-bit film is not read as nearly black (relative intensities are kept, no min-max stretch)
+        bits = max(8, int(arr.max(initial=0)).bit_length())
+        scale = float(2**bits - 1)
     elif mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         return _minmax(arr), ImageHeader(fmt, arr.shape[0], arr.shape[1], 32, photometric)

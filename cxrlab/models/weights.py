@@ -194,7 +194,6 @@ def match_state_dict(target: Mapping[str, torch.Tensor], source: Mapping[str, to
             return tensor
         if tkey == first_key and tensor.ndim == 4 and tensor.shape[0] == want.shape[0] \
                 and tensor.shape[2:] == want.shape[2:]:
-            report.adapted.append(tkey)
             return adapt_first_conv(tensor, want.shape[1])
         return None
 
@@ -202,6 +201,8 @@ def match_state_dict(target: Mapping[str, torch.Tensor], source: Mapping[str, to
         tensor = fits(tkey, source[skey])
         if tensor is None:
             return False
+        if tensor.shape != source[skey].shape:
+            report.adapted.append(tkey)
         out[tkey] = tensor.to(target[tkey].dtype)
         used.add(skey)
         if skey != tkey:

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartParser
 
 from cxrlab.errors import CxrlabError, InputError
 from cxrlab.serve.config import ServiceConfig
@@ -52,6 +53,9 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
     store = store or ResultStore(config.store_dir, ttl_s=config.result_ttl_s)
     token = config.token()
     limits = config.limits
+    # Keep whole uploads in memory: starlette spools parts above 1 MB to a temporary file, which would put an
+    # identified DICOM on disk before de-identification. Memory stays bounded by the upload and batch limits.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.max_upload_bytes + 1)
     gate = asyncio.Semaphore(1)
     waiting = 0
     started = time.time()
@@ -113,7 +117,7 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
         log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
         return _error(500, "internal error")
 
-    async def _analyze(datas: list[bytes]) -> list[dict[str, Any]]:
+    async def _analyze(datas: list[bytes], heatmap: bool | None) -> list[dict[str, Any]]:
         nonlocal waiting
         if waiting >= max_queue:
             raise UploadError(503, "service busy: too many queued requests, retry later")
@@ -121,7 +125,8 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
         try:
             async with gate:
                 t0 = time.perf_counter()
-                analyses = await run_in_threadpool(pipeline.analyze_many, datas, heatmap=config.heatmap)
+                analyses = await run_in_threadpool(pipeline.analyze_many, datas,
+                                                   heatmap=config.heatmap if heatmap is None else heatmap)
         finally:
             waiting -= 1
         reports = []
@@ -147,15 +152,17 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
         return data
 
     @app.post(f"/{API_VERSION}/analyze")
-    async def analyze(file: UploadFile = File(...)) -> JSONResponse:
+    async def analyze(file: UploadFile = File(...), heatmap: bool | None = None) -> JSONResponse:
+        """One radiograph (PNG, JPEG or DICOM; type by content). ``?heatmap=false`` skips Grad-CAM."""
         data = _checked(await _read_limited(file, limits.max_upload_bytes))
-        report = (await _analyze([data]))[0]
+        report = (await _analyze([data], heatmap))[0]
         if "error" in report:
             return _error(report["error"]["status"], report["error"]["reason"])
         return JSONResponse(report)
 
     @app.post(f"/{API_VERSION}/analyze/batch")
-    async def analyze_batch(files: list[UploadFile] = File(...)) -> JSONResponse:
+    async def analyze_batch(files: list[UploadFile] = File(...), heatmap: bool | None = None) -> JSONResponse:
+        """Several radiographs in one batched pass; a bad file gets its own error entry, the rest still run."""
         if len(files) > limits.max_batch:
             raise UploadError(413, f"{len(files)} files exceed the batch limit of {limits.max_batch}")
         checked: list[bytes | UploadError] = []
@@ -165,7 +172,7 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
             except UploadError as exc:
                 checked.append(exc)
         good = [d for d in checked if isinstance(d, bytes)]
-        done = iter(await _analyze(good)) if good else iter(())
+        done = iter(await _analyze(good, heatmap)) if good else iter(())
         results = [{"error": {"status": c.status, "reason": c.reason}} if isinstance(c, UploadError) else next(done)
                    for c in checked]
         return JSONResponse({"results": results, "n_ok": sum("error" not in r for r in results)})

@@ -13,12 +13,13 @@ never modify ``src``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from pathlib import Path
 from typing import Any, Callable
 
 from cxrlab.data.manifest import Manifest
-from cxrlab.errors import InputError
+from cxrlab.errors import ConfigError, InputError
 from cxrlab.registry import Registry
 
 IMPORTERS: Registry[Callable[..., Manifest]] = Registry("importer")
@@ -39,10 +40,33 @@ def import_dataset(fmt: str, src: str | Path, *, out: str | Path | None = None, 
     src = Path(src)
     if not src.exists():
         raise InputError(src, f"source for importer {fmt!r} does not exist")
-    manifest = importer(src, out=Path(out) if out is not None else None, **opts)
+    manifest = importer(src, out=Path(out) if out is not None else None, **_options(fmt, importer, opts))
     manifest.attrs.setdefault("importer", fmt)
     manifest.attrs.setdefault("src", str(src))
     return manifest
+
+
+def _options(fmt: str, importer: Callable, opts: dict[str, Any]) -> dict[str, Any]:
+    """Check option names against the importer's signature; turn CLI strings into bools/numbers by default type."""
+    params = {n: p for n, p in inspect.signature(importer).parameters.items() if n not in {"src", "out"}}
+    unknown = sorted(set(opts) - set(params))
+    if unknown:
+        raise ConfigError(f"importer {fmt!r} has no option {', '.join(unknown)}; options: "
+                          f"{', '.join(params) or '(none)'}")
+    out = {}
+    for name, value in opts.items():
+        default = params[name].default
+        if isinstance(value, str) and isinstance(default, bool):
+            if value.strip().lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ConfigError(f"importer {fmt!r} option {name}: expected true/false, got {value!r}")
+            value = value.strip().lower() in {"1", "true", "yes"}
+        elif isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                value = type(default)(value)
+            except ValueError:
+                raise ConfigError(f"importer {fmt!r} option {name}: expected a number, got {value!r}") from None
+        out[name] = value
+    return out
 
 
 def _discover() -> None:

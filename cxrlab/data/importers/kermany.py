@@ -15,7 +15,7 @@ import pandas as pd
 
 from cxrlab.data import schema
 from cxrlab.data.importers import register_importer
-from cxrlab.data.importers._common import finish, scan_images, yes_no
+from cxrlab.data.importers._common import finish, scan_images
 from cxrlab.data.manifest import Manifest
 from cxrlab.errors import InputError
 
@@ -38,15 +38,14 @@ def parse_name(name: str, klass: str, person_includes_type: bool = False) -> tup
 
 
 @register_importer("kermany", description="Kermany chest-xray-pneumonia (train|test/NORMAL|PNEUMONIA)")
-def import_kermany(src: Path, *, out: Path | None = None, person_includes_type: bool | str = False,
+def import_kermany(src: Path, *, out: Path | None = None, person_includes_type: bool = False,
                    source_dataset: str = "kermany/chest-xray-pneumonia") -> Manifest:
     rows = []
-    includes_type = yes_no(person_includes_type) == 1.0
     for path in scan_images(src):
         klass, split = path.parent.name.upper(), path.parent.parent.name.lower()
         if klass not in CLASSES or split not in SPLITS:
             continue
-        key, finding = parse_name(path.name, klass, includes_type)
+        key, finding = parse_name(path.name, klass, person_includes_type)
         rows.append({schema.IMAGE: str(path), schema.PATIENT_ID: f"kermany_{key}", schema.VIEW: "unknown",
                      schema.SOURCE_DATASET: source_dataset, schema.FINDING: finding,
                      "pneumonia": int(klass == "PNEUMONIA"), "original_split": split,
