@@ -70,7 +70,6 @@ def test_required_methods_are_registered():
 
 def test_gradcam_on_every_registered_backbone():
     from cxrlab.models import create_model, get_backbone_entry, list_backbones
-    from cxrlab.explain.run import _HeadModule
 
     names = list_backbones()
     assert names, "the backbone registry is empty"
@@ -78,7 +77,7 @@ def test_gradcam_on_every_registered_backbone():
         model, _ = create_model(name, {"h": 2}, in_chans=1, weights="none")  # 64 px: pasa_cnn6 pools 6 times
         model.eval()
         layers = get_backbone_entry(name).cam_target_layers(model)
-        maps = compute_cam(_HeadModule(model, "h"), torch.rand(1, 1, 64, 64), "gradcam", layers, [OutputTarget(1)])
+        maps = compute_cam(model.as_classifier("h"), torch.rand(1, 1, 64, 64), "gradcam", layers, [OutputTarget(1)])
         assert maps.shape == (1, 64, 64) and np.isfinite(maps).all(), name
         assert _hooks(model) == 0, name
 

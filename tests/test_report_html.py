@@ -87,7 +87,7 @@ def report(tmp_path_factory, phantom_run, phantom_root, readers_file) -> Path:
     from cxrlab.evaluate import build_report
 
     return build_report(phantom_run, data=phantom_root / "manifest.csv", readers=readers_file,
-                        out=tmp_path_factory.mktemp("evaluation"), n_boot=100, per_class=1, max_hcs_images=24)
+                        out=tmp_path_factory.mktemp("evaluation"), n_boot=50, per_class=1, max_hcs_images=16)
 
 
 def test_metrics_json_holds_every_section(report):

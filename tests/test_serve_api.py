@@ -342,3 +342,15 @@ def test_cli_serve_stops_cleanly_on_ctrl_c(tmp_path):
     assert proc.returncode == 0, "".join(lines) + rest
     assert "Traceback" not in rest
     assert not any(tmp_path.glob("cxrlab-results-*"))
+
+
+def test_run_roles_detected_for_serve_run_dirs(service_runs, tmp_path):
+    from cxrlab.serve.stages import detect_role
+
+    for role in ALL_ROLES:
+        assert detect_role(service_runs[role]) == role
+    (tmp_path / "recipe.yaml").write_text("name: something-else\n")
+    with pytest.raises(ConfigError, match="role"):
+        detect_role(tmp_path)
+    with pytest.raises(ConfigError, match="recipe.yaml"):
+        detect_role(tmp_path / "..")

@@ -1,9 +1,7 @@
 """Geometry on lung masks: the midline between the patient's right and left chest, half-images, lung zones.
 
-Midline (the opacity paper's "spine" scheme): in every image row where both lungs are present, the point
-half-way between the right lung's medial edge and the left lung's medial edge; a line ``x = slope*y + x0``
-is fitted to those points with a robust (Huber-weighted, iterated) fit, so it follows a rotated chest. Without
-overlapping rows it falls back to the perpendicular bisector of the two lung centroids.
+Midline (the opacity paper's "spine" scheme): the axis about which the two-lung mask is most nearly
+mirror-symmetric, found by search over tilt and offset, so it turns with a rotated chest.
 
 Zones (Brixia naming): A/B/C = patient-right upper/middle/lower, D/E/F = patient-left upper/middle/lower.
 ``equal_height`` cuts each lung's vertical extent into equal thirds (as the Brixia score and the phantom's
@@ -16,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import cv2
 import numpy as np
 
 from cxrlab.errors import InputError
@@ -46,45 +45,57 @@ class Midline:
         return xs < line, xs >= line
 
 
-def _robust_line(ys: np.ndarray, xs: np.ndarray, iterations: int = 10) -> tuple[float, float]:
-    """Fit x = a*y + b by iteratively reweighted least squares with Huber weights (ragged lung edges)."""
-    w = np.ones_like(xs, dtype=np.float64)
-    a, b = 0.0, float(np.median(xs))
-    A = np.stack([ys, np.ones_like(ys)], axis=1).astype(np.float64)
-    for _ in range(iterations):
-        sw = np.sqrt(w)
-        (a, b), *_ = np.linalg.lstsq(A * sw[:, None], xs * sw, rcond=None)
-        r = xs - (a * ys + b)
-        scale = 1.4826 * np.median(np.abs(r)) + 1e-6
-        k = 1.345 * scale
-        w = np.where(np.abs(r) <= k, 1.0, k / np.abs(r))
-    return float(a), float(b)
+def _reflect(mask: np.ndarray, angle_deg: float, point: tuple[float, float]) -> np.ndarray:
+    """Mirror ``mask`` across the line through ``point`` (x, y) tilted ``angle_deg`` from vertical."""
+    t = np.radians(angle_deg)
+    d = np.array([np.sin(t), np.cos(t)])  # unit direction (x, y) of the line
+    refl = 2 * np.outer(d, d) - np.eye(2)
+    p = np.asarray(point, dtype=np.float64)
+    m = np.hstack([refl, (p - refl @ p)[:, None]])
+    h, w = mask.shape
+    return cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
 
 
-def estimate_midline(patient_right: np.ndarray, patient_left: np.ndarray) -> Midline:
-    """The split line between the patient's right and left chest from the two lung masks."""
+def _symmetry(mask: np.ndarray, angle: float, point: tuple[float, float]) -> float:
+    mirrored = _reflect(mask, angle, point)
+    return 2.0 * float((mask & mirrored).sum()) / float(mask.sum() + mirrored.sum())
+
+
+def estimate_midline(patient_right: np.ndarray, patient_left: np.ndarray, max_angle: float = 30.0) -> Midline:
+    """The split line between the patient's right and left chest from the two lung masks.
+
+    The chest is close to mirror-symmetric about the spine, so the midline is taken as the axis that best
+    mirrors the two-lung mask onto itself (largest Dice with its reflection): a search over tilt, then over
+    the offset across the line, then the tilt again. It turns with the chest, unlike row-wise edge rules,
+    which are biased by the heart and by the curved lateral margins.
+    """
     r, l = patient_right.astype(bool), patient_left.astype(bool)
     if r.shape != l.shape:
         raise InputError("lung masks", f"right {r.shape} and left {l.shape} masks differ in size")
     if not r.any() or not l.any():
         raise InputError("lung masks", "the midline needs both lungs; "
                          f"{'patient_right' if not r.any() else 'patient_left'} mask is empty")
-    w = r.shape[1]
-    cols = np.arange(w)
-    # Medial edges: right lung's right-most pixel, left lung's left-most pixel, per row.
-    r_med = np.where(r, cols[None, :], -1).max(axis=1)
-    l_med = np.where(l, cols[None, :], w).min(axis=1)
-    rows = np.flatnonzero((r_med >= 0) & (l_med < w) & (l_med > r_med))
-    if len(rows) >= max(5, int(0.1 * r.shape[0] / 4)):
-        mids = (r_med[rows] + l_med[rows]) / 2.0
-        a, b = _robust_line(rows.astype(np.float64), mids)
-        return Midline(a, b)
-    # Fallback: perpendicular bisector of the centroids.
-    (ry, rx), (ly, lx) = (np.argwhere(m).mean(axis=0) for m in (r, l))
-    my, mx = (ry + ly) / 2, (rx + lx) / 2
-    dx, dy = lx - rx, ly - ry
-    slope = -dy / dx if abs(dx) > 1e-6 else 0.0  # the bisector's x changes by -dy/dx per unit y
-    return Midline(float(slope), float(mx - slope * my))
+    scale = min(1.0, 128.0 / max(r.shape))  # the search runs on a <= 128 px copy
+    small = cv2.resize((r | l).astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    if not small.any():
+        small = (r | l).astype(np.uint8)
+        scale = 1.0
+    (cy, cx) = np.argwhere(small).mean(axis=0)
+    # start between the lungs: half-way between the two lungs' centroids
+    (_, rx), (_, lx) = (np.argwhere(m).mean(axis=0) * scale for m in (r, l))
+    point = np.array([(rx + lx) / 2.0, cy])
+    angle = 0.0
+    width = small.shape[1]
+    for step in (2.0, 0.5):
+        angles = np.arange(-max_angle, max_angle + 1e-9, step) if step == 2.0 else angle + np.arange(-2, 2.01, step)
+        angle = max(angles, key=lambda a: _symmetry(small, a, tuple(point)))
+        normal = np.array([np.cos(np.radians(angle)), -np.sin(np.radians(angle))])
+        offsets = np.arange(-0.1 * width, 0.1 * width + 1e-9, max(0.5, step / 2))
+        best = max(offsets, key=lambda o: _symmetry(small, angle, tuple(point + o * normal)))
+        point = point + best * normal
+    slope = float(np.tan(np.radians(angle)))
+    px, py = point / scale
+    return Midline(slope, float(px - slope * py))
 
 
 def split_halves(image: np.ndarray, midline: Midline, mirror_left: bool = False) -> dict[str, np.ndarray]:

@@ -26,6 +26,8 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Bootstrap and sampling seed."),
     gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Heatmap overlays and HCS (needs the model)."),
     method: str = typer.Option("gradcam", "--method", help="CAM method for the gallery and HCS."),
+    lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="Lung segmentation run: masks for HCS "
+                                              "when the manifest has none."),
 ) -> None:
     """Evaluate a run: metrics with patient-level CIs, subgroups, reader agreement, HCS, HTML report."""
     from cxrlab.evaluate.report import build_report
@@ -33,7 +35,7 @@ def evaluate(
     with console.status(f"evaluating {run} ({n_boot} bootstrap resamples"
                         f"{', heatmaps' if gallery else ''})"):
         path = build_report(run, data=data, readers=readers, out=out, n_boot=n_boot, seed=seed, gallery=gallery,
-                            cam_method=method)
+                            cam_method=method, lung_model=lung_model)
     console.print(f"metrics: {path.parent / 'metrics.json'}")
     console.print(f"report:  {path}")
 
@@ -47,6 +49,8 @@ def explain(
     data: Optional[Path] = typer.Option(None, "--data", help="Manifest listing the images, for lung masks (HCS, "
                                         "contour)."),
     threshold: float = typer.Option(0.5, "--threshold", help="HCS threshold relative to the heatmap's peak."),
+    lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="Lung segmentation run: masks for "
+                                              "images not in --data."),
 ) -> None:
     """Heatmap overlays (image, lung contour, probability-weighted CAM) and HCS for images."""
     from cxrlab.explain.cams import CAM_METHODS
@@ -55,5 +59,5 @@ def explain(
     CAM_METHODS.get(method)  # unknown method: one-line error listing the known ones
     with progress() as bar:
         folder = explain_images(run, images, out, method=method, head=head, threshold=threshold, data=data,
-                                progress=bar)
+                                lung_model=lung_model, progress=bar)
     console.print(f"overlays and explain.json in {folder}")

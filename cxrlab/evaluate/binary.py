@@ -15,7 +15,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrlab.evaluate import _fast
 from cxrlab.evaluate._checks import binary_labels, probabilities, safe_div, same_length
-from cxrlab.evaluate.bootstrap import DEFAULT_N_BOOT, Estimate, bootstrap
+from cxrlab.evaluate.bootstrap import DEFAULT_N_BOOT, bootstrap
 
 
 def roc_auc(y_true, p) -> float:
@@ -131,5 +131,5 @@ def validation_threshold(y_val, p_val) -> float:
     return youden_threshold(y_val, p_val)
 
 
-__all__ = ["Estimate", "average_precision", "binary_metrics", "brier", "pr_points", "roc_auc", "roc_points",
+__all__ = ["average_precision", "binary_metrics", "brier", "pr_points", "roc_auc", "roc_points",
            "threshold_metrics", "validation_threshold", "youden_threshold"]

@@ -131,21 +131,21 @@ def pick_gallery_cases(df: pd.DataFrame, target: Target, per_class: int) -> list
 
 
 def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method: str, per_class: int,
-             threshold: float, max_hcs_images: int, seed: int) -> dict:
+             threshold: float, max_hcs_images: int, seed: int, lung_model: str | os.PathLike | None) -> dict:
     """HCS table per head and the gallery; ``{"error": reason}`` when heatmaps cannot be made."""
     try:
         from cxrlab.explain.run import explain_rows, load_explain_model
     except ImportError as exc:  # torch stack missing: the metric report still stands
         return {"error": f"cxrlab.explain unavailable ({exc})"}
     try:
-        em = load_explain_model(run_dir)
+        em = load_explain_model(run_dir, lung_model=lung_model)
     except CxrlabError as exc:
         return {"error": str(exc)}
     heads = em.heads()
     per_lung = em.pipeline.per_image == 2
     out: dict[str, Any] = {"method": method, "threshold": threshold, "per_lung": per_lung, "hcs": {},
                            "gallery": {}}
-    has_masks = any(c in df.columns and df[c].notna().any() for c in MASK_COLUMNS)
+    has_masks = lung_model is not None or any(c in df.columns and df[c].notna().any() for c in MASK_COLUMNS)
     for t in targets:
         if t.kind == "regression":
             continue
@@ -157,7 +157,8 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
         part = labelled(df, t)
         if has_masks:
             rows = part if len(part) <= max_hcs_images else part.sample(max_hcs_images, random_state=seed)
-            rows = rows[rows[[c for c in MASK_COLUMNS if c in rows.columns]].notna().any(axis=1)]
+            if lung_model is None:  # only images with mask files
+                rows = rows[rows[[c for c in MASK_COLUMNS if c in rows.columns]].notna().any(axis=1)]
             res = explain_rows(em, rows.to_dict("records"), head, method, threshold, with_overlay=False)
             truth = t.truth(rows)
             table: dict[str, Any] = {"per_class": {}, "n": {}, "chance": {}}
@@ -171,8 +172,14 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
             table["macro"] = float(np.mean(list(table["per_class"].values()))) if table["per_class"] else float("nan")
             out["hcs"][t.name] = table
         groups = []
-        for g in pick_gallery_cases(part, t, per_class):
-            rendered = explain_rows(em, g["rows"].to_dict("records"), head, method, threshold) if len(g["rows"]) else []
+        cases = pick_gallery_cases(part, t, per_class)
+        # one batched pass over every case of this target, then split back into the groups
+        rendered_all = explain_rows(em, [r for g in cases for r in g["rows"].to_dict("records")], head, method,
+                                    threshold)
+        start = 0
+        for g in cases:
+            rendered = rendered_all[start:start + len(g["rows"])]
+            start += len(g["rows"])
             items = []
             for r, p in zip(rendered, g["pred"]):
                 pred_name = t.classes[int(p)] if 0 <= int(p) < len(t.classes) else str(p)
@@ -182,7 +189,8 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
             groups.append({"true": g["true"], "correct": g["correct"], "items": items})
         out["gallery"][t.name] = groups
     if not has_masks:
-        out["hcs_note"] = "no lung masks (pass --data with mask_lungs or mask_right_lung/mask_left_lung)"
+        out["hcs_note"] = ("no lung masks: pass --data with mask_lungs or mask_right_lung/mask_left_lung, or "
+                           "--lung-model RUN")
     return out
 
 
@@ -216,9 +224,14 @@ def build_report(
     per_class: int = 2,
     hcs_threshold: float = 0.5,
     max_hcs_images: int = 200,
+    lung_model: str | os.PathLike | None = None,
 ) -> Path:
     """Evaluate the run and write ``metrics.json`` and ``report.html`` into ``out`` (default
     ``RUN/evaluation/``; the run's own ``metrics.json`` from training is left untouched). Returns the HTML path.
+
+    ``data``: manifest joined on the image (subgroup columns, lung masks); ``readers``: reader table (see
+    ``evaluation.reader_agreement``); ``lung_model``: segmentation run predicting lung masks for HCS when the
+    manifest has none; ``max_hcs_images``: HCS on a seeded sample of at most this many headline-split images.
     """
     run: RunData = read_run(run_dir)
     df = merge_manifest(run.predictions, data)
@@ -232,7 +245,8 @@ def build_report(
     explain: dict = {"error": "not requested (gallery=False)"}
     if gallery:
         part = df if headline == "all" else df[df[SPLIT].astype(str) == headline]
-        explain = _explain(Path(run_dir), part, targets, cam_method, per_class, hcs_threshold, max_hcs_images, seed)
+        explain = _explain(Path(run_dir), part, targets, cam_method, per_class, hcs_threshold, max_hcs_images, seed,
+                           lung_model)
         if "hcs" in explain:
             result["hcs"] = {"method": cam_method, "threshold": hcs_threshold, "per_target": explain["hcs"]}
         if explain.get("error"):

@@ -22,9 +22,8 @@ from torch import nn
 from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.explain.hcs import DEFAULT_THRESHOLD, heatmap_concordance, lung_fraction
-from cxrlab.explain.heatmap import OutputTarget, probability_weighted_heatmap, rescale
+from cxrlab.explain.heatmap import probability_weighted_heatmap, rescale
 from cxrlab.explain.cams import compute_cam
-from cxrlab.explain.layers import target_layers_for
 from cxrlab.explain.overlay import overlay, png_bytes
 from cxrlab.utils import atomic_write_bytes, atomic_write_json
 
@@ -40,6 +39,7 @@ class ExplainModel:
     tasks: Any  # cxrlab.tasks.TaskSet
     target_layers: list[nn.Module]
     run_dir: Path
+    segmenter: Any = None  # cxrlab.anatomy LungSegmenter for images without mask files
 
     def heads(self) -> dict[str, dict]:
         """Head name -> {"task", "classes", "ordinal_scale"} for the classification/ordinal heads."""
@@ -57,27 +57,21 @@ class ExplainModel:
         return out
 
 
-def load_explain_model(run_dir: str | os.PathLike, checkpoint: str = "best") -> ExplainModel:
-    """Rebuild the run's model from ``recipe.yaml`` and ``checkpoints/<checkpoint>.pt`` (CPU, eval mode)."""
-    from cxrlab.models import get_backbone_entry
-    from cxrlab.recipes import load_recipe
-    from cxrlab.train.inputs import InputPipeline
-    from cxrlab.train.trainer import build_model, build_tasks
+def load_explain_model(run_dir: str | os.PathLike, checkpoint: str = "best",
+                       lung_model: str | os.PathLike | None = None) -> ExplainModel:
+    """The run's trained model (``cxrlab.train.load_run``) in eval mode, with its CAM layer from the backbone
+    registry entry; ``lung_model`` (a segmentation run) supplies lung masks for images that have none."""
+    from cxrlab.train import load_run
 
-    run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not (run_dir / "recipe.yaml").is_file():
-        raise InputError(run_dir, "not a run directory: no recipe.yaml")
-    if not ckpt.is_file():
-        raise InputError(run_dir, f"no checkpoints/{checkpoint}.pt: has the run finished an epoch?")
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    pipeline = InputPipeline(recipe.input)
-    tasks = build_tasks(recipe, pipeline)
-    model, _ = build_model(recipe, tasks, pipeline, weights="none")  # weights come from the checkpoint
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
-    model.eval()
-    layers = get_backbone_entry(recipe.model.backbone).cam_target_layers(model)
-    return ExplainModel(model, pipeline, tasks, layers, run_dir)
+    run = load_run(run_dir, checkpoint)
+    torch.set_num_threads(run.recipe.train.threads)  # as training does: extra threads stall on a shared CPU
+    run.model.eval()
+    segmenter = None
+    if lung_model is not None:
+        from cxrlab.anatomy.predict import LungSegmenter
+
+        segmenter = LungSegmenter.from_run(lung_model)
+    return ExplainModel(run.model, run.pipeline, run.tasks, run.cam_target_layers(), Path(run_dir), segmenter)
 
 
 def prepare_with_mask(em: ExplainModel, row: pd.Series | dict) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -87,6 +81,8 @@ def prepare_with_mask(em: ExplainModel, row: pd.Series | dict) -> list[tuple[np.
     row = dict(row)
     cols = [c for c in LUNG_COLUMNS if isinstance(row.get(c), str) and row.get(c)]
     sample = load_sample(row, cols, label_columns=[])
+    if not cols and em.segmenter is not None:
+        sample.update(em.segmenter.predict(sample[schema.KEY_IMAGE]))
     for t in em.pipeline.pre:
         sample = t(sample)
     out = []
@@ -100,17 +96,6 @@ def prepare_with_mask(em: ExplainModel, row: pd.Series | dict) -> list[tuple[np.
     return out
 
 
-class _HeadModule(nn.Module):
-    """One head's logits as a plain tensor (what pytorch-grad-cam targets index)."""
-
-    def __init__(self, model: nn.Module, head: str):
-        super().__init__()
-        self.model, self.head = model, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[self.head]
-
-
 def head_heatmap(em: ExplainModel, x: torch.Tensor, head: str, method: str) -> tuple[np.ndarray, np.ndarray]:
     """(N×H×W heatmap, N×K class probabilities) of one head.
 
@@ -119,7 +104,7 @@ def head_heatmap(em: ExplainModel, x: torch.Tensor, head: str, method: str) -> t
     and the probabilities come from the task's decoding.
     """
     info = em.heads()[head]
-    module = _HeadModule(em.model, head)
+    module = em.model.as_classifier(head)
     if info.get("ce", True):
         return probability_weighted_heatmap(module, x, method, em.target_layers)
     with torch.no_grad():
@@ -154,7 +139,8 @@ def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str, 
             fractions = [lung_fraction(m) if m is not None else float("nan") for _, m in per_image]
             entry = {"image": str(dict(row)[schema.IMAGE]), "probs": p.mean(axis=0).tolist(),
                      "probs_per_input": p.tolist(),
-                     "pred": int(p.mean(axis=0).argmax()), "hcs": _nanmean(hcs), "lung_fraction": _nanmean(fractions)}
+                     "pred": int(p.mean(axis=0).argmax()), "hcs": _nanmean(hcs), "hcs_per_input": hcs,
+                     "lung_fraction": _nanmean(fractions)}
             if with_overlay:
                 entry["overlay"] = np.hstack([overlay(a, hm, m) for hm, (a, m) in zip(h, per_image)])
             results.append(entry)
@@ -168,12 +154,14 @@ def _nanmean(values: Sequence[float]) -> float:
 
 def explain_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike,
                    method: str = "gradcam", head: str | None = None, threshold: float = DEFAULT_THRESHOLD,
-                   data: str | os.PathLike | None = None, progress: Any = None) -> Path:
+                   data: str | os.PathLike | None = None, lung_model: str | os.PathLike | None = None,
+                   progress: Any = None) -> Path:
     """Write ``<stem>_<head>_<method>.png`` overlays and ``explain.json`` (probabilities, HCS) to ``out``.
 
-    Lung masks for the contour and HCS come from ``data`` (a manifest listing the images) when given.
+    Lung masks for the contour and HCS come from ``data`` (a manifest listing the images) when given, else
+    from ``lung_model`` (a lung segmentation run).
     """
-    em = load_explain_model(run_dir)
+    em = load_explain_model(run_dir, lung_model=lung_model)
     heads = em.heads()
     if head is None:
         head = next(iter(heads), None)

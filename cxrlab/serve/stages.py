@@ -15,7 +15,9 @@ keeps the original fp32 module for Grad-CAM. A stage also writes the model card 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,8 +59,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
     try:
         data = json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError as exc:
@@ -107,7 +107,7 @@ def run_version(run_dir: Path) -> str:
     return f"{run_dir.name}@unversioned"
 
 
-class Stage:
+class Stage(ABC):
     """Base of every stage: role, run directory, card, version; ``run`` returns seconds per step."""
 
     role = ""
@@ -122,8 +122,9 @@ class Stage:
     def card(self) -> dict[str, Any]:
         return model_card(self.role, self.run_dir)
 
+    @abstractmethod
     def run(self, cases: list[Any], *, heatmap: bool) -> dict[str, float]:
-        raise NotImplementedError
+        """Fill the cases' masks / report sections; return seconds per named step for the whole batch."""
 
 
 class Timer:
@@ -160,16 +161,15 @@ def detect_role(run_dir: str | Path) -> str:
     recipe = _read_yaml(run_dir / "recipe.yaml")
     if not recipe:
         raise ConfigError(f"{run_dir}: no recipe.yaml; not a cxrlab run directory")
-    text = yaml.safe_dump(recipe).lower()
-    role = recipe.get("service_role") or _role_from_recipe(recipe, text)
+    role = recipe.get("service_role") or _role_from_recipe(recipe)
     if role not in STAGES:
         raise ConfigError(f"{run_dir}: cannot tell which service role this run plays; use --config")
     return role
 
 
-def _role_from_recipe(recipe: dict[str, Any], text: str) -> str | None:
+def _role_from_recipe(recipe: dict[str, Any]) -> str | None:
     for role in STAGES.list():
-        if STAGES.get(role).matches(recipe, text):
+        if STAGES.get(role).matches(recipe):
             return role
     return None
 
@@ -202,7 +202,7 @@ class _SegmenterStage(Stage):
                                                  onnx_path=fresh_onnx(self.run_dir))
 
     @classmethod
-    def matches(cls, recipe: dict[str, Any], text: str) -> bool:
+    def matches(cls, recipe: dict[str, Any]) -> bool:
         return "arch" in recipe and "encoder" in recipe and cls.target in (recipe.get("targets") or [])
 
     def modules(self) -> list[tuple[str, Any, Any, Path]]:
@@ -250,12 +250,9 @@ class OpacityStage(_SegmenterStage):
         from cxrlab.severity.pipeline import PIPELINE_FILE, SCORING_FILE
 
         run_dir = Path(run_dir)
-        self.severity_run = run_dir
         self.lung_run: Path | None = None
         self.scoring = ScoringParams()
         if (run_dir / PIPELINE_FILE).is_file():
-            import json
-
             spec = json.loads((run_dir / PIPELINE_FILE).read_text())
             disease, lung = (Path(spec[k]) for k in ("disease_run", "lung_run"))
             self.lung_run = lung if lung.is_absolute() else run_dir / lung
@@ -269,8 +266,8 @@ class OpacityStage(_SegmenterStage):
             raise ConfigError(f"{run_dir}: not an opacity model (targets {self.segmenter.config.targets})")
 
     @classmethod
-    def matches(cls, recipe: dict[str, Any], text: str) -> bool:
-        return ("lung_run" in recipe and "manifests" in recipe) or super().matches(recipe, text)
+    def matches(cls, recipe: dict[str, Any]) -> bool:
+        return ("lung_run" in recipe and "manifests" in recipe) or super().matches(recipe)
 
     def card(self) -> dict[str, Any]:
         return model_card(self.role, self.run_dir, scoring=self.scoring.model_dump(mode="json"),
@@ -354,40 +351,45 @@ def to_image_frame(heat: np.ndarray, applied: list[dict[str, Any]]) -> np.ndarra
 
 
 class _ClassifierStage(Stage):
-    """A trained classifier run (``cxrlab.train``), rebuilt with :func:`cxrlab.explain.run.load_explain_model`
-    and fed exactly as in training (the run's input pipeline: intensity steps, ROI, resize-and-pad), with the
-    lung masks of the lung stage when its ROI needs them."""
+    """A trained classifier run, loaded with :func:`cxrlab.train.load_run` and fed exactly as in training (the
+    run's input pipeline: intensity steps, ROI, resize-and-pad), with the lung stage's masks when its ROI needs
+    them. Preprocessing is replayed step by step here (rather than ``RunModel.inputs_for``) to keep the lung
+    mask in the model's frame (for concordance) and the recorded geometry (to map heatmaps back)."""
 
     task_kind = ""
 
     def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam"):
         import torch
 
-        from cxrlab.explain.run import load_explain_model
-        from cxrlab.export import create_backend
+        from cxrlab.export import apply_backend
+        from cxrlab.train import load_run
 
         super().__init__(run_dir)
-        self.em = load_explain_model(run_dir)
+        self.run_model = load_run(run_dir)
+        self.run_model.precision = "fp32"  # the backend decides the arithmetic, not the run's training autocast
+        self.pipeline, self.tasks = self.run_model.pipeline, self.run_model.tasks
+        self.target_layers = self.run_model.cam_target_layers()
         self.cam_method = cam_method
-        spec = self.em.pipeline.spec
-        self.sample = torch.rand(1, self.em.pipeline.in_chans, spec.size, spec.size)
-        self.fast = create_backend(backend, self.em.model, sample=self.sample, onnx_path=fresh_onnx(self.run_dir))
+        spec = self.pipeline.spec
+        self.sample = torch.rand(1, self.pipeline.in_chans, spec.size, spec.size)
+        self.module, self.fast = apply_backend(self.run_model, "model", backend, sample=self.sample,
+                                               onnx_path=fresh_onnx(self.run_dir))
         self.task = self._task()
 
     def _task(self) -> Any:
-        for task in self.em.tasks.tasks:
+        for task in self.tasks.tasks:
             if task.kind == self.task_kind:
                 return task
         raise ConfigError(f"{self.run_dir}: no {self.task_kind} task in this run "
-                          f"(tasks: {[t.kind for t in self.em.tasks.tasks]})")
+                          f"(tasks: {[t.kind for t in self.tasks.tasks]})")
 
     @classmethod
-    def matches(cls, recipe: dict[str, Any], text: str) -> bool:
+    def matches(cls, recipe: dict[str, Any]) -> bool:
         tasks = recipe.get("tasks") or []
         return bool(tasks) and isinstance(tasks[0], dict) and tasks[0].get("kind") == cls.task_kind
 
     def modules(self) -> list[tuple[str, Any, Any, Path]]:
-        return [(self.role, self.em.model, self.sample, self.run_dir / "model.onnx")]
+        return [(self.role, self.module, self.sample, self.run_dir / "model.onnx")]
 
     def prepare(self, case: Any) -> list[tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]]:
         """``[(C×H×W input, lung mask in the same frame or None, applied geometric steps)]`` per model input."""
@@ -397,14 +399,14 @@ class _ClassifierStage(Stage):
         for key in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK):
             if key in case.masks:
                 sample[key] = case.masks[key]
-        if self.em.pipeline.needs_masks and schema.KEY_RIGHT_MASK not in sample:
-            raise ConfigError(f"{self.run_dir}: input.roi={self.em.pipeline.spec.roi} needs lung masks: "
+        if self.pipeline.needs_masks and schema.KEY_RIGHT_MASK not in sample:
+            raise ConfigError(f"{self.run_dir}: input.roi={self.pipeline.spec.roi} needs lung masks: "
                               "configure a lung model")
-        for t in self.em.pipeline.pre:
+        for t in self.pipeline.pre:
             sample = t(sample)
         out = []
-        for s in self.em.pipeline.roi(sample):
-            s = self.em.pipeline.resize(s)
+        for s in self.pipeline.roi(sample):
+            s = self.pipeline.resize(s)
             masks = [np.asarray(s[k]) for k in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK)
                      if k in s]
             lungs = (np.maximum.reduce(masks) > 0).astype(np.uint8) if masks else None
@@ -431,10 +433,9 @@ class _ClassifierStage(Stage):
             item_side = np.concatenate([np.arange(len(p)) for p in prepared])
             x = torch.from_numpy(np.stack([a for a, _, _ in flat]))
         before = self.fast.seconds
-        out = self.fast(x)
+        logits = self.run_model.logits(x)  # through the backend wrapper that replaced run_model.model
         timer.seconds[f"{self.role}.network"] = self.fast.seconds - before
-        logits = {k: v.float().numpy() for k, v in out.items()}
-        decoded = self.em.tasks.decode(logits, item_row, item_side, len(prepared))
+        decoded = self.tasks.decode(logits, item_row, item_side, len(prepared))
         return x, prepared, decoded
 
     @staticmethod
@@ -470,14 +471,14 @@ class DiagnosisStage(_ClassifierStage):
         from cxrlab.explain.heatmap import rescale
         # eval() on the wrapper: compute_cam restores the wrapper's own training flag afterwards, and a fresh
         # nn.Module starts in training mode, which would switch BatchNorm to batch statistics for good.
-        head_module = self.em.model.as_classifier(self.task.name).eval()
+        head_module = self.module.as_classifier(self.task.name).eval()
         classes = list(self.task.classes)
         targets, owners = [], []
         for i, (case, per_case) in enumerate(zip(cases, prepared)):
             k = classes.index(case.report["diagnosis"]["predicted"])
             targets += [OutputTarget(k)] * len(per_case)
             owners += [i] * len(per_case)
-        maps = rescale(compute_cam(head_module, x, self.cam_method, self.em.target_layers, targets))
+        maps = rescale(compute_cam(head_module, x, self.cam_method, self.target_layers, targets))
         start = 0
         for i, (case, per_case) in enumerate(zip(cases, prepared)):
             own = maps[start:start + len(per_case)]

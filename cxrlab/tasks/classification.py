@@ -108,7 +108,7 @@ class BinaryTask(Task):
 
     def _encode(self, column: str, values: pd.Series, source: object) -> np.ndarray:
         num = pd.to_numeric(values, errors="coerce")
-        bad = num.notna() & ~num.isin([0, 1])
+        bad = (values.notna() & num.isna()) | (num.notna() & ~num.isin([0, 1]))
         if bad.any():
             raise InputError(source, f"binary target must be 0/1, found {values[bad].iloc[0]!r}", field=column)
         return num.to_numpy(dtype=float)

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from coral_pytorch.dataset import levels_from_labelbatch
 from coral_pytorch.layers import CoralLayer
-from coral_pytorch.losses import coral_loss, corn_loss
+from coral_pytorch.losses import coral_loss
 from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 from torch import Tensor, nn
 
@@ -22,6 +22,20 @@ from cxrlab.errors import ConfigError, InputError
 from cxrlab.tasks.base import Task, focal_ce, register_task, sigmoid_np, softmax_np, weighted_mean
 
 LOSSES = ("ce", "corn", "coral")
+
+
+def corn_per_sample(logits: Tensor, y: Tensor, n_grades: int) -> Tensor:
+    """``coral_pytorch.losses.corn_loss`` split per sample (vectorised): its mean equals ``corn_loss``.
+
+    Threshold task k trains on the samples with grade >= k (the conditional subsets); each sample's summed
+    binary losses are scaled by N / (number of sample-task pairs), the library's normalisation.
+    """
+    k = torch.arange(n_grades - 1, device=logits.device)
+    in_subset = (y[:, None] >= k[None, :]).to(logits.dtype)
+    label = (y[:, None] > k[None, :]).to(logits.dtype)
+    logsig = nn.functional.logsigmoid(logits)
+    terms = -(logsig * label + (logsig - logits) * (1 - label)) * in_subset
+    return terms.sum(1) * (len(y) / in_subset.sum().clamp_min(1))
 
 
 def macro_mae(y: np.ndarray, pred: np.ndarray) -> float:
@@ -67,7 +81,7 @@ class OrdinalTask(Task):
 
     def _encode(self, column: str, values: pd.Series, source: object) -> np.ndarray:
         num = pd.to_numeric(values, errors="coerce")
-        bad = num.notna() & ~num.isin(range(self.n_grades))
+        bad = (values.notna() & num.isna()) | (num.notna() & ~num.isin(range(self.n_grades)))
         if bad.any():
             raise InputError(source, f"grade must be an integer 0..{self.n_grades - 1}, found {values[bad].iloc[0]!r}",
                              field=column)
@@ -97,11 +111,8 @@ class OrdinalTask(Task):
         if gamma > 0:
             raise ConfigError(f"task {self.name}: focal balancing needs loss: ce, not {self.loss_name}")
         if self.loss_name == "coral":
-            levels = levels_from_labelbatch(y, self.n_grades).to(logits)
-            return torch.stack([coral_loss(logits[i:i + 1], levels[i:i + 1]) for i in range(len(y))]) \
-                if len(y) else logits.sum(1)
-        return torch.stack([corn_loss(logits[i:i + 1], y[i:i + 1], self.n_grades) for i in range(len(y))]) \
-            if len(y) else logits.sum(1)
+            return coral_loss(logits, levels_from_labelbatch(y, self.n_grades).to(logits), reduction=None)
+        return corn_per_sample(logits, y, self.n_grades)
 
     def loss(self, outputs, targets, sample_weight=None, focal_gamma=0.0):
         total = 0.0
