@@ -61,13 +61,13 @@ def prepare(_: argparse.Namespace) -> None:
 
 
 def config(args: argparse.Namespace) -> dict:
-    """~20 min of Stage II training on 2 shared cores: 128 px, U-Net/EfficientNet-Lite0 (ImageNet), 5×300 draws."""
+    """Stage II sized for ~20-30 min on 2 shared cores: 128 px, U-Net/EfficientNet-Lite0 (ImageNet), epochs × 300."""
     return {
         "name": "covid-scoring-bench",
         "lung_run": str(args.lung_run),
         "manifests": [str(OUT / "data" / "covidquex.csv")],
         "disease": {"arch": "unet", "encoder": "efficientnet_lite0", "weights": "imagenet", "input": "image+lung",
-                    "size": 128, "epochs": 5, "samples_per_epoch": 300, "batch_size": 16, "lr": 2e-3,
+                    "size": 128, "epochs": getattr(args, "epochs", 5), "samples_per_epoch": 300, "batch_size": 16, "lr": 2e-3,
                     "val_max_images": 120, "evaluate_test": False, "threads": 2},
         "zone_strategy": "equal_area",
         "brixia": {"manifests": [str(OUT / "data" / "ieee8023.csv")], "columns_prefix": "brixia_senior_",
@@ -238,6 +238,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", choices=["prepare", "train", "fit", "evaluate", "speed", "report"])
     p.add_argument("--lung-run", type=Path, default=ROOT / "runs" / "lung_bench")
+    p.add_argument("--epochs", type=int, default=5, help="train/fit: Stage II epochs (may be lowered on resume)")
     p.add_argument("--n", type=int, default=96, help="speed: images timed")
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args()

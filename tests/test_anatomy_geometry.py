@@ -176,11 +176,11 @@ def test_biomarkers_and_flags(sample):
 def test_nine_architectures_one_channel():
     assert set(ARCHITECTURES.list()) == {"unet", "unetplusplus", "deeplabv3", "deeplabv3plus", "fpn", "manet",
                                          "linknet", "pspnet", "pan"}
-    x = torch.rand(1, 1, 128, 128)
     for arch in ARCHITECTURES.list():
+        size = 128 if arch == "pan" else 64  # PAN's pyramid pooling needs >= 4 px at stride 32
         model = create_segmentation_model(arch, "efficientnet_lite0", "none", in_channels=1, classes=3).eval()
         with torch.no_grad():
-            assert model(x).shape == (1, 3, 128, 128), arch
+            assert model(torch.rand(1, 1, size, size)).shape == (1, 3, size, size), arch
 
 
 def test_resnet_encoders_and_errors():

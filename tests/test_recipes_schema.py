@@ -46,7 +46,7 @@ def test_overrides_reach_lists_and_parse_yaml_values():
     ("input.roi=spine", r"key 'input'.*unknown ROI scheme 'spine'"),
     ("train.balancing=smote", r"key 'train'.*unknown balancing strategy 'smote'"),
     ("split.folds=5", None),
-    ("train.stages.5.lr=1", r"train\.stages\.5\.lr: index out of range"),
+    ("train.stages.5.lr=1", r"train\.stages has 1 item\(s\), no index 5"),
     ("nonsense", r"expected key=value"),
 ])
 def test_bad_recipes_fail_with_key_and_reason(override, message):

@@ -11,6 +11,7 @@ Gradients (Grad-CAM) need the PyTorch fp32 graph, so callers keep the original m
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -112,7 +113,11 @@ class OnnxRuntimeModule(_Wrapped):
         import onnxruntime as ort
 
         self.onnx_path = Path(onnx_path)
-        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            # the same choice for onnxruntime's own thread pool: no busy-waiting on a shared CPU
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         # ONNX flattens dict/tuple outputs; remember the PyTorch structure to hand the caller the same shape.
         with torch.no_grad():

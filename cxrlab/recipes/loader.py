@@ -63,7 +63,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         for i, part in enumerate(path[:-1]):
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:i + 1])} is a list of {len(node)}")
+                    raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:i])} has {len(node)} item(s), "
+                                      f"no index {part}")
                 node = node[int(part)]
             else:
                 node = node.setdefault(part, {})
@@ -72,7 +73,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         last = path[-1]
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(f"--set {'.'.join(path)}: index out of range")
+                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} has {len(node)} item(s), "
+                                  f"no index {last}")
             node[int(last)] = value
         else:
             node[last] = value

@@ -118,9 +118,14 @@ def train_severity(config: SeverityConfig | dict | str | Path, overrides: list[s
     if (run_dir / "recipe.yaml").exists() and not resume:
         raise ConfigError(f"{run_dir} already holds a severity run; choose another out (or resume)")
     if resume and (run_dir / "recipe.yaml").exists():
-        saved = load_severity_config(run_dir / "recipe.yaml")
-        if saved.model_dump(exclude={"lung_run"}) != cfg.model_dump(exclude={"lung_run"}):
-            raise ConfigError(f"{run_dir}: resume needs the run's own config (only lung_run may change)")
+        def fixed(c: SeverityConfig) -> dict[str, Any]:
+            data = c.model_dump(exclude={"lung_run"})
+            data["disease"] = {k: v for k, v in data["disease"].items() if k != "epochs"}
+            return data
+
+        if fixed(load_severity_config(run_dir / "recipe.yaml")) != fixed(cfg):
+            raise ConfigError(f"{run_dir}: resume needs the run's own config (only lung_run and disease.epochs "
+                              "may change)")
     seed_everything(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", "# cxrlab severity run; resolved config\n"

@@ -1,0 +1,152 @@
+"""Train → predict → evaluate on the phantom, resume, run-directory contents, and clear input errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlab.anatomy import LungSegmenter, dice, evaluate_segmenter, load_config, train_segmentation
+from cxrlab.data import load_manifest, schema
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.io import read_image, read_mask
+
+EPOCHS = 3
+
+
+def tiny_config(manifest: Path, **changes) -> dict:
+    cfg = {"manifests": [str(manifest)], "size": 64, "arch": "unet", "encoder": "efficientnet_lite0",
+           "weights": "imagenet", "arch_kwargs": {"decoder_channels": [32, 16, 8, 8, 8]}, "epochs": EPOCHS,
+           "batch_size": 8, "samples_per_epoch": 48, "lr": 3e-3, "val_max_images": 8, "threads": 2,
+           "augment": {"rotate": 5.0, "aspect": 0.0}, "seed": 0}
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run_dir(phantom_root: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("segrun") / "lung"
+    return train_segmentation(tiny_config(phantom_root / "manifest.csv"), out=out)
+
+
+def ellipse_baseline(shape: tuple[int, int]) -> np.ndarray:
+    """A fixed two-ellipse 'lung' mask at the usual place of the lungs (the trivial baseline)."""
+    h, w = shape
+    m = np.zeros(shape, np.uint8)
+    for cx in (0.3 * w, 0.7 * w):
+        cv2.ellipse(m, (round(cx), round(0.5 * h)), (round(0.14 * w), round(0.3 * h)), 0, 0, 360, 1, -1)
+    return m
+
+
+def test_run_directory_is_complete(run_dir: Path):
+    for name in ("recipe.yaml", "split.csv", "history.csv", "metrics.json", "predictions.parquet",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).exists(), name
+    split = pd.read_csv(run_dir / "split.csv")
+    assert list(split.columns) == ["image", "patient_id", "split"]
+    assert split.groupby("patient_id")["split"].nunique().max() == 1      # patient-level
+    assert load_config(run_dir / "recipe.yaml").seed == 0
+    assert len(pd.read_csv(run_dir / "history.csv")) == EPOCHS
+
+
+def test_round_trip_beats_fixed_ellipse_baseline(run_dir: Path, phantom_root: Path):
+    seg = LungSegmenter.from_run(run_dir)
+    split = pd.read_csv(run_dir / "split.csv")
+    test_images = split.loc[split["split"] == "test", "image"].tolist()
+    df = load_manifest(phantom_root / "manifest.csv").df
+    rows = df[df["image"].isin(test_images)]
+    assert len(rows) >= 3
+    model_dice, base_dice = [], []
+    images = [read_image(p)[0] for p in rows["image"]]
+    preds = seg.predict_batch(images, batch_size=4)
+    for (_, row), image, pred in zip(rows.iterrows(), images, preds):
+        truth = read_mask(row[schema.MASK_LUNGS])
+        assert pred["lung_mask"].shape == image.shape                     # at the input's size
+        model_dice.append(dice(pred["lung_mask"], truth))
+        base_dice.append(dice(ellipse_baseline(image.shape), truth))
+    assert np.mean(model_dice) > np.mean(base_dice) + 0.05, (np.mean(model_dice), np.mean(base_dice))
+    # the stored test metrics agree with a fresh evaluation
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    table, summary = evaluate_segmenter(seg, rows.reset_index(drop=True))
+    assert summary["overall"]["lungs"]["dice_mean"] == pytest.approx(
+        metrics["test"]["overall"]["lungs"]["dice_mean"], abs=1e-6)
+    assert {"right_lung_dice", "left_lung_hd95_px256", "heart_jaccard"} <= set(table.columns)
+
+
+def test_predict_outputs_and_sides(run_dir: Path, phantom_manifest):
+    seg = LungSegmenter.from_run(run_dir)
+    image = read_image(phantom_manifest.df["image"].iloc[0])[0]
+    masks = seg.predict(image)
+    assert set(masks) == {"patient_right_mask", "patient_left_mask", "lung_mask", "heart_mask"}
+    for m in masks.values():
+        assert m.shape == image.shape and m.dtype == np.uint8
+    if masks["patient_right_mask"].any() and masks["patient_left_mask"].any():
+        xr = np.nonzero(masks["patient_right_mask"])[1].mean()
+        xl = np.nonzero(masks["patient_left_mask"])[1].mean()
+        assert xr < xl                                   # patient's right lung on the image's left
+        # a mirrored film: sides are decided anatomically, so patient-right is still on the image's left
+        flipped = seg.predict(np.ascontiguousarray(image[:, ::-1]))
+        if flipped["patient_right_mask"].any() and flipped["patient_left_mask"].any():
+            assert np.nonzero(flipped["patient_right_mask"])[1].mean() < np.nonzero(flipped["patient_left_mask"])[1].mean()
+    # batched prediction on images of different sizes
+    small = cv2.resize(image, (96, 80))
+    out = seg.predict_batch([image, small])
+    assert out[1]["lung_mask"].shape == (80, 96)
+
+
+def test_channel_mismatch_is_a_clear_error(run_dir: Path):
+    seg = LungSegmenter.from_run(run_dir)
+    image = np.zeros((64, 64), np.float32)
+    with pytest.raises(InputError, match="1 channel"):
+        seg.predict(np.stack([image, image]))
+    with pytest.raises(InputError, match="image only"):
+        seg.predict(image, lung_mask=np.zeros((64, 64), np.uint8))
+
+
+def test_resume_continues_and_refuses_overwrite(run_dir: Path, phantom_root: Path, tmp_path: Path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg = tiny_config(phantom_root / "manifest.csv")
+    with pytest.raises(ConfigError, match="resume"):
+        train_segmentation(cfg, out=copy)
+    with pytest.raises(ConfigError, match="only 'epochs' may change"):
+        train_segmentation({**cfg, "lr": 1e-2}, out=copy, resume=True)
+    with pytest.raises(ConfigError):
+        train_segmentation({**cfg, "epochs": EPOCHS + 1, "evaluate_test": False}, out=copy, resume=True)
+    train_segmentation({**cfg, "epochs": EPOCHS + 1}, out=copy, resume=True)
+    history = pd.read_csv(copy / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, EPOCHS + 2))
+
+
+def test_two_channel_model_needs_lung_mask(phantom_root: Path, tmp_path: Path):
+    cfg = tiny_config(phantom_root / "manifest.csv", input="image+lung", targets=[schema.MASK_DISEASE],
+                      epochs=1, samples_per_epoch=8, evaluate_test=False, weights="none", encoder="resnet18",
+                      arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]})
+    run = train_segmentation(cfg, out=tmp_path / "disease")
+    seg = LungSegmenter.from_run(run)
+    image = np.zeros((64, 64), np.float32)
+    with pytest.raises(InputError, match="pass lung_mask"):
+        seg.predict(image)
+    out = seg.predict(image, lung_mask=np.ones((64, 64), np.uint8))
+    assert set(out) == {"disease_mask"} and out["disease_mask"].shape == (64, 64)
+
+
+def test_wrong_size_mask_and_bad_config(phantom_root: Path, tmp_path: Path):
+    root = tmp_path / "bad"
+    shutil.copytree(phantom_root, root)
+    df = pd.read_csv(root / "manifest.csv")
+    victim = root / df.loc[0, schema.MASK_RIGHT_LUNG]
+    cv2.imwrite(str(victim), np.zeros((10, 12), np.uint8))
+    with pytest.raises(InputError, match="differs from its image"):
+        train_segmentation(tiny_config(root / "manifest.csv", epochs=1), out=tmp_path / "r")
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        load_config(tiny_config(root / "manifest.csv", size=100))
+    with pytest.raises(ConfigError, match="nope"):
+        load_config({**tiny_config(root / "manifest.csv"), "nope": 1})
+    with pytest.raises(ConfigError, match="both mask_right_lung and mask_left_lung"):
+        load_config(tiny_config(root / "manifest.csv", targets=[schema.MASK_RIGHT_LUNG]))
