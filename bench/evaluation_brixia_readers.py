@@ -116,6 +116,11 @@ def main() -> None:
         timing["hcs_s"] = round(time.perf_counter() - t0, 1)
     table = agreement_table(raters, model=model, n_classes=4, patient_ids=long["patient_id"].to_numpy(),
                             n_boot=args.n_boot, seed=0)
+    same_lungs = None
+    if model is not None:  # reader-reader agreement on exactly the lungs the model graded, for a fair comparison
+        graded = np.isfinite(raters["model"])
+        same_lungs = agreement_table({k: v[graded] for k, v in raters.items()}, model=model, n_classes=4,
+                                     patient_ids=long["patient_id"].to_numpy()[graded], n_boot=args.n_boot, seed=0)
     # the senior reader as reference: the junior reader's score on the opacity paper's metrics
     junior_vs_senior = ordinal_metrics(long["senior"].astype(int), long["junior"].astype(int), 4,
                                        patient_ids=long["patient_id"], n_boot=args.n_boot, seed=0)
@@ -123,6 +128,7 @@ def main() -> None:
               "n_lungs": int(len(long)), "grade_counts": {r: np.bincount(long[r].astype(int), minlength=4).tolist()
                                                           for r in READERS},
               "agreement": table, "junior_vs_senior": junior_vs_senior, "hcs": hcs, "runs": args.runs,
+              "agreement_on_model_lungs": same_lungs,
               "timing": timing}
     atomic_write_json(args.out, result)
 
@@ -136,6 +142,11 @@ def main() -> None:
     for r in table["rows"]:
         print(f"| {r['reference']} | {r['other']} | {r['kind']} | {r['n']} | {fmt(r['mae'])} | "
               f"{fmt(r['kappa_quadratic'])} | {fmt(r['macro_f1'])} | {fmt(r['r2'])} |")
+    if same_lungs is not None:
+        print("\non the lungs the model graded:")
+        for r in same_lungs["rows"]:
+            print(f"| {r['reference']} | {r['other']} | {r['kind']} | {r['n']} | {fmt(r['mae'])} | "
+                  f"{fmt(r['kappa_quadratic'])} | {fmt(r['macro_f1'])} | {fmt(r['r2'])} |")
     m = junior_vs_senior["metrics"]
     print("\njunior scored against senior (opacity paper metrics):")
     for k in ("macro_mae", "kappa_quadratic", "weighted_f1", "none_vs_any.f1", "mild_vs_moderate.f1", "severe.f1"):

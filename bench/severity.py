@@ -67,7 +67,8 @@ def config(args: argparse.Namespace) -> dict:
         "lung_run": str(args.lung_run),
         "manifests": [str(OUT / "data" / "covidquex.csv")],
         "disease": {"arch": "unet", "encoder": "efficientnet_lite0", "weights": "imagenet", "input": "image+lung",
-                    "size": 128, "epochs": getattr(args, "epochs", 5), "samples_per_epoch": 300, "batch_size": 16, "lr": 2e-3,
+                    "size": 128, "epochs": getattr(args, "epochs", 5), "samples_per_epoch": 300, "batch_size": 16,
+                    "lr": 2e-3,
                     "val_max_images": 120, "evaluate_test": False, "threads": 2},
         "zone_strategy": "equal_area",
         "brixia": {"manifests": [str(OUT / "data" / "ieee8023.csv")], "columns_prefix": "brixia_senior_",
@@ -94,7 +95,7 @@ def fit(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from cxrlab.severity.evaluation import evaluate_severity
+    from cxrlab.severity.evaluation import predict_rows, summarize_severity
 
     pipe = SeverityPipeline.from_run(RUN)
     qu = load_manifest(OUT / "data" / "covidquex.csv").df
@@ -104,10 +105,22 @@ def evaluate(args: argparse.Namespace) -> None:
     bsplit = pd.read_csv(RUN / "brixia_split.csv", dtype=str)
     ieee["brixia_split"] = ieee[schema.IMAGE].map(dict(zip(bsplit[schema.IMAGE], bsplit["split"])))
     scored = ieee[ieee["brixia_senior_A"].notna() | ieee[schema.GEOGRAPHIC_EXTENT].notna()]
-    result = evaluate_severity(pipe, qu[qu["split"] == "test"], scored, progress=_log)
-    result["machine"] = machine()
+    seg_pred = predict_rows(pipe, qu[qu["split"] == "test"], progress=_log, stage="covidquex test")
+    scored_pred = predict_rows(pipe, scored, progress=_log, stage="ieee8023 scored")
+    seg_pred.to_parquet(OUT / "pred_covidquex_test.parquet")
+    scored_pred.to_parquet(OUT / "pred_ieee8023_scored.parquet")
+    result = {"scoring": pipe.scoring.model_dump(mode="json"),
+              **summarize_severity(seg_pred, scored_pred, scored), "machine": machine()}
+    # Stage I (runs/lung_bench) trained on lung masks of some of these images: the same figures on the images
+    # that are also in the lung run's test part show whether that flatters the result.
+    lung_split = pd.read_csv(args.lung_run / "split.csv", dtype=str)
+    lung_test = set(lung_split.loc[lung_split["split"] == "test", schema.IMAGE].map(lambda p: str(Path(p).resolve())))
+    seg_sub = seg_pred[seg_pred[schema.IMAGE].map(lambda p: str(Path(p).resolve())).isin(lung_test)]
+    scored_sub = scored_pred[scored_pred[schema.IMAGE].map(lambda p: str(Path(p).resolve())).isin(lung_test)]
+    result["lung_held_out"] = summarize_severity(seg_sub, scored_sub, scored)
+    result["lung_held_out"]["n_images"] = {"covidquex": int(len(seg_sub)), "ieee8023": int(len(scored_sub))}
     atomic_write_json(OUT / "evaluation.json", result)
-    print(json.dumps(result, indent=1)[:4000])
+    print(json.dumps(result, indent=1, default=str)[:3000])
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -151,7 +164,8 @@ def report(_: argparse.Namespace) -> None:
         "",
         "## Machine and load",
         f"- training: {tr['machine']['cpu']}, {tr['machine']['cores']} cores shared by 7 engineers, "
-        f"{tr['machine']['date_utc']} UTC; at the end `{tr['machine']['load']}`; {tr['seconds'] / 60:.0f} min.",
+        f"{tr['machine']['date_utc']} UTC; at the end `{tr['machine']['load']}`; "
+        f"{hist['epoch_seconds'].sum() / 60:.0f} min of training epochs.",
         f"- evaluation: {ev['machine']['date_utc']} UTC, `{ev['machine']['load']}`.",
         "",
         "## Setup",
@@ -227,6 +241,21 @@ def report(_: argparse.Namespace) -> None:
                   f"lung model {sp['lung_size']} px, disease model {sp['disease_size']} px, precision {sp['precision']};",
                   f"  {sp['machine']['date_utc']} UTC, load `{sp['machine']['load']}`.",
                   "- Paper: 7.9 images/s on an RTX 2080 Ti; target here ≥ 12 images/s."]
+    sub = ev.get("lung_held_out", {})
+    if sub:
+        sd, si = sub.get("disease", {}), sub.get("involvement", {})
+        sb = sub.get("brixia", {}).get("total", {}).get("rows", [])
+        lines += ["", "## Stage I leakage check",
+                  "Stage I (`runs/lung_bench`) was trained on lung masks of COVID-QU-Ex and ieee8023 images, some of which",
+                  "are evaluated above. On the images that are also in the lung run's *test* part "
+                  f"({sub['n_images']['covidquex']} COVID-QU-Ex, {sub['n_images']['ieee8023']} ieee8023):"]
+        if sd:
+            lines.append(f"- disease mean Dice {sd['dice_mean']:.3f}, IoU {sd['iou_mean']:.3f} (n = {sd['n']})")
+        if si:
+            lines.append(f"- involvement MAE {si['fraction_mae']['value']:.3f}, grade macro-MAE "
+                         f"{si['grade_macro_mae']['value']:.3f}, kappa {si['grade_kappa_quadratic']['value']:.3f}")
+        for r in sb:
+            lines.append(f"- Brixia total MAE {r['other']} vs {r['reference']}: {r['mae']['value']:.2f} (n = {r['n']})")
     lines += ["", f"Failed images (no lung found / unreadable): {ev.get('failed_images', 0)} of the segmentation rows, "
               f"{ev.get('scored_failed_images', 0)} of the reader-scored rows.", ""]
     DOC.parent.mkdir(parents=True, exist_ok=True)

@@ -49,15 +49,18 @@ Progress = Callable[[str, int, int, str], None]
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes of one demo run: ``full`` for ``make demo`` (a few minutes on 2 shared cores), ``fast`` for tests."""
+    """Sizes of one demo run: the default for ``make demo`` (minutes on 2 shared cores), ``fast`` for tests."""
 
     n_patients: int
     max_studies: int
-    size: int                 # phantom side = segmentation input (multiple of 32)
+    size: int                 # phantom image side (overlays and the report show images at this size)
+    seg_size: int             # segmentation input side (multiple of 32): lungs and disease are large structures
     lung_epochs: int
     disease_epochs: int
-    diagnosis_epochs: int
+    diagnosis_epochs: int | None  # None: the recipe's own schedule
+    lr: float
     batch_size: int
+    threads: int              # torch threads: on a shared CPU more threads spin and stall (5-10x slower here)
     n_boot: int
     gallery_per_class: int
     max_hcs_images: int
@@ -66,12 +69,14 @@ class DemoPlan:
     @classmethod
     def make(cls, *, size: int = 128, fast: bool = False, seed: int = 0) -> "DemoPlan":
         if size < 64 or size % 32:
-            raise ConfigError(f"demo size must be a multiple of 32 and >= 64 (segmentation encoders), got {size}")
+            raise ConfigError(f"demo size must be a multiple of 32 and >= 64, got {size}")
         if fast:
-            return cls(n_patients=16, max_studies=2, size=64, lung_epochs=1, disease_epochs=1, diagnosis_epochs=1,
-                       batch_size=8, n_boot=50, gallery_per_class=1, max_hcs_images=8, seed=seed)
-        return cls(n_patients=60, max_studies=6, size=size, lung_epochs=6, disease_epochs=6, diagnosis_epochs=25,
-                   batch_size=16, n_boot=200, gallery_per_class=2, max_hcs_images=60, seed=seed)
+            return cls(n_patients=16, max_studies=2, size=64, seg_size=64, lung_epochs=1, disease_epochs=1,
+                       diagnosis_epochs=1, lr=3e-3, batch_size=8, threads=1, n_boot=50, gallery_per_class=1,
+                       max_hcs_images=8, seed=seed)
+        return cls(n_patients=40, max_studies=6, size=size, seg_size=64, lung_epochs=8, disease_epochs=8,
+                   diagnosis_epochs=None, lr=3e-3, batch_size=16, threads=1, n_boot=200, gallery_per_class=2,
+                   max_hcs_images=40, seed=seed)
 
 
 class _Reporter:
@@ -178,9 +183,9 @@ def _lung_step(out: Path, plan: DemoPlan, data: dict[str, Any], rep: _Reporter) 
 
     folder = _fresh(out / "lung")
     config = {"name": "demo-lung", "arch": "unet", "encoder": "efficientnet_lite0", "weights": "imagenet",
-              "size": plan.size, "manifests": [str(data["manifest"])], "epochs": plan.lung_epochs,
-              "batch_size": plan.batch_size, "seed": plan.seed, "split": {"split_csv": str(data["split"])},
-              "patience": plan.lung_epochs}
+              "size": plan.seg_size, "manifests": [str(data["manifest"])], "epochs": plan.lung_epochs,
+              "lr": plan.lr, "batch_size": plan.batch_size, "threads": plan.threads, "seed": plan.seed,
+              "split": {"split_csv": str(data["split"])}, "patience": plan.lung_epochs}
     with rep.bars() as bar:
         run = train_segmentation(config, out=folder / "run", progress=bar)
     seg = LungSegmenter.from_run(run)
@@ -206,7 +211,9 @@ def _diagnosis_step(out: Path, plan: DemoPlan, data: dict[str, Any], rep: _Repor
         shutil.rmtree(folder)
     # the demo's own patient-level split (data/split.csv) as the run's split column
     manifest = Manifest(data["frame"], source=data["manifest"])
-    overrides = ["split.column=split", f"seed={plan.seed}", f"train.stages.0.epochs={plan.diagnosis_epochs}"]
+    overrides = ["split.column=split", f"seed={plan.seed}", f"train.threads={plan.threads}"]
+    if plan.diagnosis_epochs is not None:
+        overrides.append(f"train.stages.0.epochs={plan.diagnosis_epochs}")
     run = train(DIAGNOSIS_RECIPE, [manifest], folder, overrides=overrides, show_progress=rep.console is not None)
     metrics = json.loads((run / "metrics.json").read_text())
     return {"run": run, "metrics": metrics}
@@ -220,8 +227,9 @@ def _severity_step(out: Path, plan: DemoPlan, data: dict[str, Any], lung: dict[s
 
     folder = _fresh(out / "severity")
     config = {"name": "demo-severity", "lung_run": str(lung["run"]), "manifests": [str(data["manifest"])],
-              "disease": {"arch": "unet", "encoder": "efficientnet_lite0", "size": plan.size,
-                          "epochs": plan.disease_epochs, "batch_size": plan.batch_size,
+              "disease": {"arch": "unet", "encoder": "efficientnet_lite0", "size": plan.seg_size,
+                          "epochs": plan.disease_epochs, "lr": plan.lr, "batch_size": plan.batch_size,
+                          "threads": plan.threads,
                           "patience": plan.disease_epochs, "split": {"split_csv": str(data["split"])}},
               "seed": plan.seed, "out": str(folder / "run")}
     with rep.bars() as bar:
@@ -299,13 +307,15 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
         for name, table in data["tables"].items():
             console.print(_rich_table(table, name))
 
-    with rep.step("lung model", f"U-Net / EfficientNet-Lite0 at {plan.size} px, {plan.lung_epochs} epoch(s)") as info:
+    with rep.step("lung model", f"U-Net / EfficientNet-Lite0 at {plan.seg_size} px, {plan.lung_epochs} epoch(s)"
+                  ) as info:
         lung = _lung_step(out, plan, data, rep)
         info["note"] = (f"val Dice {_fmt(_headline(lung['metrics'], 'best_val_dice'))}; {lung['n_overlays']} "
                         f"overlays → {lung['overlays']}")
     seconds["lung"] = info["seconds"]
 
-    with rep.step("diagnosis", f"recipe {DIAGNOSIS_RECIPE}, {plan.diagnosis_epochs} epoch(s)") as info:
+    schedule = "its own schedule" if plan.diagnosis_epochs is None else f"{plan.diagnosis_epochs} epoch(s)"
+    with rep.step("diagnosis", f"recipe {DIAGNOSIS_RECIPE}, {schedule}") as info:
         diagnosis = _diagnosis_step(out, plan, data, rep)
         test = diagnosis["metrics"].get("test", {})
         info["note"] = (f"test macro-F1 {_fmt(_headline(test, 'macro_f1'))}, accuracy "

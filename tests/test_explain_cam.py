@@ -178,3 +178,13 @@ def test_overlay_draws_heatmap_and_lung_contour():
     assert (rgb == [0, 255, 0]).all(axis=2).sum() > 50  # contour pixels
     assert rgb[30, 35, 0] > rgb[30, 35, 2]  # hot (red) where the heatmap is 1, outside the contour
     assert rgb[55, 55, 2] > rgb[55, 55, 0]  # cold (blue) where it is 0
+
+
+def test_cam_restores_each_module_mode():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 2)).eval()
+    wrapper = nn.Sequential(net)  # a fresh wrapper starts in training mode
+    assert wrapper.training and not net[1].training
+    x = torch.rand(2, 1, 16, 16)
+    compute_cam(wrapper, x, "gradcam", [net[0]], [OutputTarget(0)] * 2)
+    assert wrapper.training and not net.training and not net[1].training  # BatchNorm stays in eval mode

@@ -110,6 +110,7 @@ def test_metrics_json_holds_every_section(report):
     assert sum(s["images"] for s in summary.values()) == sum(s["images"] for s in summary.values() if s)
     assert summary["test"]["patients"] > 0 and "phantom" in summary["test"]["sources"]
     hcs = m["hcs"]["per_target"]["diagnosis"]
+    assert m["hcs"]["per_target"]["opacity"]["heads"] == ["opacity:opacity_right", "opacity:opacity_left"]
     assert 0 <= hcs["macro"] <= 1 and sum(hcs["n"].values()) > 0
     assert re.fullmatch(r"[0-9a-f]{16}", m["data_fingerprint"])
     assert m["software"]["scikit-learn"] and m["run"]["training_seed"] == 0

@@ -40,7 +40,7 @@ def service_runs(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     manifest = base / "service_phantom" / "manifest.csv"
     if not manifest.is_file():
-        generate_phantom(manifest.parent, n_patients=12, size=128, seed=1, max_studies=2)
+        generate_phantom(manifest.parent, n_patients=8, size=128, seed=1, max_studies=1)
     return train_tiny_runs(base / "service_runs", manifest)
 
 

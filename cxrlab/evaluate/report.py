@@ -146,31 +146,26 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
     out: dict[str, Any] = {"method": method, "threshold": threshold, "per_lung": per_lung, "hcs": {},
                            "gallery": {}}
     has_masks = lung_model is not None or any(c in df.columns and df[c].notna().any() for c in MASK_COLUMNS)
+    head_of = {}
     for t in targets:
-        if t.kind == "regression":
-            continue
         head = next((h for h, info in heads.items()
-                     if info["task"] == t.task and (info.get("column") in (t.column, t.task) or
-                                                    info.get("column") == t.task)), None)
-        if head is None:
+                     if info["task"] == t.task and info.get("column") in (t.column, t.task)), None)
+        if head is not None and t.kind != "regression":
+            head_of[t.name] = head
+    # HCS per task: the heatmap of its head, or the paper's average of its per-lung heads (opacity right + left)
+    by_task: dict[str, list[Target]] = {}
+    for t in targets:
+        if t.name in head_of:
+            by_task.setdefault(t.task, []).append(t)
+    for task, group in by_task.items() if has_masks else ():
+        task_heads = list(dict.fromkeys(head_of[t.name] for t in group))
+        out["hcs"][task] = _task_hcs(em, df, group, task_heads, method, threshold, max_hcs_images, seed,
+                                     masks_required=lung_model is None)
+    for t in targets:
+        if t.name not in head_of:
             continue
+        head = head_of[t.name]
         part = labelled(df, t)
-        if has_masks:
-            rows = part if len(part) <= max_hcs_images else part.sample(max_hcs_images, random_state=seed)
-            if lung_model is None:  # only images with mask files
-                rows = rows[rows[[c for c in MASK_COLUMNS if c in rows.columns]].notna().any(axis=1)]
-            res = explain_rows(em, rows.to_dict("records"), head, method, threshold, with_overlay=False)
-            truth = t.truth(rows)
-            table: dict[str, Any] = {"per_class": {}, "n": {}, "chance": {}}
-            for k, cls in enumerate(t.classes):
-                vals = np.array([r["hcs"] for r, yy in zip(res, truth) if yy == k], dtype=float)
-                fr = np.array([r["lung_fraction"] for r, yy in zip(res, truth) if yy == k], dtype=float)
-                if np.isfinite(vals).any():
-                    table["per_class"][cls] = float(np.nanmean(vals))
-                    table["n"][cls] = int(np.isfinite(vals).sum())
-                    table["chance"][cls] = float(np.nanmean(fr))
-            table["macro"] = float(np.mean(list(table["per_class"].values()))) if table["per_class"] else float("nan")
-            out["hcs"][t.name] = table
         groups = []
         cases = pick_gallery_cases(part, t, per_class)
         # one batched pass over every case of this target, then split back into the groups
@@ -192,6 +187,38 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
         out["hcs_note"] = ("no lung masks: pass --data with mask_lungs or mask_right_lung/mask_left_lung, or "
                            "--lung-model RUN")
     return out
+
+
+def _task_hcs(em: Any, df: pd.DataFrame, group: Sequence[Target], heads: list[str], method: str, threshold: float,
+              max_images: int, seed: int, masks_required: bool) -> dict:
+    """HCS per image of a task's heatmap (heads averaged), then the mean per class and over classes.
+
+    An image's class is its truth for a one-target task, its highest grade over the task's targets otherwise
+    (e.g. the worse lung for per-lung opacity). At most ``max_images`` images, drawn with ``seed``.
+    """
+    from cxrlab.explain.run import explain_rows
+
+    truth = np.stack([t.truth(df) for t in group], axis=1)
+    labelled_rows = np.isfinite(truth).any(axis=1)
+    if masks_required:
+        labelled_rows &= df[[c for c in MASK_COLUMNS if c in df.columns]].notna().any(axis=1).to_numpy()
+    part = df[labelled_rows]
+    cls = np.nanmax(truth[labelled_rows], axis=1)
+    if len(part) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(part), max_images, replace=False))
+        part, cls = part.iloc[pick], cls[pick]
+    res = explain_rows(em, part.to_dict("records"), heads, method, threshold, with_overlay=False)
+    hcs = np.array([r["hcs"] for r in res], dtype=float)
+    fraction = np.array([r["lung_fraction"] for r in res], dtype=float)
+    table: dict[str, Any] = {"heads": heads, "per_class": {}, "n": {}, "chance": {}}
+    for k, name in enumerate(group[0].classes):
+        sel = (cls == k) & np.isfinite(hcs)
+        if sel.any():
+            table["per_class"][name] = float(hcs[sel].mean())
+            table["n"][name] = int(sel.sum())
+            table["chance"][name] = float(np.nanmean(fraction[sel]))
+    table["macro"] = float(np.mean(list(table["per_class"].values()))) if table["per_class"] else float("nan")
+    return table
 
 
 def _png(rgb: np.ndarray) -> bytes:

@@ -92,10 +92,12 @@ agrees with readers as well as they agree with each other when its rows match th
 
 <h2 id="explain">Heatmaps and Heatmap Concordance Score</h2>
 {% if explain.error %}<p class="warn">Not available: {{ explain.error }}</p>{% else %}
-<p>{{ explain.method }} heatmaps (probability-weighted over classes{% if explain.per_lung %}, right and left lungs averaged{% endif %}).
+<p>{{ explain.method }} heatmaps, probability-weighted over classes{% if explain.per_lung %}; one input per lung (HCS: mean of the two sides){% endif %}.
 HCS = share of the heatmap's mass at or above {{ explain.threshold }} of its peak that lies inside the lung mask
-(chance level = the lungs' share of the image).</p>
+(chance level = the lungs' share of the model input). Macro = mean over classes.</p>
+{% if explain.hcs_note %}<p class="warn">{{ explain.hcs_note }}</p>{% endif %}
 {% for name, h in explain.hcs.items() %}
+{% if h.heads|length > 1 %}<p class="muted">{{ name }}: heatmaps of {{ h.heads|join(' and ') }} averaged; images grouped by their highest grade.</p>{% endif %}
 <table><tr><th>{{ name }}</th><th>images</th><th>mean HCS</th><th>mean lung fraction (chance)</th></tr>
 {% for c, v in h.per_class.items() %}<tr><td>{{ c }}</td><td>{{ h.n[c] }}</td><td>{{ "%.3f"|format(v) }}</td><td>{{ "%.3f"|format(h.chance.get(c, 0)) }}</td></tr>{% endfor %}
 <tr><th>macro</th><th>{{ h.n.values()|sum }}</th><th>{{ "%.3f"|format(h.macro) }}</th><th></th></tr></table>

@@ -46,7 +46,9 @@ def compute_cam(
 ) -> np.ndarray:
     """``N×H×W`` maps of ``method`` for input ``x`` (``N×C×H×W``) and one target per image."""
     cls = CAM_METHODS.get(method)
-    was_training = model.training
+    # pytorch-grad-cam calls model.eval(); put back every module's own mode afterwards (restoring only the top
+    # module's flag would push a fresh wrapper's training mode down onto an eval-mode network's BatchNorms)
+    modes = {m: m.training for m in model.modules()}
     # the input must require grad: with a frozen backbone (stage-1 training) the target layer's output would
     # otherwise carry no gradient and gradient-based CAMs would come back empty
     x = x.detach().clone().requires_grad_(True)
@@ -55,5 +57,6 @@ def compute_cam(
             cam.batch_size = batch_size  # ScoreCAM reads it (masked forward passes per batch); others ignore it
             maps = cam(input_tensor=x, targets=list(targets) if targets is not None else None)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return np.asarray(maps, dtype=np.float32)

@@ -104,7 +104,7 @@ def head_heatmap(em: ExplainModel, x: torch.Tensor, head: str, method: str) -> t
     and the probabilities come from the task's decoding.
     """
     info = em.heads()[head]
-    module = em.model.as_classifier(head)
+    module = em.model.as_classifier(head).eval()
     if info.get("ce", True):
         return probability_weighted_heatmap(module, x, method, em.target_layers)
     with torch.no_grad():
@@ -114,21 +114,37 @@ def head_heatmap(em: ExplainModel, x: torch.Tensor, head: str, method: str) -> t
     return rescale(maps), task.grade_probs(logits)
 
 
+def heads_heatmap(em: ExplainModel, x: torch.Tensor, heads: Sequence[str], method: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """One head's heatmap, or for several heads (a two-headed per-lung model: patient-right and patient-left
+    opacity) the paper's average of their heatmaps; probabilities ``N×K`` (one head) or ``N×heads×K``."""
+    if len(heads) == 1:
+        return head_heatmap(em, x, heads[0], method)
+    heats, probs = zip(*(head_heatmap(em, x, h, method) for h in heads))
+    return rescale(np.mean(np.stack(heats), axis=0)), np.stack(probs, axis=1)
+
+
 class _SumTarget:
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return output.sum()
 
 
-def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str, method: str = "gradcam",
-                 threshold: float = DEFAULT_THRESHOLD, with_overlay: bool = True, batch_size: int = 16) -> list[dict]:
-    """Per image: probabilities, predicted class, HCS (NaN without a mask), lung fraction and overlay PNG."""
+def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str | Sequence[str],
+                 method: str = "gradcam", threshold: float = DEFAULT_THRESHOLD, with_overlay: bool = True,
+                 batch_size: int = 16) -> list[dict]:
+    """Per image: probabilities, predicted class, HCS (NaN without a mask), lung fraction and overlay PNG.
+
+    ``head``: one head, or several whose heatmaps are averaged (per-lung heads of one model); then ``probs``
+    is per head and ``pred`` the highest predicted class over the heads.
+    """
+    heads = [head] if isinstance(head, str) else list(head)
     rows = list(rows)
     results = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         inputs = [prepare_with_mask(em, row) for row in chunk]  # per image: one input, or one per side
         flat = [item for per_image in inputs for item in per_image]
-        heat, probs = head_heatmap(em, torch.from_numpy(np.stack([a for a, _ in flat])), head, method)
+        heat, probs = heads_heatmap(em, torch.from_numpy(np.stack([a for a, _ in flat])), heads, method)
         i = 0
         for row, per_image in zip(chunk, inputs):
             k = len(per_image)
@@ -137,9 +153,9 @@ def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str, 
             hcs = [heatmap_concordance(hm, m, threshold) if m is not None and m.any() else float("nan")
                    for hm, (_, m) in zip(h, per_image)]
             fractions = [lung_fraction(m) if m is not None else float("nan") for _, m in per_image]
-            entry = {"image": str(dict(row)[schema.IMAGE]), "probs": p.mean(axis=0).tolist(),
-                     "probs_per_input": p.tolist(),
-                     "pred": int(p.mean(axis=0).argmax()), "hcs": _nanmean(hcs), "hcs_per_input": hcs,
+            mean_p = p.mean(axis=0)  # over the inputs of the image (sides of a per-side run)
+            entry = {"image": str(dict(row)[schema.IMAGE]), "probs": mean_p.tolist(), "probs_per_input": p.tolist(),
+                     "pred": int(mean_p.argmax(axis=-1).max()), "hcs": _nanmean(hcs), "hcs_per_input": hcs,
                      "lung_fraction": _nanmean(fractions)}
             if with_overlay:
                 entry["overlay"] = np.hstack([overlay(a, hm, m) for hm, (a, m) in zip(h, per_image)])

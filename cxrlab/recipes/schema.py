@@ -80,9 +80,10 @@ class TrainSpec(_Strict):
     plateau_factor: float = Field(0.1, gt=0, lt=1)
     early_stopping_patience: int = Field(10, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    feature_cache: Literal["auto", "off"] = Field("auto", description="cache frozen-part outputs when nothing random "
-                                                                     "precedes them")
+    # YAML reads on/off as booleans, so both spellings are accepted
+    channels_last: Literal["auto"] | bool = "auto"
+    feature_cache: Literal["auto"] | bool = Field("auto", description="cache frozen-part outputs when nothing random "
+                                                                     "precedes them (false: never)")
     cache_dir: str | None = Field(None, description="default: $CXRLAB_HOME/cache")
     num_workers: int = Field(2, ge=0, description="processes preparing images (keep both cores busy)")
     threads: int = Field(1, ge=1, description="torch intra-op threads (1: on a shared CPU more threads spin and stall)")

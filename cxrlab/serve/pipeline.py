@@ -48,6 +48,10 @@ def decode_upload(data: bytes, *, max_pixels: int, min_side: int) -> Case:
             image, header = read_image_bytes(data, "upload", max_pixels=max_pixels, min_size=min_side)
         except ColorImageWarning:
             raise InputError("upload", "colour image: not a chest radiograph") from None
+        except CxrlabError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a decoder choking on hostile bytes is bad input, not a 500
+            raise InputError("upload", f"unreadable image ({type(exc).__name__})") from None
     return Case(image=image, header=header)
 
 

@@ -81,8 +81,8 @@ def _split_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def model_card(role: str, run_dir: Path, **extra: Any) -> dict[str, Any]:
-    """The card of one run directory: recipe, training data, validation metrics (with their CIs as stored in
-    metrics.json), intended use and limitations (recipe ``card:`` section, else the role's defaults)."""
+    """The card of one run directory: recipe, training data, validation metrics (with bootstrap CIs once the
+    run has been evaluated), intended use and limitations (recipe ``card:`` section, else the role's defaults)."""
     recipe = _read_yaml(run_dir / "recipe.yaml")
     card = recipe.get("card") if isinstance(recipe.get("card"), dict) else {}
     return {
@@ -91,11 +91,29 @@ def model_card(role: str, run_dir: Path, **extra: Any) -> dict[str, Any]:
         "version": run_version(run_dir),
         "recipe": recipe,
         "training_data": {"splits": _split_summary(run_dir), "data": recipe.get("data")},
-        "validation_metrics": _read_json(run_dir / "metrics.json"),
+        **_metrics(run_dir),
         "intended_use": card.get("intended_use", DEFAULT_INTENDED_USE[role]),
         "limitations": list(card.get("limitations", [])) + COMMON_LIMITATIONS,
         **extra,
     }
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    """Validation metrics for the card: ``cxrlab evaluate``'s ``evaluation/metrics.json`` (bootstrap CIs) when
+    the run has been evaluated, else the trainer's ``metrics.json``; curves are left out to keep cards small."""
+    for rel in ("evaluation/metrics.json", "metrics.json"):
+        if (run_dir / rel).is_file():
+            return {"validation_metrics": _compact(_read_json(run_dir / rel)), "metrics_source": rel}
+    return {"validation_metrics": {}, "metrics_source": None}
+
+
+def _compact(obj: Any, max_list: int = 16) -> Any:
+    if isinstance(obj, dict):
+        return {k: _compact(v, max_list) for k, v in obj.items()
+                if not (isinstance(v, list) and len(v) > max_list)}
+    if isinstance(obj, list):
+        return [_compact(v, max_list) for v in obj]
+    return obj
 
 
 def run_version(run_dir: Path) -> str:

@@ -169,24 +169,33 @@ def cohen_summary(pred: pd.DataFrame, truth: pd.DataFrame, n_boot: int = 200) ->
     return out
 
 
+def summarize_severity(seg_pred: pd.DataFrame, scored_pred: pd.DataFrame | None = None,
+                       scored_truth: pd.DataFrame | None = None, *, readers: dict[str, str] | None = None,
+                       n_boot: int = 200) -> dict:
+    """Metrics from :func:`predict_rows` tables (so subsets can be summarised without predicting again)."""
+    out: dict = {"failed_images": int(seg_pred["error"].notna().sum()) if len(seg_pred) else 0}
+    out.update(segmentation_summary(seg_pred))
+    out["involvement"] = involvement_summary(seg_pred, n_boot)
+    if scored_pred is not None and scored_truth is not None and len(scored_pred):
+        out["scored_failed_images"] = int(scored_pred["error"].notna().sum())
+        brixia = scored_truth
+        if "brixia_split" in brixia:
+            brixia = brixia[brixia["brixia_split"] == "test"]
+        readers = readers or {"senior": "brixia_senior_", "junior": "brixia_junior_"}
+        out["brixia"] = reader_summary(scored_pred, brixia, readers, n_boot)
+        out["cohen"] = cohen_summary(scored_pred, scored_truth, n_boot)
+    return out
+
+
 def evaluate_severity(pipe: SeverityPipeline, seg_rows: pd.DataFrame, scored_rows: pd.DataFrame | None = None,
                       *, readers: dict[str, str] | None = None, n_boot: int = 200,
                       progress: Progress | None = None) -> dict:
     """All metrics of the module docstring. ``seg_rows``: images with disease masks (and clear normals);
     ``scored_rows``: images with reader scores (Brixia of ``readers``, Cohen); rows in ``brixia_split`` "train"
     (used to fit the cut-points) are left out of the Brixia figures when that column exists."""
-    out: dict = {"scoring": pipe.scoring.model_dump(mode="json")}
-    pred = predict_rows(pipe, seg_rows, progress=progress, stage="segmentation rows")
-    out["failed_images"] = int(pred["error"].notna().sum())
-    out.update(segmentation_summary(pred))
-    out["involvement"] = involvement_summary(pred, n_boot)
+    seg_pred = predict_rows(pipe, seg_rows, progress=progress, stage="segmentation rows")
+    scored_pred = None
     if scored_rows is not None and len(scored_rows):
-        spred = predict_rows(pipe, scored_rows, progress=progress, stage="scored rows")
-        out["scored_failed_images"] = int(spred["error"].notna().sum())
-        brixia = scored_rows
-        if "brixia_split" in brixia:
-            brixia = brixia[brixia["brixia_split"] == "test"]
-        readers = readers or {"senior": "brixia_senior_", "junior": "brixia_junior_"}
-        out["brixia"] = reader_summary(spred, brixia, readers, n_boot)
-        out["cohen"] = cohen_summary(spred, scored_rows, n_boot)
-    return out
+        scored_pred = predict_rows(pipe, scored_rows, progress=progress, stage="scored rows")
+    return {"scoring": pipe.scoring.model_dump(mode="json"),
+            **summarize_severity(seg_pred, scored_pred, scored_rows, readers=readers, n_boot=n_boot)}

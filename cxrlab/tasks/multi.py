@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 from torch import Tensor, nn
 
 from cxrlab.errors import ConfigError
-from cxrlab.tasks.base import Task, create_task
+from cxrlab.tasks.base import TASKS, Task, create_task
 
 
 class TaskSet:
@@ -53,6 +54,9 @@ class TaskSet:
             if kind is None:
                 raise ConfigError(f"task {spec}: missing 'kind'")
             if per_side:
+                if "per_side" not in inspect.signature(TASKS.get(kind).__init__).parameters:
+                    raise ConfigError(f"task {kind} cannot be predicted per lung; the ROI scheme gives one input per "
+                                      f"lung (use input.roi none, lungs or image+mask for this task)")
                 spec["per_side"] = True
             task = create_task(kind, **spec)
             tasks.append(task)

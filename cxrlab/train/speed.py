@@ -21,9 +21,9 @@ def resolve_precision(precision: str) -> str:
     return ("bf16" if cpu_has_bf16() else "fp32") if precision == "auto" else precision
 
 
-def resolve_channels_last(setting: str) -> bool:
+def resolve_channels_last(setting: str | bool) -> bool:
     # channels-last helps oneDNN convolutions, most of all together with bf16
-    return cpu_has_bf16() if setting == "auto" else setting == "on"
+    return cpu_has_bf16() if setting == "auto" else bool(setting)
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:

@@ -50,9 +50,7 @@ def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
 def build_tasks(recipe: Recipe, pipeline: InputPipeline) -> TaskSet:
     if pipeline.per_image not in (1, 2):
         raise ConfigError(f"input.roi={recipe.input.roi}: {pipeline.per_image} inputs per image is not supported")
-    tasks = TaskSet.from_config(recipe.tasks, per_side=pipeline.per_image == 2) if pipeline.per_image == 2 \
-        else TaskSet.from_config(recipe.tasks)
-    return tasks
+    return TaskSet.from_config(recipe.tasks, per_side=pipeline.per_image == 2)
 
 
 def build_model(recipe: Recipe, tasks: TaskSet, pipeline: InputPipeline, weights: str | None = None
@@ -133,7 +131,7 @@ class Trainer:
         trainable = self.n_stages if spec.train_blocks == "all" else min(int(spec.train_blocks), self.n_stages)
         frozen = self.n_stages - trainable
         untouched = state.min_frozen is None or frozen <= state.min_frozen
-        cached = (self.recipe.train.feature_cache == "auto" and frozen > 0 and self.augment is None and untouched)
+        cached = (self.recipe.train.feature_cache is not False and frozen > 0 and self.augment is None and untouched)
         return StagePlan(index, frozen, self.n_stages, cached)
 
     def _set_trainable(self, plan: StagePlan) -> list[nn.Parameter]:

@@ -93,7 +93,7 @@ function showZones(r) {
     svg.append(rect, text);
   }
   const cap = document.createElementNS(SVG, "text");
-  cap.setAttribute("x", 110); cap.setAttribute("y", 248); cap.setAttribute("fill", "#ccc");
+  cap.setAttribute("x", 110); cap.setAttribute("y", 246); cap.setAttribute("class", "caption");
   cap.textContent = "patient right | patient left";
   svg.append(cap);
   const tbody = $("severity").querySelector("tbody");
@@ -103,7 +103,10 @@ function showZones(r) {
     const lung = r.severity.per_lung[side] || {};
     row(tbody, `${side.replace("_", " ")} lung grade (0-3)`, fmt(lung.grade, 0), lung.involvement);
   }
-  for (const [name, value] of Object.entries(r.severity.totals || {})) row(tbody, name, fmt(value, 0));
+  for (const [name, value] of Object.entries(r.severity.totals || {})) {
+    // involvement is a fraction of the lungs; the other totals are integer scores
+    row(tbody, name.replace(/_/g, " "), fmt(value, name.startsWith("involvement") ? 2 : 0));
+  }
 }
 
 function showQuality(r) {
