@@ -98,7 +98,8 @@ def common(size: int, cache: Path, epochs: int) -> list[str]:
     return [f"input.size={size}", "input.augment=[]", "model.backbone=efficientnet_lite0", "model.dropout=0.0",
             f"train.cache_dir={cache}", "train.batch_size=64", "train.balancing=none",
             f"train.stages=[{{epochs: {epochs}, train_blocks: 0, lr: 0.001}}]", "train.early_stopping_patience=5",
-            "train.plateau_patience=3", "split.folds=5", "split.val_fraction=0.15"]
+            "train.plateau_patience=3", "split.folds=5", "split.val_fraction=0.15",
+            "train.precision=bf16", "train.channels_last=true"]
 
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
@@ -234,8 +235,13 @@ def score_brixia(args: argparse.Namespace, manifest: Path) -> dict:
 
 
 # --- throughput ----------------------------------------------------------------------------------------------
-def measure_speed(args: argparse.Namespace, manifests: dict[str, list[Path]], log: Callable[[str], None]) -> list[dict]:
-    """Training images/s of EfficientNet-Lite0 at --size px, batch 32, per speed measure (same random data)."""
+def measure_speed(args: argparse.Namespace, manifests: dict[str, list[Path]], log: Callable[[str], None],
+                  rounds: int = 3) -> list[dict]:
+    """Training images/s of EfficientNet-Lite0 at --size px, batch 32, per speed measure (same random data).
+
+    Every configuration is built first, then measured in ``rounds`` interleaved rounds and the median kept, so
+    that load changes on the shared CPU hit all configurations alike.
+    """
     import torch
 
     from cxrlab.models import create_model
@@ -243,13 +249,11 @@ def measure_speed(args: argparse.Namespace, manifests: dict[str, list[Path]], lo
     from cxrlab.train.inputs import InputPipeline, prepare_inputs
     from cxrlab.train.speed import autocast
 
-    rows = []
     bs, size = 32, args.size
     x = torch.rand(bs, 1, size, size)
     y = torch.randint(0, 4, (bs,))
 
-    def bench(label: str, precision: str, channels_last: bool, threads: int, mode: str, steps: int) -> None:
-        torch.set_num_threads(threads)
+    def build(precision: str, channels_last: bool, mode: str) -> Callable[[], None]:
         torch.manual_seed(0)
         model, _ = create_model("efficientnet_lite0", {"h": 4}, in_chans=1, weights="imagenet")
         n_stages = len(model.backbone.stages())
@@ -257,15 +261,16 @@ def measure_speed(args: argparse.Namespace, manifests: dict[str, list[Path]], lo
         for stage in model.backbone.stages()[:frozen]:
             for p in stage.parameters():
                 p.requires_grad_(False)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        src = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        model.eval()
+        with torch.no_grad(), autocast(precision):  # what the feature cache stores, computed once
+            inp = src if mode == "full" else (model.boundary(src, frozen).float() if mode == "boundary"
+                                              else model.features(src).float())
         model.train()
         for stage in model.backbone.stages()[:frozen]:
             stage.eval()
-        with torch.no_grad(), autocast(precision):
-            src = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            inp = {"full": src, "boundary": model.boundary(src, frozen).float() if mode == "boundary" else None,
-                   "features": model.features(src).float() if mode == "features" else None}[mode]
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4)
 
         def step() -> None:
@@ -278,24 +283,34 @@ def measure_speed(args: argparse.Namespace, manifests: dict[str, list[Path]], lo
             opt.step()
 
         step()  # warm-up (oneDNN primitive creation)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        ips = bs * steps / (time.perf_counter() - t0)
-        rows.append({"measure": label, "precision": precision, "channels_last": channels_last, "threads": threads,
-                     "trained": mode, "images_per_s": round(ips, 1)})
-        log(f"speed {label}: {ips:.1f} img/s")
+        return step
 
-    bench("plain fp32 full fine-tuning (baseline)", "fp32", False, 1, "full", 3)
-    bench("bf16 autocast", "bf16", False, 1, "full", 3)
-    bench("channels-last", "fp32", True, 1, "full", 3)
-    bench("bf16 + channels-last", "bf16", True, 1, "full", 3)
-    bench("fp32, 2 threads (shared CPU)", "fp32", False, 2, "full", 3)
-    bench("cached boundary activations, last 2 blocks trained (bf16+cl)", "bf16", True, 1, "boundary", 10)
-    bench("cached frozen features, head only", "fp32", False, 1, "features", 200)
+    configs = [  # label, precision, channels-last, threads, trained part, steps per round
+        ("plain fp32 full fine-tuning (baseline)", "fp32", False, 1, "full", 2),
+        ("bf16 autocast", "bf16", False, 1, "full", 2),
+        ("channels-last", "fp32", True, 1, "full", 2),
+        ("bf16 + channels-last", "bf16", True, 1, "full", 2),
+        ("fp32, 2 threads (shared CPU)", "fp32", False, 2, "full", 1),
+        ("cached boundary activations, last 2 blocks trained (bf16 + channels-last)", "bf16", True, 1, "boundary", 8),
+        ("cached frozen features, head only", "fp32", False, 1, "features", 200),
+    ]
+    torch.set_num_threads(1)
+    steps_fns = [build(c[1], c[2], c[4]) for c in configs]
+    samples: list[list[float]] = [[] for _ in configs]
+    for r in range(rounds):
+        for i, (cfg, step) in enumerate(zip(configs, steps_fns)):
+            torch.set_num_threads(cfg[3])
+            t0 = time.perf_counter()
+            for _ in range(cfg[5]):
+                step()
+            samples[i].append(bs * cfg[5] / (time.perf_counter() - t0))
+        log(f"speed round {r + 1}: " + ", ".join(f"{v[-1]:.1f}" for v in samples))
+    torch.set_num_threads(1)
+    rows = [{"measure": c[0], "precision": c[1], "channels_last": c[2], "threads": c[3], "trained": c[4],
+             "images_per_s": round(float(np.median(v)), 1)} for c, v in zip(configs, samples)]
 
     # image preparation (read, resize-pad) with and without worker processes, no cache
-    df = load_manifest(manifests["opacity"][0]).df.head(96)
+    df = load_manifest(manifests["opacity"][0]).df.head(400)
     for workers in (0, 2):
         t0 = time.perf_counter()
         prepare_inputs(df, InputPipeline(InputSpec(size=size, roi="none")), None, workers)
@@ -303,7 +318,6 @@ def measure_speed(args: argparse.Namespace, manifests: dict[str, list[Path]], lo
         rows.append({"measure": f"image preparation, {workers} worker processes", "precision": "-",
                      "channels_last": False, "threads": 1, "trained": "-", "images_per_s": round(ips, 1)})
         log(f"prep workers={workers}: {ips:.1f} img/s")
-    torch.set_num_threads(1)
     return rows
 
 
@@ -325,8 +339,10 @@ def fmt(v: Any, nd: int = 2) -> str:
 
 
 def write_report(res: dict, path: Path) -> None:
+    commands = "; ".join(f"`.venv/bin/python bench/learning.py {c}`".replace(" `", "`") for c in res["commands"])
     L = ["# Learning engine benchmarks", "",
-         f"Generated by `.venv/bin/python bench/learning.py {' '.join(res['argv'])}` — re-run to reproduce.", "",
+         f"Generated by {commands} — re-run to reproduce (`--report-only` rewrites this page from "
+         f"`<work>/results.json`).", "",
          f"- Date: {res['started']} → {res.get('finished', '(unfinished)')} (UTC)",
          f"- Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, shared with other jobs; "
          f"no GPU used.",
@@ -399,8 +415,9 @@ def write_report(res: dict, path: Path) -> None:
             rel = f"{r['images_per_s'] / base:.2f}×" if r["trained"] != "-" else ""
             L.append(f"| {r['measure']} | {r['precision']} | {r['channels_last']} | {r['threads']} | {r['trained']} | "
                      f"{r['images_per_s']} | {rel} |")
-        L += ["", "All rows run on the same shared CPU one after another; with other jobs competing the absolute "
-              "numbers move between runs, the ratios less so.", ""]
+        L += ["", "Median of 3 interleaved rounds on the same shared CPU (other jobs competing: absolute numbers move "
+              "between runs, ratios less). 'vs baseline' compares training images/s; the cached rows also skip the "
+              "frozen part's forward pass, which is computed once per image and stored (see the CV protocol).", ""]
     if res.get("missing"):
         L += ["## Not measured", ""] + [f"- {m}" for m in res["missing"]] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -418,6 +435,7 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--report", type=Path, default=ROOT / "docs" / "benchmarks" / "learning.md")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from results.json")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("CXRLAB_HOME", str(args.work / "home"))
@@ -427,10 +445,15 @@ def main() -> None:
 
     res_path = args.work / "results.json"
     res: dict[str, Any] = json.loads(res_path.read_text()) if res_path.is_file() else {}
-    res.update({"argv": sys.argv[1:], "started": res.get("started") or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
+    if args.report_only:
+        write_report(res, args.report)
+        return
+    command = " ".join(sys.argv[1:])
+    res["commands"] = [c for c in res.get("commands", []) if c != command] + [command]
+    res.update({"started": res.get("started") or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
                 "machine": _machine(), "load_start": res.get("load_start") or _uptime(), "size": args.size,
                 "protocol": (f"EfficientNet-Lite0 at {args.size}x{args.size} px (resize-and-pad), frozen backbone with "
-                             f"cached pooled features, linear head (Adam lr 1e-3, batch 64, up to {args.epochs} epochs, "
+                             f"cached pooled features (computed under bf16 autocast, channels-last), linear head (Adam lr 1e-3, batch 64, up to {args.epochs} epochs, "
                              "ReduceLROnPlateau patience 3, early stopping patience 5 on validation loss, class-weighted "
                              f"loss for classification); {args.folds} patient-level folds (StratifiedGroupKFold), validation = 15 % "
                              "of the training patients; `none` = seeded random initialisation, `imagenet` = "

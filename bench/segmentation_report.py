@@ -114,6 +114,22 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         "as background.",
         "",
     ]
+    lines += [
+        "## Using the model",
+        "",
+        "```bash",
+        f"cxrlab segment predict path/to/*.png --run {run} --out runs/masks     # masks, overlays, manifest.csv",
+        f"cxrlab segment evaluate --run {run} --out runs/lung_eval.json           # the run's own test split",
+        "cxrlab segment train --config lung.yaml --set epochs=10 --set size=256 --out runs/my_lung [--resume]",
+        "```",
+        "",
+        "```python",
+        "from cxrlab.anatomy import LungSegmenter, lung_zones, lung_biomarkers",
+        f"seg = LungSegmenter.from_run(\"{run}\")",
+        "masks = seg.predict(image)  # patient_right_mask, patient_left_mask, lung_mask, heart_mask (input size)",
+        "```",
+        "",
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     print(f"wrote {out}")

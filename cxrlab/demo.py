@@ -71,8 +71,8 @@ class DemoPlan:
         if size < 64 or size % 32:
             raise ConfigError(f"demo size must be a multiple of 32 and >= 64, got {size}")
         if fast:
-            return cls(n_patients=16, max_studies=2, size=64, seg_size=64, lung_epochs=1, disease_epochs=1,
-                       diagnosis_epochs=1, lr=3e-3, batch_size=8, threads=1, n_boot=50, gallery_per_class=1,
+            return cls(n_patients=16, max_studies=2, size=64, seg_size=64, lung_epochs=3, disease_epochs=1,
+                       diagnosis_epochs=1, lr=3e-3, batch_size=4, threads=1, n_boot=50, gallery_per_class=1,
                        max_hcs_images=8, seed=seed)
         return cls(n_patients=40, max_studies=6, size=size, seg_size=64, lung_epochs=8, disease_epochs=8,
                    diagnosis_epochs=None, lr=3e-3, batch_size=16, threads=1, n_boot=200, gallery_per_class=2,
@@ -174,12 +174,9 @@ def _data_step(out: Path, plan: DemoPlan, rep: _Reporter) -> dict[str, Any]:
 
 
 def _lung_step(out: Path, plan: DemoPlan, data: dict[str, Any], rep: _Reporter) -> dict[str, Any]:
-    import cv2
-
     from cxrlab.anatomy import LungSegmenter, train_segmentation
-    from cxrlab.io import read_image
-    from cxrlab.serve.render import overlay
-    from cxrlab.utils import atomic_write_bytes
+    from cxrlab.anatomy.overlay import mask_overlay
+    from cxrlab.io import read_image, write_png
 
     folder = _fresh(out / "lung")
     config = {"name": "demo-lung", "arch": "unet", "encoder": "efficientnet_lite0", "weights": "imagenet",
@@ -193,11 +190,7 @@ def _lung_step(out: Path, plan: DemoPlan, data: dict[str, Any], rep: _Reporter) 
     overlays = folder / "overlays"
     images = [read_image(p)[0] for p in test[schema.IMAGE]]
     for path, image, masks in zip(test[schema.IMAGE], images, seg.predict_batch(images, batch_size=plan.batch_size)):
-        gray = (image * 255).round().astype("uint8")
-        bgr = overlay(gray, {"patient_right": masks[schema.KEY_RIGHT_MASK],
-                             "patient_left": masks[schema.KEY_LEFT_MASK]}, None)
-        ok, png = cv2.imencode(".png", bgr)
-        atomic_write_bytes(overlays / f"{Path(path).stem}.png", png.tobytes())
+        write_png(overlays / f"{Path(path).stem}.png", mask_overlay(image, masks))
     metrics = json.loads((run / "metrics.json").read_text())
     return {"run": run, "overlays": overlays, "n_overlays": len(images), "metrics": metrics}
 
@@ -221,7 +214,7 @@ def _diagnosis_step(out: Path, plan: DemoPlan, data: dict[str, Any], rep: _Repor
 
 def _severity_step(out: Path, plan: DemoPlan, data: dict[str, Any], lung: dict[str, Any],
                    rep: _Reporter) -> dict[str, Any]:
-    from cxrlab.evaluate import regression_scores
+    from cxrlab.severity.evaluation import evaluate_severity
     from cxrlab.severity.pipeline import SeverityPipeline
     from cxrlab.severity.train import train_severity
 
@@ -232,18 +225,19 @@ def _severity_step(out: Path, plan: DemoPlan, data: dict[str, Any], lung: dict[s
                           "threads": plan.threads,
                           "patience": plan.disease_epochs, "split": {"split_csv": str(data["split"])}},
               "seed": plan.seed, "out": str(folder / "run")}
+    test = data["frame"][data["frame"]["split"] == "test"]
     with rep.bars() as bar:
         run = train_severity(config, progress=bar)
         pipe = SeverityPipeline.from_run(run)
-        test = data["frame"][data["frame"]["split"] == "test"]
         table = pipe.predict_manifest(test, out_dir=folder / "predict", overlays=True, batch_size=plan.batch_size,
                                       on_batch=lambda done, total: bar("severity test images", done, total, ""))
-    scored = table.dropna(subset=[f"pred_{schema.BRIXIA_GLOBAL}"]).merge(
-        test[[schema.IMAGE, schema.BRIXIA_GLOBAL]], on=schema.IMAGE)
-    agreement = regression_scores(scored[schema.BRIXIA_GLOBAL].to_numpy(float),
-                                  scored[f"pred_{schema.BRIXIA_GLOBAL}"].to_numpy(float)) if len(scored) > 1 else {}
+        # the phantom's exact Brixia truth plays the reader the model is compared with
+        metrics = evaluate_severity(pipe, test, test, readers={"phantom truth": "brixia_"}, n_boot=plan.n_boot,
+                                    progress=bar)
+    atomic_write_json(folder / "metrics.json", metrics)
     return {"run": run, "predictions": folder / "predict" / "predictions.csv", "overlays": folder / "predict" /
-            "overlays", "n_scored": len(scored), "n_test": len(test), "brixia_global": agreement}
+            "overlays", "metrics_file": folder / "metrics.json", "metrics": metrics,
+            "n_scored": int(table["error"].isna().sum()) if "error" in table else len(table), "n_test": len(test)}
 
 
 def _evaluation_step(out: Path, plan: DemoPlan, data: dict[str, Any], diagnosis: dict[str, Any]) -> dict[str, Any]:
@@ -324,9 +318,11 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
 
     with rep.step("severity", f"two-stage lungs → disease ({plan.disease_epochs} epoch(s)) → zone scores") as info:
         severity = _severity_step(out, plan, data, lung, rep)
-        mae = severity["brixia_global"].get("mae")
-        info["note"] = (f"{severity['n_scored']}/{severity['n_test']} test images scored, Brixia 0-18 MAE vs "
-                        f"phantom truth {_fmt(mae, 2)} → {severity['overlays']}")
+        m = severity["metrics"]
+        dice = m.get("disease", {}).get("dice_pooled")
+        mae = m.get("brixia", {}).get("total", {}).get("summary", {}).get("model-reader", {}).get("mae")
+        info["note"] = (f"{severity['n_scored']}/{severity['n_test']} test images scored; disease Dice "
+                        f"{_fmt(dice)}, Brixia 0-18 MAE vs phantom truth {_fmt(mae, 2)} → {severity['overlays']}")
     seconds["severity"] = info["seconds"]
 
     with rep.step("evaluation", f"report of the diagnosis run ({plan.n_boot} patient-level bootstrap resamples, "
@@ -344,7 +340,8 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
         "data": out / "data", "manifest": data["manifest"], "split": data["split"], "stats": data["stats"],
         "lung_run": lung["run"], "lung_overlays": lung["overlays"], "diagnosis_run": diagnosis["run"],
         "severity_run": severity["run"], "severity_predictions": severity["predictions"],
-        "severity_overlays": severity["overlays"], "report": evaluation["report"],
+        "severity_overlays": severity["overlays"], "severity_metrics": severity["metrics_file"],
+        "report": evaluation["report"],
         "service_config": service["config"],
     }
     total = round(time.perf_counter() - t_start, 1)
@@ -379,7 +376,8 @@ def _print_summary(console: Console, out: Path, outputs: dict[str, Path], second
         ("data", "phantom, manifest, split, stats", [outputs["data"], outputs["split"]]),
         ("lung", "lung model run + mask overlays", [outputs["lung_run"], outputs["lung_overlays"]]),
         ("diagnosis", f"{DIAGNOSIS_RECIPE} run", [outputs["diagnosis_run"]]),
-        ("severity", "two-stage run + scores and overlays", [outputs["severity_run"], outputs["severity_overlays"]]),
+        ("severity", "two-stage run, test scores + overlays, metrics",
+         [outputs["severity_run"], outputs["severity_overlays"], outputs["severity_metrics"]]),
         ("evaluation", "evaluation report", [outputs["report"]]),
         ("service", "viewer config", [outputs["service_config"]]),
     ]

@@ -22,7 +22,7 @@ EPOCHS = 3
 def tiny_config(manifest: Path, **changes) -> dict:
     cfg = {"manifests": [str(manifest)], "size": 64, "arch": "unet", "encoder": "efficientnet_lite0",
            "weights": "imagenet", "arch_kwargs": {"decoder_channels": [32, 16, 8, 8, 8]}, "epochs": EPOCHS,
-           "batch_size": 8, "samples_per_epoch": 48, "lr": 3e-3, "val_max_images": 8, "threads": 2,
+           "batch_size": 8, "samples_per_epoch": 160, "lr": 3e-3, "val_max_images": 8, "threads": 2,
            "augment": {"rotate": 5.0, "aspect": 0.0}, "seed": 0}
     cfg.update(changes)
     return cfg
@@ -150,3 +150,38 @@ def test_wrong_size_mask_and_bad_config(phantom_root: Path, tmp_path: Path):
         load_config({**tiny_config(root / "manifest.csv"), "nope": 1})
     with pytest.raises(ConfigError, match="both mask_right_lung and mask_left_lung"):
         load_config(tiny_config(root / "manifest.csv", targets=[schema.MASK_RIGHT_LUNG]))
+
+
+# --- CLI: cxrlab segment predict / evaluate / train ------------------------------------------------------------
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from cxrlab.cli.main import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_predict_writes_masks_overlays_and_manifest(run_dir: Path, phantom_manifest, tmp_path: Path):
+    images = [str(p) for p in phantom_manifest.df["image"].iloc[:3]]
+    res = _cli(["segment", "predict", *images, "--run", str(run_dir), "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    out = load_manifest(tmp_path / "pred" / "manifest.csv").df
+    assert len(out) == 3
+    for col in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG, schema.MASK_LUNGS, schema.MASK_HEART):
+        assert all(Path(p).exists() for p in out[col]), col
+    assert "bio_plausible" in out.columns and "bio_right_lung_area_px" in out.columns
+    overlays = sorted((tmp_path / "pred" / "overlays").glob("*.png"))
+    assert len(overlays) == 3 and cv2.imread(str(overlays[0])).shape[2] == 3
+
+
+def test_cli_evaluate_and_train_errors(run_dir: Path, tmp_path: Path):
+    out = tmp_path / "eval.json"
+    res = _cli(["segment", "evaluate", "--run", str(run_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())
+    stored = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert summary["overall"]["lungs"]["dice_mean"] == pytest.approx(stored["overall"]["lungs"]["dice_mean"])
+    cfg = tmp_path / "seg.yaml"
+    cfg.write_text("size: 64\nepochs: 1\n")
+    res = _cli(["segment", "train", "--config", str(cfg), "--set", "size=100", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "multiple of 32" in str(res.exception or res.output)

@@ -109,8 +109,12 @@ def test_severity_scores_test_images(demo):
     table = pd.read_csv(outputs["severity_predictions"])
     split = pd.read_csv(outputs["split"])
     assert len(table) == int((split["split"] == "test").sum())
-    assert "pred_brixia_global" in table.columns
+    scored = table["pred_brixia_global"].dropna()
+    assert len(scored) and scored.between(0, 18).all()
     assert len(list(outputs["severity_overlays"].glob("*.png"))) == table["error"].isna().sum()
+    metrics = json.loads(outputs["severity_metrics"].read_text())
+    assert metrics["disease"]["n"] > 0 and 0 <= metrics["disease"]["dice_pooled"] <= 1
+    assert metrics["brixia"]["n_images"] == len(scored)
 
 
 def test_report_and_service_config(demo):

@@ -26,7 +26,7 @@ from cxrlab.serve.pipeline import AnalysisPipeline
 from cxrlab.serve.quality import mask_checks
 from cxrlab.serve.samples import (FAKE_PATIENT_ID, FAKE_PATIENT_NAME, encode_dicom, encode_jpeg, encode_png,
                                   train_tiny_runs)
-from cxrlab.serve.security import require_token_rule
+from cxrlab.serve.security import UploadError, require_token_rule
 from cxrlab.serve.store import ResultStore
 
 TOKEN = "test-token-0123456789abcdef"
@@ -354,3 +354,36 @@ def test_run_roles_detected_for_serve_run_dirs(service_runs, tmp_path):
         detect_role(tmp_path)
     with pytest.raises(ConfigError, match="recipe.yaml"):
         detect_role(tmp_path / "..")
+
+
+def test_micro_batcher_groups_requests_that_queue_during_a_run():
+    import asyncio
+
+    from cxrlab.serve.batcher import MicroBatcher
+
+    calls = []
+
+    def analyze_many(datas, *, heatmap):
+        calls.append((list(datas), heatmap))
+        time.sleep(0.2)
+        return [d.upper() for d in datas]
+
+    async def scenario():
+        batcher = MicroBatcher(analyze_many, max_images=16, max_queue=3)
+        worker = asyncio.create_task(batcher.run())
+        first = asyncio.create_task(batcher.submit([b"a"], True))
+        await asyncio.sleep(0.05)  # the worker is now busy with the first request
+        rest = [asyncio.create_task(batcher.submit(d, h))
+                for d, h in (([b"b"], True), ([b"c", b"d"], True), ([b"f"], False))]
+        await asyncio.sleep(0.01)
+        with pytest.raises(UploadError, match="busy") as refused:
+            await batcher.submit([b"e"], True)  # three already waiting = max_queue
+        assert refused.value.status == 503
+        out = await asyncio.gather(first, *rest)
+        worker.cancel()
+        return out, batcher.batch_sizes
+
+    out, sizes = asyncio.run(scenario())
+    assert out == [[b"A"], [b"B"], [b"C", b"D"], [b"F"]]
+    assert calls[0] == ([b"a"], True) and calls[1] == ([b"b", b"c", b"d"], True)
+    assert calls[2] == ([b"f"], False) and sizes == [1, 3, 1]

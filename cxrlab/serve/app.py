@@ -2,8 +2,9 @@
 ``/v1/models`` and the viewer at ``/``.
 
 Bad input is answered with a JSON error ``{"error": {"status", "reason"}}`` (413, 415, 422), never a 500.
-Inference runs one request at a time in a worker thread (the model already uses every core); at most
-``max_queue`` requests wait, beyond that the service answers 503 instead of piling up memory.
+Inference runs in one worker (the model already uses every core); requests that arrive meanwhile are analysed
+together in the next batch (:mod:`cxrlab.serve.batcher`); at most ``max_queue`` requests wait, beyond that the
+service answers 503 instead of piling up memory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
 from cxrlab.errors import CxrlabError, InputError
+from cxrlab.serve.batcher import MicroBatcher
 from cxrlab.serve.config import ServiceConfig
 from cxrlab.serve.pipeline import AnalysisPipeline
 from cxrlab.serve.security import UploadError, check_upload, token_matches
@@ -56,23 +58,24 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
     # Keep whole uploads in memory: starlette spools parts above 1 MB to a temporary file, which would put an
     # identified DICOM on disk before de-identification. Memory stays bounded by the upload and batch limits.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.max_upload_bytes + 1)
-    gate = asyncio.Semaphore(1)
-    waiting = 0
+    batcher = MicroBatcher(pipeline.analyze_many, max_images=limits.max_batch, max_queue=max_queue)
     started = time.time()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(pipeline.warmup)
+
         async def sweeper() -> None:
             while True:
                 await asyncio.sleep(min(60.0, config.result_ttl_s))
                 await run_in_threadpool(store.sweep)
 
-        task = asyncio.create_task(sweeper())
+        tasks = [asyncio.create_task(sweeper()), asyncio.create_task(batcher.run())]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             store.close()
 
     app = FastAPI(title="cxrlab", version=API_VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None)
@@ -118,17 +121,8 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
         return _error(500, "internal error")
 
     async def _analyze(datas: list[bytes], heatmap: bool | None) -> list[dict[str, Any]]:
-        nonlocal waiting
-        if waiting >= max_queue:
-            raise UploadError(503, "service busy: too many queued requests, retry later")
-        waiting += 1
-        try:
-            async with gate:
-                t0 = time.perf_counter()
-                analyses = await run_in_threadpool(pipeline.analyze_many, datas,
-                                                   heatmap=config.heatmap if heatmap is None else heatmap)
-        finally:
-            waiting -= 1
+        t0 = time.perf_counter()
+        analyses = await batcher.submit(datas, config.heatmap if heatmap is None else heatmap)
         reports = []
         for analysis in analyses:
             if isinstance(analysis, CxrlabError):
@@ -195,7 +189,9 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
     async def health() -> dict[str, Any]:
         return {"status": "ok", "stages": pipeline.stage_names, "backend": pipeline.backend,
                 "auth_required": bool(token), "uptime_s": round(time.time() - started, 1),
-                "result_ttl_s": config.result_ttl_s, "notice": NOTICE}
+                "result_ttl_s": config.result_ttl_s, "queued": batcher.queue.qsize(),
+                "mean_batch": round(sum(batcher.batch_sizes) / len(batcher.batch_sizes), 2)
+                if batcher.batch_sizes else None, "notice": NOTICE}
 
     @app.get(f"/{API_VERSION}/models")
     async def models() -> dict[str, Any]:

@@ -81,10 +81,6 @@ def predict_rows(pipe: SeverityPipeline, df: pd.DataFrame, batch_size: int = 8,
     return pd.DataFrame(out)
 
 
-def _value(metrics: dict, name: str) -> float:
-    return metrics["metrics"][name]["value"]
-
-
 def segmentation_summary(pred: pd.DataFrame) -> dict:
     out: dict = {}
     seg = pred[pred["n_true"] > 0] if "n_true" in pred else pred.iloc[0:0]  # images with disease
@@ -120,7 +116,8 @@ def involvement_summary(pred: pd.DataFrame, n_boot: int = 200) -> dict:
     frac = regression_metrics(lungs["ref"].to_numpy(), lungs["pred"].to_numpy(),
                               patient_ids=lungs[schema.PATIENT_ID].to_numpy(), n_boot=n_boot)
     out = {"n_lungs": int(len(lungs)), "fraction_mae": frac["metrics"]["mae"], "fraction_r2": frac["metrics"]["r2"],
-           "grade_macro_mae": grades["metrics"]["macro_mae"], "grade_kappa_quadratic": grades["metrics"]["kappa_quadratic"],
+           "grade_macro_mae": grades["metrics"]["macro_mae"],
+           "grade_kappa_quadratic": grades["metrics"]["kappa_quadratic"],
            "grade_support": grades["support"], "grade_confusion": grades["confusion_matrix"]}
     zc = pred[["pred_zone_count", "ref_zone_count"]].dropna() if "ref_zone_count" in pred else pd.DataFrame()
     if len(zc):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
-from torch import Tensor, nn
+from torch import nn
 
 from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError

@@ -38,7 +38,7 @@ from cxrlab.train.balancing import get_balancer
 from cxrlab.train.data import TRAIN_ONLY, RunTable, build_table
 from cxrlab.train.inputs import AugmentedItems, InputPipeline, TensorStore, prepare_inputs, spec_hash
 from cxrlab.train.speed import autocast, resolve_channels_last, resolve_precision, to_memory_format
-from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, cxrlab_home, file_sha256, seed_everything
+from cxrlab.utils import atomic_path, atomic_write_json, cxrlab_home, file_sha256, seed_everything
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
