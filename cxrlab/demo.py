@@ -36,7 +36,7 @@ from rich.table import Table
 
 from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
-from cxrlab.utils import atomic_write_json, atomic_write_text
+from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text
 
 MARKER = ".cxrlab-demo"  # written first: a folder with it is a demo folder this job may overwrite
 RECORD = "demo.json"     # written last: settings, per-step seconds and outputs
@@ -157,7 +157,8 @@ def _data_step(out: Path, plan: DemoPlan, rep: _Reporter) -> dict[str, Any]:
     manifest = import_dataset("cxrlab", data / "phantom", out=data)
     manifest_path = save_manifest(manifest, data / "manifest.csv")
     issues = validate_manifest(manifest)
-    issues_frame(issues).to_csv(data / "validation.csv", index=False)
+    with atomic_path(data / "validation.csv") as tmp:
+        issues_frame(issues).to_csv(tmp, index=False)
     bad = errors(issues)
     if bad:
         raise InputError(manifest_path, f"{len(bad)} validation error(s), first: {bad[0]} "
@@ -199,9 +200,7 @@ def _diagnosis_step(out: Path, plan: DemoPlan, data: dict[str, Any], rep: _Repor
     from cxrlab.data.manifest import Manifest
     from cxrlab.train import train
 
-    folder = out / "diagnosis"
-    if folder.exists():
-        shutil.rmtree(folder)
+    folder = _fresh(out / "diagnosis")
     # the demo's own patient-level split (data/split.csv) as the run's split column
     manifest = Manifest(data["frame"], source=data["manifest"])
     overrides = ["split.column=split", f"seed={plan.seed}", f"train.threads={plan.threads}"]
@@ -243,9 +242,7 @@ def _severity_step(out: Path, plan: DemoPlan, data: dict[str, Any], lung: dict[s
 def _evaluation_step(out: Path, plan: DemoPlan, data: dict[str, Any], diagnosis: dict[str, Any]) -> dict[str, Any]:
     from cxrlab.evaluate import build_report
 
-    folder = out / "evaluation"
-    if folder.exists():
-        shutil.rmtree(folder)
+    folder = _fresh(out / "evaluation")
     report = build_report(diagnosis["run"], data=data["manifest"], out=folder, n_boot=plan.n_boot, seed=plan.seed,
                           per_class=plan.gallery_per_class, max_hcs_images=plan.max_hcs_images)
     return {"report": report, "metrics": folder / "metrics.json"}
@@ -264,25 +261,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _headline(metrics: dict[str, Any], *names: str) -> Any:
-    """The first of ``names`` found anywhere in a nested metrics dict (runs differ in layout)."""
-    stack = [metrics]
-    while stack:
-        node = stack.pop(0)
-        if isinstance(node, dict):
-            for name in names:
-                if name in node and not isinstance(node[name], (dict, list)):
-                    return node[name]
-            stack.extend(node.values())
-    return None
-
-
 def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: int = 128, fast: bool = False,
              console: Console | None = None) -> dict[str, Path]:
     """Run every demo step into ``out_dir``; returns ``{name: path}`` of the outputs (also in ``demo.json``).
 
-    ``fast`` shrinks everything (16 patients at 64 px, one epoch per model) for tests; ``console`` receives the
-    status lines and progress bars (None: silent).
+    ``fast`` shrinks everything (16 patients at 64 px, one to three epochs per model) for tests; ``console``
+    receives the status lines and progress bars (None: silent).
     """
     plan = DemoPlan.make(size=size, fast=fast, seed=seed)
     out = Path(out_dir)
@@ -304,16 +288,17 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
     with rep.step("lung model", f"U-Net / EfficientNet-Lite0 at {plan.seg_size} px, {plan.lung_epochs} epoch(s)"
                   ) as info:
         lung = _lung_step(out, plan, data, rep)
-        info["note"] = (f"val Dice {_fmt(_headline(lung['metrics'], 'best_val_dice'))}; {lung['n_overlays']} "
-                        f"overlays → {lung['overlays']}")
+        lungs = lung["metrics"].get("test", {}).get("overall", {}).get("lungs", {})
+        info["note"] = (f"test lungs Dice {_fmt(lungs.get('dice_mean'))}; {lung['n_overlays']} overlays → "
+                        f"{lung['overlays']}")
     seconds["lung"] = info["seconds"]
 
     schedule = "its own schedule" if plan.diagnosis_epochs is None else f"{plan.diagnosis_epochs} epoch(s)"
     with rep.step("diagnosis", f"recipe {DIAGNOSIS_RECIPE}, {schedule}") as info:
         diagnosis = _diagnosis_step(out, plan, data, rep)
         test = diagnosis["metrics"].get("test", {})
-        info["note"] = (f"test macro-F1 {_fmt(_headline(test, 'macro_f1'))}, accuracy "
-                        f"{_fmt(_headline(test, 'accuracy'))} → {diagnosis['run']}")
+        info["note"] = (f"test macro-F1 {_fmt(test.get('macro_f1'))}, accuracy {_fmt(test.get('accuracy'))} → "
+                        f"{diagnosis['run']}")
     seconds["diagnosis"] = info["seconds"]
 
     with rep.step("severity", f"two-stage lungs → disease ({plan.disease_epochs} epoch(s)) → zone scores") as info:

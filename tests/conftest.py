@@ -5,7 +5,11 @@ Treat the folder as read-only: copy it (``shutil.copytree``) before changing any
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Passive OpenMP waiting: spinning threads starve the other core on small CI machines (set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

@@ -41,7 +41,7 @@ def test_trained_model_concentrates_heatmap_in_lungs(phantom_manifest):
     x = torch.from_numpy(np.stack([_load(p) for p in df[schema.IMAGE]])[:, None])
     x = (x - x.mean()) / x.std()
     masks = np.stack([_load(p, mask=True) for p in df[schema.MASK_LUNGS]])
-    y = df[schema.FINDING].map({f: i for i, f in enumerate(schema.FINDINGS)}).to_numpy()
+    y = df[schema.FINDING].map({f: i for i, f in enumerate(schema.FINDINGS)}).to_numpy().copy()
 
     untrained = _macro_hcs(_net(), x, masks, y)
     model = _net()

@@ -13,9 +13,9 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="output folder (re-running overwrites its steps)"),
     seed: int = typer.Option(0, help="seed of the phantom, the split and every model"),
     size: int = typer.Option(128, help="phantom image side in pixels (multiple of 32, >= 64)"),
-    fast: bool = typer.Option(False, "--fast", help="tiny data and one epoch per model (seconds; for tests)"),
+    fast: bool = typer.Option(False, "--fast", help="tiny data, 1-3 epochs per model (under a minute; for tests)"),
 ) -> None:
-    """Phantom data → import, validate, split → lung model → diagnosis → severity → report → viewer config."""
+    """Phantom → import, validate, split → lung model → diagnosis → severity → report → viewer config."""
     from cxrlab.demo import run_demo
 
     run_demo(out, seed=seed, size=size, fast=fast, console=console)

@@ -7,7 +7,12 @@ one name in ``AREAS``. Errors raised on purpose (``CxrlabError``) are printed as
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# OpenMP threads that spin while idle steal the other core from data loading and from other processes;
+# passive waiting is much faster on a small, shared CPU. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 from rich.console import Console

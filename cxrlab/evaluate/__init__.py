@@ -21,7 +21,6 @@ from cxrlab.evaluate.multiclass import classification_scores, confusion_matrix, 
 from cxrlab.evaluate.ordinal import collapse_scores, macro_mae, ordinal_metrics, quadratic_kappa
 from cxrlab.evaluate.regression import bland_altman, regression_metrics, regression_scores
 from cxrlab.evaluate.subgroups import bin_column, subgroup_table
-from cxrlab.evaluate.report import build_report
 
 __all__ = [
     "Estimate", "agreement_table", "bin_column", "binary_metrics", "build_report", "bland_altman", "bootstrap", "brier",
@@ -30,3 +29,12 @@ __all__ = [
     "regression_scores", "reliability_curve", "roc_auc", "subgroup_table", "threshold_metrics",
     "validation_threshold", "youden_threshold",
 ]
+
+
+def __getattr__(name: str):
+    # the report pulls in matplotlib and jinja2: load it only when asked for
+    if name == "build_report":
+        from cxrlab.evaluate.report import build_report
+
+        return build_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

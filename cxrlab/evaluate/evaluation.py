@@ -102,7 +102,7 @@ def data_summary(df: pd.DataFrame, targets: Sequence[Target]) -> dict:
 def fingerprint(df: pd.DataFrame, columns: Sequence[str]) -> str:
     """SHA-256 (16 hex) of the evaluated table: image names, patients, splits and truth, row-order free."""
     cols = [c for c in ["image", "patient_id", SPLIT, *columns] if c in df.columns]
-    table = df[cols].astype(str).copy()
+    table = df[cols].map(str)  # elementwise, so missing values become "nan" (astype(str) may keep NaN)
     table["image"] = table["image"].map(lambda p: p.replace("\\", "/").rsplit("/", 1)[-1])
     rows = sorted("\t".join(r) for r in table.itertuples(index=False, name=None))
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
