@@ -14,7 +14,7 @@ from rich.console import Console
 
 from cxrlab.data import schema
 from cxrlab.data.manifest import load_manifest
-from cxrlab.data.splits import load_split
+from cxrlab.data.splits import join_split, load_split
 from cxrlab.demo import MARKER, run_demo
 from cxrlab.errors import InputError
 from cxrlab.io import read_image
@@ -53,8 +53,8 @@ def test_data_imported_validated_and_split_by_patient(demo):
     split = load_split(outputs["split"])  # raises if a patient is in two parts
     assert sorted(split[schema.IMAGE]) == sorted(manifest.df[schema.IMAGE])
     assert set(split["split"]) == {"train", "val", "test"}
-    test_findings = manifest.df.assign(split=split["split"].to_numpy())
-    assert set(test_findings.loc[test_findings["split"] == "test", schema.FINDING]) == set(schema.FINDINGS)
+    parts = join_split(manifest.df, split)
+    assert set(manifest.df.loc[parts == "test", schema.FINDING]) == set(schema.FINDINGS)
     validation = pd.read_csv(outputs["data"] / "validation.csv")
     assert "error" not in set(validation["severity"])
     stats = json.loads(outputs["stats"].read_text())

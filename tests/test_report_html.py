@@ -111,7 +111,8 @@ def test_metrics_json_holds_every_section(report):
     assert summary["test"]["patients"] > 0 and "phantom" in summary["test"]["sources"]
     hcs = m["hcs"]["per_target"]["diagnosis"]
     assert m["hcs"]["per_target"]["opacity"]["heads"] == ["opacity:opacity_right", "opacity:opacity_left"]
-    assert 0 <= hcs["macro"] <= 1 and sum(hcs["n"].values()) > 0
+    assert 0 <= hcs["macro"] <= 1 and sum(hcs["n"].values()) == len(hcs["per_image"]) > 0
+    assert all(0 <= r["hcs"] <= 1 and r["class"] in CLASSES for r in hcs["per_image"])
     assert re.fullmatch(r"[0-9a-f]{16}", m["data_fingerprint"])
     assert m["software"]["scikit-learn"] and m["run"]["training_seed"] == 0
 

@@ -18,19 +18,22 @@ from cxrlab.io import read_image
 from cxrlab.severity import SeverityPipeline, evaluate_severity, train_severity
 from cxrlab.severity.config import ScoringParams
 
-# A tiny U-Net (3 encoder stages, narrow decoder) at 64 px keeps both trainings to seconds on a free CPU.
-SEG = {"arch": "unet", "encoder": "resnet18", "weights": "none", "size": 64, "batch_size": 8, "lr": 3e-3,
-       "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}, "samples_per_epoch": 48,
+# A tiny U-Net (3 encoder stages, narrow decoder) at 64 px keeps both trainings short; the schedules are the
+# shortest that learned the phantom (lungs: val Dice ~0.95; disease: test Dice ~0.76) in trial runs.
+SEG = {"arch": "unet", "encoder": "resnet18", "weights": "none", "size": 64, "samples_per_epoch": 64,
+       "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
        "augment": {"enabled": False}, "val_max_images": 12, "evaluate_test": False, "seed": 0}
+LUNG = {**SEG, "batch_size": 8, "lr": 1e-2, "epochs": 6}
+DISEASE = {**SEG, "batch_size": 4, "lr": 3e-3, "epochs": 8, "input": "image+lung"}
 
 
 @pytest.fixture(scope="module")
 def runs(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("severity")
     manifest = str(phantom_root / "manifest.csv")
-    lung = train_segmentation({**SEG, "manifests": [manifest], "epochs": 3}, out=out / "lung")
+    lung = train_segmentation({**LUNG, "manifests": [manifest]}, out=out / "lung")
     run = train_severity({"lung_run": str(lung), "manifests": [manifest], "out": str(out / "sev"),
-                          "disease": {**SEG, "epochs": 4, "input": "image+lung"}})
+                          "disease": DISEASE})
     return {"lung": lung, "run": run, "out": out}
 
 

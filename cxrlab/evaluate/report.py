@@ -210,7 +210,10 @@ def _task_hcs(em: Any, df: pd.DataFrame, group: Sequence[Target], heads: list[st
     res = explain_rows(em, part.to_dict("records"), heads, method, threshold, with_overlay=False)
     hcs = np.array([r["hcs"] for r in res], dtype=float)
     fraction = np.array([r["lung_fraction"] for r in res], dtype=float)
-    table: dict[str, Any] = {"heads": heads, "per_class": {}, "n": {}, "chance": {}}
+    table: dict[str, Any] = {"heads": heads, "per_class": {}, "n": {}, "chance": {},
+                             "per_image": [{"image": Path(r["image"]).name, "class": group[0].classes[int(c)],
+                                            "hcs": r["hcs"], "lung_fraction": r["lung_fraction"]}
+                                           for r, c in zip(res, cls)]}
     for k, name in enumerate(group[0].classes):
         sel = (cls == k) & np.isfinite(hcs)
         if sel.any():

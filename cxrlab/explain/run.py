@@ -189,7 +189,7 @@ def explain_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLik
     task = progress.add_task("explaining", total=len(rows), status="") if progress else None
     for row in rows:
         res = explain_rows(em, [row], head, method, threshold)[0]
-        name = f"{Path(res['image']).stem}_{head.replace('.', '_')}_{method}.png"
+        name = f"{Path(res['image']).stem}_{head.replace(':', '_').replace('.', '_')}_{method}.png"
         atomic_write_bytes(out / name, png_bytes(res.pop("overlay")))
         res.update(overlay=name, classes=heads[head]["classes"])
         res["pred_class"] = res["classes"][res["pred"]] if res["pred"] < len(res["classes"]) else str(res["pred"])
