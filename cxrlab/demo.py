@@ -369,7 +369,7 @@ def _print_summary(console: Console, out: Path, outputs: dict[str, Path], second
     table = Table(title=f"cxrlab demo outputs ({total:.0f} s)", title_justify="left")
     table.add_column("step", style="bold")
     table.add_column("what")
-    table.add_column("where")
+    table.add_column("where", overflow="fold")
     table.add_column("s", justify="right")
     for step, what, paths in rows:
         table.add_row(step, what, "\n".join(str(p) for p in paths), f"{seconds[step]:.0f}")
