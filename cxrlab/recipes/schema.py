@@ -96,6 +96,15 @@ class TrainSpec(_Strict):
         return v
 
 
+class TrackingSpec(_Strict):
+    mlflow: bool = Field(False, description="log params, per-epoch metrics and run files to MLflow (pip install "
+                                            "'cxrlab[mlflow]')")
+    uri: str | None = Field(None, description="tracking store; default: $MLFLOW_TRACKING_URI when it is local, "
+                                              "else file:<run_dir>/mlruns (never a server unless named here)")
+    experiment: str = Field("cxrlab", min_length=1, description="MLflow experiment name")
+    checkpoints: bool = Field(False, description="also log checkpoints/best.pt as an artifact")
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -107,6 +116,7 @@ class Recipe(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     tasks: list[dict[str, Any]] = Field(description="task specs: {kind: diagnosis|binary|opacity|severity|zones, ...}")
     train: TrainSpec = Field(default_factory=TrainSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @field_validator("tasks")
     @classmethod
