@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,8 +90,9 @@ def test_predict_one_image_masks_scores_overlay(runs, test_rows, tmp_path):
     json.dumps(record)  # serialisable (NaN became null)
     assert 0 <= record["scores"]["brixia_global"] <= 18 and 0 <= record["scores"]["zone_count"] <= 6
     files = res.save(tmp_path, "case", image)
-    overlay, _ = read_image(files["overlay"])
-    assert overlay.shape == image.shape
+    overlay = cv2.imread(files["overlay"], cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (*image.shape, 3)
+    assert (overlay[..., 2] > overlay[..., 1]).any()  # red disease / text drawn on the grey image
     assert json.loads(Path(files["record"]).read_text())["scores"] == record["scores"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -21,11 +22,20 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="run directory"),
         set_: Optional[list[str]] = typer.Option(None, "--set", help="override a recipe key: train.lr=1e-4"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+        mlflow: bool = typer.Option(False, "--mlflow", help="track the run with MLflow in a local store "
+                                    "(default <out>/mlruns; needs: pip install 'cxrlab[mlflow]')"),
+        mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", metavar="URI",
+                                                 help="MLflow tracking store (implies --mlflow)"),
     ) -> None:
         """Train a recipe; writes a self-describing run directory."""
         from cxrlab.train import train
 
-        run_dir = train(recipe, data, out, resume=resume, overrides=set_ or [])
+        overrides = list(set_ or [])
+        if mlflow or mlflow_uri:  # recipe keys, so the run directory records them (a resumed run keeps its own)
+            overrides.append("tracking.mlflow=true")
+        if mlflow_uri:
+            overrides.append(f"tracking.uri={json.dumps(mlflow_uri)}")  # quoted: the value is read as YAML
+        run_dir = train(recipe, data, out, resume=resume, overrides=overrides)
         console.print(f"run written to [bold]{run_dir}[/] (metrics.json, predictions.parquet)")
 
     @app.command("predict")

@@ -7,7 +7,8 @@ draws its randomness from ``(seed, stage, epoch)``), and a cache of the frozen p
 happens before it.
 
 Run directory: ``recipe.yaml``, ``split.csv``, ``model.json``, ``weights_report.json``, ``checkpoints/{last,best}.pt``,
-``history.csv``, ``metrics.json``, ``predictions.parquet``.
+``history.csv``, ``metrics.json``, ``predictions.parquet``; with ``tracking.mlflow`` also ``mlflow.json`` and the
+MLflow store (``mlruns/`` unless ``tracking.uri`` says otherwise; see cxrlab.train.tracking).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from cxrlab.train.balancing import get_balancer
 from cxrlab.train.data import TRAIN_ONLY, RunTable, build_table
 from cxrlab.train.inputs import AugmentedItems, InputPipeline, TensorStore, prepare_inputs, spec_hash
 from cxrlab.train.speed import autocast, resolve_channels_last, resolve_precision, to_memory_format
+from cxrlab.train.tracking import require_mlflow, track_run
 from cxrlab.utils import atomic_path, atomic_write_json, cxrlab_home, file_sha256, seed_everything
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -363,6 +365,18 @@ class Trainer:
         return plan
 
 
+def _chain(callbacks: Sequence[EpochCallback]) -> EpochCallback | None:
+    """One callback calling each in turn (the tracker first: an interrupting callback must not cost a log)."""
+    if not callbacks:
+        return None
+
+    def call(row: dict[str, Any]) -> None:
+        for cb in callbacks:
+            cb(row)
+
+    return call
+
+
 def _scatter(decoded: dict[str, np.ndarray], rows: np.ndarray, n_rows: int) -> dict[str, np.ndarray]:
     out = {}
     for k, v in decoded.items():
@@ -403,6 +417,8 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
         if last.is_file():
             raise ConfigError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
         recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if recipe.tracking.mlflow:
+        require_mlflow()  # fail before any work when the optional dependency is missing
     manifests = _as_manifests(data)
     torch.set_num_threads(recipe.train.threads)
     pipeline = InputPipeline(recipe.input)
@@ -429,12 +445,14 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
         random.setstate(payload["rng"]["python"])
     progress = _progress(show_progress)
     cache_dir = Path(recipe.train.cache_dir) if recipe.train.cache_dir else cxrlab_home() / "cache"
-    with (progress if progress is not None else contextlib.nullcontext()):
+    with (progress if progress is not None else contextlib.nullcontext()), \
+            track_run(recipe, run_dir, resume=resume, step=len(state.history)) as tracker:
         task = progress.add_task("preparing images", total=len(table.df), status="") if progress else None
         rows = prepare_inputs(table.df, pipeline, cache_dir, recipe.train.num_workers,
                               (lambda d, t: progress.update(task, completed=d, total=t)) if progress else None)
         inputs = rows.reshape(-1, *rows.shape[2:])  # (rows·per_image, C, H, W): item i = row i // per_image
-        trainer = Trainer(recipe, table, tasks, pipeline, inputs, model, run_dir, show_progress, on_epoch_end)
+        callbacks = ([tracker.on_epoch_end] if tracker else []) + ([on_epoch_end] if on_epoch_end else [])
+        trainer = Trainer(recipe, table, tasks, pipeline, inputs, model, run_dir, show_progress, _chain(callbacks))
         t0 = time.perf_counter()
         plan = trainer.fit(state, payload, progress)
         train_seconds = time.perf_counter() - t0
