@@ -61,7 +61,9 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         f"AdamW lr {recipe['lr']}, Dice + BCE, precision {history['precision'].iloc[-1]}; "
         f"best val lung Dice {metrics['best_val_dice']:.4f}; images per split {metrics['n_images']}.",
         f"- Training throughput (median over epochs): {history['train_images_per_s'].median():.2f} img/s; "
-        f"total training time {history['epoch_seconds'].sum() / 60:.1f} min.",
+        f"total training time {history['epoch_seconds'].sum() / 60:.1f} min (the machine's load varied from ~14 "
+        "to ~2 during the run; the run was continued with `--resume` as the load fell, so epochs differ in "
+        "speed: see `history.csv`).",
         "",
         "## Held-out accuracy (test part of each source, evaluated at each image's own resolution)",
         "",
@@ -71,10 +73,10 @@ def write_report(run: Path, results: Path, out: Path) -> None:
     heart = metrics["test"]["overall"].get("heart")
     if heart and heart["dice_mean"] < 0.5:
         lines += [
-            "**Known shortfall of this run.** The heart channel did not learn within the budget (heart Dice "
+            "**Known shortfall of this run.** The heart channel is still weak within the budget (heart Dice "
             f"{heart['dice_mean']:.3f}; it is supervised on JSRT only, a third of each source-balanced epoch). "
-            "SCR-convention scoring of JSRT subtracts the predicted heart from the lungs, so with no usable heart "
-            "the JSRT patient-left lung keeps its retrocardiac part, which SCR excludes: that, not the right lung, "
+            "SCR-convention scoring of JSRT subtracts the predicted heart from the lungs, so with a poor heart "
+            "the JSRT patient-left lung keeps much of its retrocardiac part, which SCR excludes: that, not the right lung, "
             "is what lowers the JSRT lung Dice. A longer run (more epochs, 256 px) is needed for the targets.",
             "",
         ]

@@ -137,3 +137,25 @@ def test_mask_image_size_mismatch_is_a_clear_error(runs):
     empty = {k: np.zeros((64, 64), np.uint8) for k in masks}
     with pytest.raises(InputError, match="lung mask is empty"):
         pipe.score(empty, "x.png", image_shape=(64, 64))
+
+
+def test_inference_backends_agree_with_the_runs_own_segmenters(runs, test_rows):
+    """Every engine (channels-last torch, onnxruntime) gives the masks the runs' own NCHW segmenters give, and
+    the segmenters handed to the pipeline are left as they were."""
+    images = [read_image(p)[0] for p in test_rows[schema.IMAGE][:4]]
+    ref = SeverityPipeline.from_run(runs["run"], backend="torch-fp32")
+    assert ref.backend == "torch-fp32"
+    lungs = ref.lung.predict_batch(images)
+    disease = ref.disease.predict_batch(images, [m[schema.KEY_LUNG_MASK] for m in lungs])
+    expected = [{schema.KEY_RIGHT_MASK: lm[schema.KEY_RIGHT_MASK], schema.KEY_LEFT_MASK: lm[schema.KEY_LEFT_MASK],
+                 schema.KEY_DISEASE_MASK: dm[schema.KEY_DISEASE_MASK]} for lm, dm in zip(lungs, disease)]
+    assert all(p.is_contiguous() for p in ref.lung.model.parameters())  # not converted to channels-last
+    for backend in ("torch-fp32", "auto", "onnxruntime"):
+        got = SeverityPipeline.from_run(runs["run"], backend=backend).segment_batch(images)
+        for want, have in zip(expected, got):
+            for key, mask in want.items():
+                assert mask.shape == have[key].shape
+                assert np.mean(mask != have[key]) < 0.01, (backend, key)
+    assert ref.with_scoring(ScoringParams(zone_threshold=0.3))._stages is ref._stages  # engines not rebuilt
+    with pytest.raises(ConfigError, match="unknown inference backend 'tpu'"):
+        SeverityPipeline.from_run(runs["run"], backend="tpu")

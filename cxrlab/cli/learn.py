@@ -74,6 +74,6 @@ def register(app: typer.Typer) -> None:
         """Print the fully resolved recipe (defaults filled in, overrides applied)."""
         from cxrlab.recipes import load_recipe, recipe_yaml
 
-        console.print(recipe_yaml(load_recipe(name, set_ or [])), highlight=False, markup=False)
+        console.print(recipe_yaml(load_recipe(name, set_ or [], kind=None)), highlight=False, markup=False)
 
     app.add_typer(recipes_app, name="recipes")

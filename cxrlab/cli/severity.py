@@ -27,7 +27,8 @@ def _bar(bar):
 
 @severity_app.command("train")
 def train_cmd(
-    config: Path = typer.Argument(..., help="severity config YAML (lung_run, manifests, disease: {...})"),
+    config: str = typer.Argument(..., help="recipe name (covid-scoring) or severity config YAML "
+                                           "(lung_run, manifests, disease: {...})"),
     set_: list[str] = typer.Option([], "--set", help="override a key, e.g. disease.epochs=5 (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (overrides the config's out)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
@@ -42,16 +43,20 @@ def train_cmd(
     console.print((run / "scoring.json").read_text())
 
 
-def _pipeline(run: Optional[Path], lung_run: Optional[Path], disease_run: Optional[Path]):
+_BACKEND_HELP = "inference engine of both stages: auto (torch-bf16 where the CPU has bf16, else torch-fp32), " \
+                "torch-fp32, torch-bf16, onnxruntime"
+
+
+def _pipeline(run: Optional[Path], lung_run: Optional[Path], disease_run: Optional[Path], backend: str):
     from cxrlab.severity.pipeline import SeverityPipeline
 
     if run is not None:
         if lung_run is not None or disease_run is not None:
             raise ConfigError("give either a severity RUN or --lung-run with --disease-run, not both")
-        return SeverityPipeline.from_run(run)
+        return SeverityPipeline.from_run(run, backend=backend)
     if lung_run is None or disease_run is None:
         raise ConfigError("give a severity RUN directory, or both --lung-run and --disease-run")
-    return SeverityPipeline.from_runs(lung_run, disease_run)
+    return SeverityPipeline.from_runs(lung_run, disease_run, backend=backend)
 
 
 @severity_app.command("predict")
@@ -63,11 +68,12 @@ def predict_cmd(
     out: Path = typer.Option(Path("runs/severity_predict"), "--out", help="output folder"),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="write overlay PNGs"),
     batch_size: int = typer.Option(8, help="images per forward pass"),
+    backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
 ) -> None:
     """Masks, overlay PNG and a JSON record per image; a manifest gives one predictions.csv table."""
     from cxrlab.data.manifest import load_manifest
 
-    pipe = _pipeline(run, lung_run, disease_run)
+    pipe = _pipeline(run, lung_run, disease_run, backend)
     is_manifest = len(inputs) == 1 and (inputs[0].is_dir() or inputs[0].suffix in {".csv", ".parquet"})
     if is_manifest:
         manifest = load_manifest(inputs[0])
@@ -92,6 +98,7 @@ def evaluate_cmd(
     scored: Optional[Path] = typer.Option(None, "--scored", help="manifest with reader scores (Brixia, Cohen)"),
     split: str = typer.Option("test", help="part of the run's split to evaluate when --manifest is not given"),
     n_boot: int = typer.Option(200, help="bootstrap resamples for CIs"),
+    backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
 ) -> None:
     """Disease Dice/IoU, FP area, per-lung involvement and grades, zone count, Brixia and Cohen agreement."""
     import pandas as pd
@@ -102,7 +109,7 @@ def evaluate_cmd(
     from cxrlab.severity.pipeline import SeverityPipeline
     from cxrlab.utils import atomic_write_json
 
-    pipe = SeverityPipeline.from_run(run)
+    pipe = SeverityPipeline.from_run(run, backend=backend)
     if manifest is None:
         df = load_manifest(run / "disease_manifest.csv").df
         parts = pd.read_csv(run / "disease" / "split.csv", dtype=str)

@@ -4,9 +4,11 @@
 """
 
 from cxrlab.recipes.loader import (
+    RECIPE_KINDS,
     apply_overrides,
     list_recipes,
     load_recipe,
+    recipe_kind,
     recipe_path,
     recipe_yaml,
     save_recipe,
@@ -14,5 +16,5 @@ from cxrlab.recipes.loader import (
 )
 from cxrlab.recipes.schema import Recipe
 
-__all__ = ["Recipe", "apply_overrides", "list_recipes", "load_recipe", "recipe_path", "recipe_yaml", "save_recipe",
-           "validate_recipe"]
+__all__ = ["RECIPE_KINDS", "Recipe", "apply_overrides", "list_recipes", "load_recipe", "recipe_kind", "recipe_path",
+           "recipe_yaml", "save_recipe", "validate_recipe"]

@@ -73,6 +73,8 @@ class SeverityConfig(_Strict):
     """The ``covid-scoring`` pipeline: a Stage I lung run + Stage II disease training + fitted scoring."""
 
     name: str = "covid-scoring"
+    description: str = ""
+    reference: str = ""
     lung_run: str
     manifests: list[str]
     # Any anatomy SegmentationConfig key for the disease model (arch: one of the nine smp decoders, encoder,
@@ -101,24 +103,26 @@ class SeverityConfig(_Strict):
 
 def load_severity_config(source: str | Path | dict[str, Any] | SeverityConfig,
                          overrides: list[str] | None = None) -> SeverityConfig:
-    """A YAML file, a dict or a config, plus ``key=value`` overrides (``disease.epochs=5``) → validated."""
+    """A recipe name (``covid-scoring``), a YAML file, a dict or a config, plus ``key=value`` overrides
+    (``disease.epochs=5``) → validated. Files are recipes of kind ``severity`` (``kind:`` may be left out)."""
+    from cxrlab.recipes.loader import RECIPE_DIR, recipe_path, validate_recipe  # lazy: recipes imports this module lazily
+
     if isinstance(source, SeverityConfig):
-        data = source.model_dump(mode="json")
+        data, where = source.model_dump(mode="json"), "config"
     elif isinstance(source, dict):
-        data = dict(source)
+        data, where = dict(source), "dict"
     else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file does not exist")
+        try:
+            path = recipe_path(source)
+        except InputError:
+            raise ConfigError(f"{source}: config file does not exist") from None
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the config must be a mapping")
-    data = apply_overrides(data, overrides or [])
-    try:
-        return SeverityConfig(**data)
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid severity config: {msgs}") from None
+        where = path
+    if not (isinstance(where, Path) and where.parent == RECIPE_DIR):  # run directories save it without kind:
+        data.setdefault("kind", "severity")
+    return validate_recipe(apply_overrides(data, overrides or []), f"{where} (severity config)", kind="severity")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from cxrlab.data.manifest import Manifest
 from cxrlab.errors import ConfigError, CxrlabError, InputError
 from cxrlab.io import read_image, write_png
 from cxrlab.severity.config import ScoringParams
+from cxrlab.severity.engine import PRECISION_BACKENDS, resolve_backend, stage_segmenter
 from cxrlab.severity.overlay import render_overlay, write_overlay
 from cxrlab.severity.scores import discard_outside_lungs, score_masks
 from cxrlab.utils import atomic_path, atomic_write_json
@@ -81,10 +83,14 @@ class SeverityResult:
 
 
 class SeverityPipeline:
-    """Stage I (an anatomy lung run) + Stage II (a disease segmentation run) + scoring parameters."""
+    """Stage I (an anatomy lung run) + Stage II (a disease segmentation run) + scoring parameters.
+
+    ``backend`` is the inference engine of both networks (:mod:`cxrlab.severity.engine`): ``auto``,
+    ``torch-fp32``, ``torch-bf16`` or ``onnxruntime``; None follows the segmenters' precision.
+    """
 
     def __init__(self, lung: LungSegmenter, disease: LungSegmenter, scoring: ScoringParams | None = None,
-                 provenance: dict[str, str] | None = None):
+                 provenance: dict[str, str] | None = None, backend: str | None = None):
         if not lung.config.is_lung_model:
             raise ConfigError(f"Stage I run {lung.run_dir} is not a lung model (targets {lung.config.targets})")
         if schema.MASK_DISEASE not in disease.config.targets:
@@ -93,19 +99,27 @@ class SeverityPipeline:
         self.lung, self.disease = lung, disease
         self.scoring = scoring or ScoringParams()
         self.provenance = provenance or {}
+        self.backend = resolve_backend(backend or PRECISION_BACKENDS.get(disease.precision, "auto"))
+        self._stages = (stage_segmenter(lung, self.backend), stage_segmenter(disease, self.backend))
 
     @classmethod
     def from_runs(cls, lung_run: str | Path, disease_run: str | Path,
-                  scoring: ScoringParams | str | Path | None = None, precision: str = "auto") -> "SeverityPipeline":
-        """Load both runs; ``scoring`` a ScoringParams, a ``scoring.json`` path, or None (defaults)."""
+                  scoring: ScoringParams | str | Path | None = None, precision: str = "auto",
+                  backend: str | None = None) -> "SeverityPipeline":
+        """Load both runs; ``scoring`` a ScoringParams, a ``scoring.json`` path, or None (defaults).
+        ``backend`` (default: the one computing ``precision``) runs both networks."""
         if scoring is not None and not isinstance(scoring, ScoringParams):
             scoring = ScoringParams.load(scoring)
+        if precision not in PRECISION_BACKENDS:
+            raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISION_BACKENDS)}")
         return cls(LungSegmenter.from_run(lung_run, precision=precision),
                    LungSegmenter.from_run(disease_run, precision=precision), scoring,
-                   {"lung_run": str(lung_run), "disease_run": str(disease_run)})
+                   {"lung_run": str(lung_run), "disease_run": str(disease_run)},
+                   backend or PRECISION_BACKENDS[precision])
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, precision: str = "auto") -> "SeverityPipeline":
+    def from_run(cls, run_dir: str | Path, precision: str = "auto", backend: str | None = None
+                 ) -> "SeverityPipeline":
         """A severity run directory (``severity.json`` + ``scoring.json``, written by ``train_severity``)."""
         run_dir = Path(run_dir)
         spec = run_dir / PIPELINE_FILE
@@ -115,17 +129,22 @@ class SeverityPipeline:
         lung, disease = (Path(paths[k]) for k in ("lung_run", "disease_run"))
         lung = lung if lung.is_absolute() else run_dir / lung
         disease = disease if disease.is_absolute() else run_dir / disease
-        return cls.from_runs(lung, disease, run_dir / SCORING_FILE, precision)
+        return cls.from_runs(lung, disease, run_dir / SCORING_FILE, precision, backend)
 
     def with_scoring(self, scoring: ScoringParams) -> "SeverityPipeline":
-        return SeverityPipeline(self.lung, self.disease, scoring, self.provenance)
+        """The same networks and engines (not rebuilt) with other scoring parameters."""
+        other = copy.copy(self)
+        other.scoring = scoring
+        return other
 
     # --- inference --------------------------------------------------------------------------------------------
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Both stages; masks at each image's size. Stage II sees the predicted lungs when it takes them."""
-        lungs = self.lung.predict_batch(list(images), batch_size=len(images) or 1)
-        lung_inputs = [m[schema.KEY_LUNG_MASK] for m in lungs] if self.disease.in_channels == 2 else None
-        disease = self.disease.predict_batch(list(images), lung_inputs, batch_size=len(images) or 1)
+        """Both stages, each on the whole batch at its training size; masks at each image's size. Stage II sees
+        the predicted lungs when it takes them."""
+        lung_stage, disease_stage = self._stages
+        lungs = lung_stage.predict_batch(list(images), batch_size=len(images) or 1)
+        lung_inputs = [m[schema.KEY_LUNG_MASK] for m in lungs] if disease_stage.in_channels == 2 else None
+        disease = disease_stage.predict_batch(list(images), lung_inputs, batch_size=len(images) or 1)
         return [{schema.KEY_RIGHT_MASK: lm[schema.KEY_RIGHT_MASK], schema.KEY_LEFT_MASK: lm[schema.KEY_LEFT_MASK],
                  schema.KEY_DISEASE_MASK: dm[schema.KEY_DISEASE_MASK]} for lm, dm in zip(lungs, disease)]
 

@@ -1,0 +1,55 @@
+"""Inference engines for the two stages: each stage's network on a :mod:`cxrlab.export` backend.
+
+The pipeline keeps the caller's segmenters untouched and runs private copies whose network is swapped for the
+chosen backend (``torch-fp32``, ``torch-bf16``, ``onnxruntime``; ``auto``: bf16 where the CPU has native bf16,
+else fp32). The PyTorch backends run channels-last: oneDNN's convolutions on this CPU run these
+EfficientNet-Lite U-Nets about 1.7× faster in NHWC than in NCHW (``bench/severity.py speed``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from cxrlab.anatomy.predict import LungSegmenter
+from cxrlab.errors import ConfigError
+from cxrlab.export.backends import bf16_supported, create_backend, list_backends
+
+AUTO = "auto"
+# the precision names of cxrlab.anatomy (LungSegmenter) → the export backend that computes the same arithmetic
+PRECISION_BACKENDS = {"auto": AUTO, "bf16": "torch-bf16", "fp32": "torch-fp32"}
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` → ``torch-bf16`` on CPUs with native bf16, else ``torch-fp32``; other names are checked."""
+    if backend == AUTO:
+        return "torch-bf16" if bf16_supported() else "torch-fp32"
+    if backend not in list_backends():
+        raise ConfigError(f"unknown inference backend {backend!r}; known: {AUTO}, {', '.join(list_backends())}")
+    return backend
+
+
+class ChannelsLast(nn.Module):
+    """Runs ``module`` with NHWC weights and inputs (same results up to float rounding)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.contiguous(memory_format=torch.channels_last))
+
+
+def stage_segmenter(segmenter: LungSegmenter, backend: str) -> LungSegmenter:
+    """A copy of ``segmenter`` whose network runs on ``backend`` (resolved); its pre- and post-processing, input
+    size (the one it was trained at) and threshold are the segmenter's own."""
+    size = segmenter.config.size
+    sample = torch.rand(1, segmenter.in_channels, size, size)
+    module = copy.deepcopy(segmenter.model).eval()  # the caller's model stays as it was (NCHW, its own precision)
+    if backend.startswith("torch-"):
+        module = ChannelsLast(module)
+    engine = create_backend(backend, module, sample=sample)
+    # precision "fp32": the backend decides the arithmetic, not the segmenter's own autocast
+    return LungSegmenter(engine, segmenter.config, precision="fp32", run_dir=segmenter.run_dir)
