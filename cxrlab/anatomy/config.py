@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrlab.data import schema
+from cxrlab.config import read_yaml_mapping
 from cxrlab.errors import ConfigError
 
 LUNG_TARGETS = [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG, schema.MASK_HEART]
@@ -133,15 +134,7 @@ def load_config(source: str | Path | dict[str, Any] | SegmentationConfig | None 
     elif source is None:
         data = {}
     else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the config must be a mapping")
+        data = read_yaml_mapping(source, "segmentation config")
     data = apply_overrides(data, overrides or [])
     try:
         return SegmentationConfig(**data)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cxrlab.config import read_yaml_mapping
 from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_write_text
 
@@ -85,14 +86,7 @@ def _resolve(cfg: ServiceConfig, base: Path) -> ServiceConfig:
 def load_service_config(path: str | Path, **overrides: Any) -> ServiceConfig:
     """Read and validate ``SERVICE.yaml``; ``overrides`` (non-None) replace top-level keys (CLI flags)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"service config {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"service config {path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"service config {path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "service config")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return _resolve(_validate(raw, str(path)), path.parent.resolve())
 
