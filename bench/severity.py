@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -138,20 +139,28 @@ def _previous_path(pipe: SeverityPipeline) -> SeverityPipeline:
 
 
 def speed(args: argparse.Namespace) -> None:
+    """Images/s, the median of ``--repeats`` timings; with ``--compare-previous`` the previous path is timed
+    alternately with the new one, so both see the same (shared, fluctuating) load."""
     pipe = SeverityPipeline.from_run(RUN, backend=args.backend)
     qu = load_manifest(OUT / "data" / "covidquex.csv").df
     paths = qu[schema.IMAGE].sample(n=args.n, random_state=0).tolist()
-    pipe.throughput(paths[:8])  # warm-up (lazy init, allocator)
+    prev = _previous_path(pipe) if args.compare_previous else None
+    for p in (pipe, prev):
+        if p is not None:
+            p.throughput(paths[:8])  # warm-up (lazy init, allocator)
     before = machine()
-    res = pipe.throughput(paths, batch_size=args.batch_size)
-    res.update(machine=machine(), load_before=before["load"], batch_size=args.batch_size,
-               lung_size=pipe.lung.config.size, disease_size=pipe.disease.config.size, backend=pipe.backend,
-               threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
-    if args.compare_previous:
-        prev = _previous_path(pipe)
-        prev.throughput(paths[:8])
-        res["previous_images_per_s"] = prev.throughput(paths, batch_size=args.batch_size)["images_per_s"]
-        res["previous_precision"] = pipe.disease.precision
+    new_runs, prev_runs = [], []
+    for _ in range(args.repeats):
+        new_runs.append(pipe.throughput(paths, batch_size=args.batch_size)["images_per_s"])
+        if prev is not None:
+            prev_runs.append(prev.throughput(paths, batch_size=args.batch_size)["images_per_s"])
+    res = {"images": len(paths), "images_per_s": statistics.median(new_runs), "images_per_s_runs": new_runs,
+           "machine": machine(), "load_before": before["load"], "batch_size": args.batch_size,
+           "lung_size": pipe.lung.config.size, "disease_size": pipe.disease.config.size, "backend": pipe.backend,
+           "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    if prev is not None:
+        res.update(previous_images_per_s=statistics.median(prev_runs), previous_images_per_s_runs=prev_runs,
+                   previous_precision=pipe.disease.precision)
     atomic_write_json(OUT / f"speed_{pipe.backend}_b{args.batch_size}.json", res)
     print(res)
 
@@ -293,12 +302,13 @@ def report(_: argparse.Namespace) -> None:
                   "proxy: a binary mask carries no density."]
     if speeds:
         lines += ["", "## Speed (read → Stage I → Stage II → scores, no overlay)",
-                  "`bench/severity.py speed --backend B --batch-size N --compare-previous --n 192`: both stages batched at",
-                  f"their training size ({speeds[0]['lung_size']} / {speeds[0]['disease_size']} px), channels-last for the "
-                  "PyTorch engines, `OMP_WAIT_POLICY=PASSIVE`.",
+                  "`bench/severity.py speed --backend B --batch-size N --compare-previous --n 192`: both stages",
+                  f"batched at their training size ({speeds[0]['lung_size']} / {speeds[0]['disease_size']} px), "
+                  "channels-last for the PyTorch engines, `OMP_WAIT_POLICY=PASSIVE`.",
                   "\"previous\" is the pipeline before that change (the runs' own NCHW segmenters, bf16 autocast),",
-                  "timed right after in the same process, so under the same load.", "",
-                  "| engine | images/s | previous path, images/s | images | batch | lung / disease input | "
+                  "timed alternately with the new path in the same process, so under the same load. Median of",
+                  "5 timings each (all in `runs/severity_bench/speed_*.json`); the load changes second by second.", "",
+                  "| engine | images/s (median) | previous path, images/s | images | batch | lung / disease input | "
                   "date (UTC) | load before → after (1/5/15 min) |",
                   "|---|---|---|---|---|---|---|---|"]
         for sp in speeds:
@@ -361,6 +371,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", default="auto", choices=["auto", *list_backends()],
                    help="speed: inference engine of both stages (auto: torch-bf16 on CPUs with native bf16)")
+    p.add_argument("--repeats", type=int, default=5, help="speed: timings per engine; the median is reported")
     p.add_argument("--compare-previous", action="store_true",
                    help="speed: also time the previous path (the runs' own NCHW segmenters) under the same load")
     args = p.parse_args()

@@ -138,7 +138,7 @@ def validate_recipe(raw: dict[str, Any], source: object = "recipe", kind: str | 
         raise ConfigError(f"recipe {source}: top level must be a mapping, got {type(raw).__name__}")
     declared = recipe_kind(raw, source)
     if kind is not None and declared != kind:
-        hint = RECIPE_KINDS.meta(declared)["command"]
+        hint = RECIPE_KINDS.meta(declared)["command"] + (f" {source}" if isinstance(source, Path) else "")
         raise ConfigError(f"recipe {source} is a {declared!r} recipe, not {kind!r}; run it with `{hint}`")
     schema = RECIPE_KINDS.get(declared)()
     try:

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cxrlab.anatomy.config import apply_overrides
+from cxrlab.config import read_yaml_mapping
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.severity.scores import DEFAULT_BRIXIA_CUTPOINTS, DEFAULT_ZONE_THRESHOLD
 from cxrlab.utils import atomic_write_json
@@ -105,7 +105,7 @@ def load_severity_config(source: str | Path | dict[str, Any] | SeverityConfig,
                          overrides: list[str] | None = None) -> SeverityConfig:
     """A recipe name (``covid-scoring``), a YAML file, a dict or a config, plus ``key=value`` overrides
     (``disease.epochs=5``) → validated. Files are recipes of kind ``severity`` (``kind:`` may be left out)."""
-    from cxrlab.recipes.loader import RECIPE_DIR, recipe_path, validate_recipe  # lazy: recipes imports this module lazily
+    from cxrlab.recipes.loader import RECIPE_DIR, recipe_path, validate_recipe  # lazy: no import cycle
 
     if isinstance(source, SeverityConfig):
         data, where = source.model_dump(mode="json"), "config"
@@ -116,13 +116,7 @@ def load_severity_config(source: str | Path | dict[str, Any] | SeverityConfig,
             path = recipe_path(source)
         except InputError:
             raise ConfigError(f"{source}: config file does not exist") from None
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the config must be a mapping")
-        where = path
+        data, where = read_yaml_mapping(path, "severity config"), path
     if not (isinstance(where, Path) and where.parent == RECIPE_DIR):  # run directories save it without kind:
         data.setdefault("kind", "severity")
     return validate_recipe(apply_overrides(data, overrides or []), f"{where} (severity config)", kind="severity")
