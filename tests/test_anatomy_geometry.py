@@ -204,3 +204,15 @@ def test_lite0_imagenet_weights_mapped_onto_one_channel_stem():
     assert torch.count_nonzero(stem[:, 1]) == 0
     assert torch.equal(enc.blocks[1][1].conv_dw.weight, raw["_blocks.2._depthwise_conv.weight"])
     assert torch.equal(enc.blocks[6][0].bn3.running_var, raw["_blocks.15._bn2.running_var"])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fill_holes_matches_scipy(seed):
+    from scipy import ndimage
+
+    from cxrlab.anatomy.postprocess import fill_holes
+
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((48, 64)) < rng.uniform(0.3, 0.8)).astype(np.uint8)
+    expected = ndimage.binary_fill_holes(mask.astype(bool)).astype(np.uint8)
+    assert np.array_equal(fill_holes(mask), expected)
