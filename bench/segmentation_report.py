@@ -100,10 +100,15 @@ def write_report(run: Path, results: Path, out: Path) -> None:
             f"**{sp['end_to_end_images_per_s']:.1f} img/s** over {sp['images']} images (target ≥ 60); model "
             f"forward {sp['model_forward_gflop_per_image']:.3f} GFLOP/image → "
             f"{100 * sp['inference_fraction_of_peak']:.1f} % of the {sp['precision']} GEMM peak.",
-            f"- Training: {sp['train_images_per_s_median']:.2f} img/s → a full epoch over the "
+            f"- Training (median img/s over the epochs of `{sp.get('train_rate_from_run', str(run))}`): "
+            f"{sp['train_images_per_s_median']:.2f} img/s → a full epoch over the "
             f"{sp['train_images_full_epoch']} training images would take "
             f"**{sp['full_epoch_minutes_estimated']:.1f} min** (target < 2 min); "
             f"{100 * sp['train_fraction_of_peak']:.1f} % of peak (forward + backward ≈ 3 × forward FLOPs).",
+            "- The training-speed run is the same config timed on a quiet machine: `python bench/segmentation.py "
+            "train --out runs/lung_trainspeed --set epochs=2 --set samples_per_epoch=240 --set val_max_images=24`, "
+            "then `python bench/segmentation.py speed --train-run runs/lung_trainspeed` (end-to-end figure: median "
+            f"of {len(sp.get('end_to_end_repeats', [0]))} passes; load in the machine line above).",
             "",
         ]
     lines += [
