@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrlab.data import schema
-from cxrlab.config import read_yaml_mapping
+from cxrlab.config import apply_overrides, read_yaml_mapping
 from cxrlab.errors import ConfigError
 
 LUNG_TARGETS = [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG, schema.MASK_HEART]
@@ -101,27 +100,6 @@ class SegmentationConfig(_Strict):
     @property
     def is_lung_model(self) -> bool:
         return schema.MASK_RIGHT_LUNG in self.targets
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {p!r} is not a section")
-    node[parts[-1]] = value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["epochs=5", "split.seed=3", "targets=[mask_heart]"]`` → values parsed as YAML scalars/lists."""
-    data = dict(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    return data
 
 
 def load_config(source: str | Path | dict[str, Any] | SegmentationConfig | None = None,

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from cxrlab.config import apply_overrides, parse_override  # noqa: F401  (re-exported: recipes API)
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.recipes.schema import Recipe
 from cxrlab.registry import Registry
@@ -82,45 +83,6 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
         raise ConfigError(f"unknown recipe {str(name_or_path)!r}; shipped: {', '.join(list_recipes())} "
                           f"(or give a path to a .yaml file)")
     return shipped
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``train.stages.1.lr=1e-5`` → (["train", "stages", "1", "lr"], 1e-5); the value is read as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value")
-    key, value = item.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"--set {item!r}: empty key")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML ({exc})") from None
-    return key.strip().split("."), parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
-        node: Any = raw
-        for i, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:i])} has {len(node)} item(s), "
-                                      f"no index {part}")
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, (dict, list)):
-                    raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:i + 1])} is not a section")
-        last = path[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} has {len(node)} item(s), "
-                                  f"no index {last}")
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return raw
 
 
 def _format(exc: ValidationError, source: object) -> str:
