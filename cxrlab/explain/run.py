@@ -83,17 +83,7 @@ def prepare_with_mask(em: ExplainModel, row: pd.Series | dict) -> list[tuple[np.
     sample = load_sample(row, cols, label_columns=[])
     if not cols and em.segmenter is not None:
         sample.update(em.segmenter.predict(sample[schema.KEY_IMAGE]))
-    for t in em.pipeline.pre:
-        sample = t(sample)
-    out = []
-    for s in em.pipeline.roi(sample):
-        s = em.pipeline.resize(s)
-        masks = [np.asarray(s[k]) for k in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK)
-                 if k in s]
-        lungs = (np.maximum.reduce(masks) > 0).astype(np.uint8) if masks else None
-        image = np.asarray(s[schema.KEY_IMAGE], dtype=np.float32)
-        out.append((image[None] if image.ndim == 2 else image, lungs))
-    return out
+    return [(image, lungs) for image, lungs, _ in em.pipeline.prepare_with_lungs(sample)]
 
 
 def head_heatmap(em: ExplainModel, x: torch.Tensor, head: str, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -420,18 +420,7 @@ class _ClassifierStage(Stage):
         if self.pipeline.needs_masks and schema.KEY_RIGHT_MASK not in sample:
             raise ConfigError(f"{self.run_dir}: input.roi={self.pipeline.spec.roi} needs lung masks: "
                               "configure a lung model")
-        for t in self.pipeline.pre:
-            sample = t(sample)
-        out = []
-        for s in self.pipeline.roi(sample):
-            s = self.pipeline.resize(s)
-            masks = [np.asarray(s[k]) for k in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK)
-                     if k in s]
-            lungs = (np.maximum.reduce(masks) > 0).astype(np.uint8) if masks else None
-            image = np.asarray(s[schema.KEY_IMAGE], dtype=np.float32)
-            out.append((image[None] if image.ndim == 2 else image, lungs,
-                        list(s.get(schema.KEY_META, {}).get("applied", []))))
-        return out
+        return self.pipeline.prepare_with_lungs(sample)
 
     def forward(self, cases: list[Any], timer: Timer) -> tuple[Any, list[list[Any]], dict[str, np.ndarray]]:
         """Prepare, run the backend, decode with the run's tasks: (input batch, per-case inputs, decoded)."""

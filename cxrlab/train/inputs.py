@@ -85,6 +85,25 @@ class InputPipeline:
                              f"ROI {self.spec.roi} gave {len(out)} inputs, expected {self.per_image}")
         return out
 
+    def prepare_with_lungs(self, sample: dict) -> list[tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]]:
+        """Like ``prepare`` but the lung masks travel too: ``[(C×H×W input, H×W lungs or None, applied steps)]``.
+
+        Explanation (heatmap-in-lung concordance) and the service's overlays need the lungs in the model's frame
+        and the geometric steps that led there.
+        """
+        for t in self.pre:
+            sample = t(sample)
+        out = []
+        for s in self.roi(sample):
+            s = self.resize(s)
+            masks = [np.asarray(s[k]) for k in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK)
+                     if k in s]
+            lungs = (np.maximum.reduce(masks) > 0).astype(np.uint8) if masks else None
+            image = np.asarray(s[schema.KEY_IMAGE], dtype=np.float32)
+            out.append((image[None] if image.ndim == 2 else image, lungs,
+                        list(s.get(schema.KEY_META, {}).get("applied", []))))
+        return out
+
     def augmenter(self, force: bool) -> Callable | None:
         specs = self.spec.augment or (DEFAULT_AUGMENT if force else [])
         return build_transforms(specs, seed=0) if specs else None
