@@ -34,3 +34,27 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def phantom_manifest(phantom_root: Path) -> Manifest:
     """The phantom's Manifest (absolute paths in ``.df``). Do not mutate ``.df`` in place: copy it."""
     return load_manifest(phantom_root / "manifest.csv")
+
+
+@pytest.fixture(scope="session")
+def service_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny lung, severity, diagnosis and ICU runs trained by the packages' own trainers, plus their
+    ``service.yaml`` (key ``config``); shared by the service, export and viewer tests."""
+    from cxrlab.serve.samples import train_tiny_runs
+
+    base = tmp_path_factory.getbasetemp()
+    manifest = base / "service_phantom" / "manifest.csv"
+    if not manifest.is_file():
+        generate_phantom(manifest.parent, n_patients=8, size=128, seed=1, max_studies=1)
+    return train_tiny_runs(base / "service_runs", manifest)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a 2-core machine extra threads spin and stall (docs/benchmarks/learning.md)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -10,19 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from cxrlab.cli.main import app
-from cxrlab.data.phantom import generate_phantom, render_sample
+from cxrlab.data.phantom import render_sample
 from cxrlab.errors import ConfigError
 from cxrlab.export import ParityError, available_backends, create_backend, export_run, list_backends
-from cxrlab.serve.samples import encode_png, train_tiny_runs
+from cxrlab.serve.samples import encode_png
 
-
-@pytest.fixture(scope="session")
-def service_runs(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
-    manifest = base / "service_phantom" / "manifest.csv"
-    if not manifest.is_file():
-        generate_phantom(manifest.parent, n_patients=8, size=128, seed=1, max_studies=1)
-    return train_tiny_runs(base / "service_runs", manifest)
 
 
 @pytest.mark.parametrize("role", ["lung", "diagnosis", "icu", "opacity"])

@@ -13,13 +13,7 @@ from cxrlab.models import create_model, get_backbone_entry, list_backbones, matc
 from cxrlab.models import weights as W
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # on a shared 2-core machine extra intra-op threads spin and stall (see docs/benchmarks/learning.md)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # the heavy entries (large random initialisations) are checked for structure only; forward on the light ones

@@ -17,30 +17,19 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from cxrlab.data.phantom import generate_phantom, render_sample
+from cxrlab.data.phantom import render_sample
 from cxrlab.errors import ConfigError
 from cxrlab.serve import create_app, load_service_config, start_background, write_service_config
 from cxrlab.serve.config import LimitsConfig
 from cxrlab.serve.pipeline import AnalysisPipeline
 from cxrlab.serve.quality import mask_checks
-from cxrlab.serve.samples import (FAKE_PATIENT_ID, FAKE_PATIENT_NAME, encode_dicom, encode_jpeg, encode_png,
-                                  train_tiny_runs)
+from cxrlab.serve.samples import (FAKE_PATIENT_ID, FAKE_PATIENT_NAME, encode_dicom, encode_jpeg, encode_png)
 from cxrlab.serve.security import UploadError, require_token_rule
 from cxrlab.serve.store import ResultStore
 
 TOKEN = "test-token-0123456789abcdef"
 ALL_ROLES = {"lung", "diagnosis", "icu", "opacity"}
 
-
-@pytest.fixture(scope="session")
-def service_runs(tmp_path_factory):
-    """Tiny lung, severity, diagnosis and ICU runs trained by the other packages' trainers (shared by the
-    service, export and viewer tests through the session's base temp folder)."""
-    base = tmp_path_factory.getbasetemp()
-    manifest = base / "service_phantom" / "manifest.csv"
-    if not manifest.is_file():
-        generate_phantom(manifest.parent, n_patients=8, size=128, seed=1, max_studies=1)
-    return train_tiny_runs(base / "service_runs", manifest)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ import torch
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.tasks import TaskSet, create_task, list_tasks, macro_mae
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # on a shared 2-core machine extra intra-op threads spin and stall (see docs/benchmarks/learning.md)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 DF = pd.DataFrame({

@@ -20,13 +20,7 @@ from cxrlab.train import get_balancer, load_run, train
 FAST = ["train.num_workers=0", "train.precision=auto"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # on a shared 2-core machine extra intra-op threads spin and stall (see docs/benchmarks/learning.md)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

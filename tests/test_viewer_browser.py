@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 
-from cxrlab.data.phantom import generate_phantom, render_sample
+from cxrlab.data.phantom import render_sample
 from cxrlab.serve import create_app, load_service_config, start_background
-from cxrlab.serve.samples import encode_png, train_tiny_runs
+from cxrlab.serve.samples import encode_png
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -21,14 +21,6 @@ def _skip_loudly(reason: str) -> None:
     warnings.warn(f"VIEWER BROWSER TEST SKIPPED: {reason}", stacklevel=2)
     pytest.skip(f"VIEWER BROWSER TEST SKIPPED: {reason}")
 
-
-@pytest.fixture(scope="session")
-def service_runs(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
-    manifest = base / "service_phantom" / "manifest.csv"
-    if not manifest.is_file():
-        generate_phantom(manifest.parent, n_patients=8, size=128, seed=1, max_studies=1)
-    return train_tiny_runs(base / "service_runs", manifest)
 
 
 def test_viewer_upload_toggle_screenshot(service_runs, tmp_path):
