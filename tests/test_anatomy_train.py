@@ -136,6 +136,26 @@ def test_two_channel_model_needs_lung_mask(phantom_root: Path, tmp_path: Path):
     assert set(out) == {"disease_mask"} and out["disease_mask"].shape == (64, 64)
 
 
+def test_unsupervised_target_is_never_output(phantom_root: Path, tmp_path: Path):
+    """Trained without any heart mask (as on V7/COVID-QU-Ex alone), the run must not emit a heart mask: that
+    channel never saw a label, so its output would be noise fed to the cardiothoracic ratio."""
+    manifest = load_manifest(phantom_root / "manifest.csv").df
+    manifest[schema.MASK_HEART] = ""
+    no_heart = tmp_path / "no_heart.csv"
+    manifest.to_csv(no_heart, index=False)
+    run = train_segmentation(tiny_config(no_heart, epochs=1, samples_per_epoch=16), out=tmp_path / "lungs_only")
+    seg = LungSegmenter.from_run(run)
+    assert seg.supervised_targets == [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG]
+    assert json.loads((run / "metrics.json").read_text())["supervised_targets"] == seg.supervised_targets
+    masks = seg.predict(read_image(manifest["image"].iloc[0])[0])
+    assert set(masks) == {"patient_right_mask", "patient_left_mask", "lung_mask"}
+    assert "heart_mask" not in seg.output_keys()
+    # evaluation scores the lungs only, even on rows that do have a heart mask
+    table, summary = evaluate_segmenter(seg, load_manifest(phantom_root / "manifest.csv").df.head(4))
+    assert not any(c.startswith("heart_") for c in table.columns)
+    assert "heart" not in summary["overall"] and summary["overall"]["lungs"]["n"] == 4
+
+
 def test_wrong_size_mask_and_bad_config(phantom_root: Path, tmp_path: Path):
     root = tmp_path / "bad"
     shutil.copytree(phantom_root, root)

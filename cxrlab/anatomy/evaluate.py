@@ -49,7 +49,7 @@ def evaluate_segmenter(seg: LungSegmenter, df: pd.DataFrame, batch_size: int = 1
     cfg = seg.config
     excluded = cfg.retrocardiac_excluded_sources if retrocardiac_excluded_sources is None \
         else retrocardiac_excluded_sources
-    structures = [(c.removeprefix("mask_"), c) for c in cfg.targets]
+    structures = [(c.removeprefix("mask_"), c) for c in cfg.targets if c in seg.supervised_targets]
     if cfg.is_lung_model:
         structures.append(("lungs", schema.MASK_LUNGS))
     rows: list[dict[str, Any]] = []

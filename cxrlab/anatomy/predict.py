@@ -55,9 +55,15 @@ class LungSegmenter:
     post-processing (largest component per lung, holes filled, sides decided anatomically)."""
 
     def __init__(self, model: SegmentationNet, config: SegmentationConfig, precision: str = "auto",
-                 run_dir: Path | None = None):
+                 run_dir: Path | None = None, supervised_targets: Sequence[str] | None = None):
         self.model = model.eval()
         self.config = config
+        # Targets the training data had; an unsupervised channel's output is noise and is never returned.
+        self.supervised_targets = list(config.targets if supervised_targets is None else supervised_targets)
+        unknown = set(self.supervised_targets) - set(config.targets)
+        if unknown:
+            raise InputError(run_dir or "segmenter", f"supervised targets {sorted(unknown)} are not model targets "
+                             f"{config.targets}", field="supervised_targets")
         self.precision = resolve_precision(precision)
         self.run_dir = run_dir
         self._resize = ResizePadd(config.size)
@@ -73,14 +79,15 @@ class LungSegmenter:
         model = create_segmentation_model(cfg.arch, cfg.encoder, "none", cfg.in_channels, len(cfg.targets),
                                           **cfg.arch_kwargs)
         model.load_state_dict(state["model"])
-        return cls(model, cfg, precision, run_dir)
+        # Runs written before targets were recorded supervised every target they name.
+        return cls(model, cfg, precision, run_dir, state.get("supervised_targets"))
 
     @property
     def in_channels(self) -> int:
         return self.config.in_channels
 
     def output_keys(self) -> list[str]:
-        keys = [mask_key(c) for c in self.config.targets]
+        keys = [mask_key(c) for c in self.config.targets if c in self.supervised_targets]
         return keys + ([schema.KEY_LUNG_MASK] if self.config.is_lung_model else [])
 
     def _prepare(self, image: np.ndarray, lung_mask: np.ndarray | None, index: int) -> tuple[np.ndarray, dict]:
@@ -127,7 +134,7 @@ class LungSegmenter:
         out: dict[str, np.ndarray] = {}
         targets = self.config.targets
         for k, col in enumerate(targets):
-            if col not in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG):
+            if col not in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG) and col in self.supervised_targets:
                 m = (probs[k] >= t).astype(np.uint8)
                 out[mask_key(col)] = clean(m) if col == schema.MASK_HEART else m
         if self.config.is_lung_model:

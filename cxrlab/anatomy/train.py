@@ -131,6 +131,9 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
     train_ds = SegmentationDataset(cache, train_idx, cfg, train=True)
     val_ds = SegmentationDataset(cache, val_idx if len(val_idx) else train_idx[:1], cfg, train=False)
     lung_channels = train_ds.lung_channels
+    # A target no training image has (the heart when training on V7/COVID-QU-Ex only) is never learned: the
+    # run records which targets were supervised and its segmenter outputs only those.
+    supervised = [c for c, v in zip(cfg.targets, cache.valid[train_idx].any(axis=0)) if v]
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False)
 
     model = create_segmentation_model(cfg.arch, cfg.encoder, cfg.weights, cfg.in_channels, len(cfg.targets),
@@ -183,7 +186,8 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
                         "precision": precision})
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch, "best": best, "stale": stale, "history": history,
-                 "torch_rng": torch.get_rng_state(), "config": cfg.model_dump(mode="json")}
+                 "torch_rng": torch.get_rng_state(), "config": cfg.model_dump(mode="json"),
+                 "supervised_targets": supervised}
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if improved or not (ckpt_dir / "best.pt").exists():
             _save_atomic(state, ckpt_dir / "best.pt")
@@ -193,6 +197,7 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         report("epoch", epoch + 1, cfg.epochs, f"val dice {val_dice:.4f} (best {best:.4f})")
 
     metrics: dict[str, Any] = {"best_val_dice": best, "epochs_run": len(history), "precision": precision,
+                               "supervised_targets": supervised,
                                "n_images": {k: int(v) for k, v in df["split"].value_counts().items()}}
     test = df[df["split"] == "test"].reset_index(drop=True)
     if cfg.evaluate_test and len(test):
