@@ -23,7 +23,7 @@ def _rows(summary: dict) -> list[str]:
     lines = []
     for source, s in {**summary["by_source"], "all sources": summary["overall"]}.items():
         for struct in STRUCTURES:
-            if struct not in s:
+            if struct not in s or not s[struct]['n']:  # e.g. no heart masks in this source
                 continue
             v = s[struct]
             target = _target(source) if struct == "lungs" else ""
@@ -85,6 +85,37 @@ def _cross_section(results: Path, main: dict) -> list[str]:
     return lines
 
 
+def _stage_line(label: str, recipe: dict, history: pd.DataFrame) -> str:
+    draw = ("source shares " + ", ".join(f"`{k}` {v}" for k, v in recipe["source_weights"].items())
+            if recipe.get("source_weights") else "equal source shares")
+    start = f" starting from `{recipe['init_from']}`" if recipe.get("init_from") else ""
+    rate = history["train_images_per_s"]
+    return (f"- {label}{start}: {len(history)} epochs × {recipe['samples_per_epoch']} images drawn per epoch "
+            f"({draw}), batch {recipe['batch_size']}, AdamW lr {recipe['lr']} cosine to 2 %, Dice + BCE, "
+            f"{history['precision'].iloc[-1]}, early stopping patience {recipe['patience']}; "
+            f"{history['epoch_seconds'].sum() / 60:.1f} min, {rate.median():.1f} img/s median "
+            f"(range {rate.min():.1f}–{rate.max():.1f}, following the machine's load; see its `history.csv`); "
+            f"best val lung Dice {history['val_dice'].max():.4f} at epoch {int(history['val_dice'].idxmax()) + 1}.")
+
+
+def _budget_lines(run: Path, recipe: dict, history: pd.DataFrame, metrics: dict) -> list[str]:
+    lines = []
+    base = Path(recipe["init_from"]) if recipe.get("init_from") else None
+    if base is not None and not base.is_absolute():
+        base = run.parent.parent / base if not base.exists() else base
+    if base is not None and (base / "history.csv").exists():
+        base_recipe = yaml.safe_load((base / "recipe.yaml").read_text())
+        lines.append(_stage_line(f"Stage 1 (`{base}`, `bench/segmentation.py train`)", base_recipe,
+                                 pd.read_csv(base / "history.csv")))
+        label = f"Stage 2 (`{run}`, `bench/segmentation.py finetune`)"
+    else:
+        label = f"Training (`{run}`)"
+    lines.append(_stage_line(label, recipe, history))
+    lines.append(f"- Images per split: {metrics['n_images']} (the same patient-level split in every stage; the "
+                 "test part is never trained on nor used for model selection, which uses the val part).")
+    return lines
+
+
 HEADER = "| source | structure | n | Dice mean | Dice median | Jaccard mean | HD95 (px @256) mean | target (lungs) |"
 RULE = "|---|---|---|---|---|---|---|---|"
 
@@ -110,13 +141,7 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         "",
         f"- `{recipe['arch']}` + `{recipe['encoder']}` ({recipe['weights']} weights), arch kwargs "
         f"`{recipe['arch_kwargs']}`, input {recipe['size']} px letterboxed, targets {recipe['targets']}.",
-        f"- {len(history)} epochs × {recipe['samples_per_epoch']} source-balanced images, batch {recipe['batch_size']}, "
-        f"AdamW lr {recipe['lr']}, Dice + BCE, precision {history['precision'].iloc[-1]}; "
-        f"best val lung Dice {metrics['best_val_dice']:.4f}; images per split {metrics['n_images']}.",
-        f"- Training throughput (median over epochs): {history['train_images_per_s'].median():.2f} img/s "
-        f"(range {history['train_images_per_s'].min():.1f}–{history['train_images_per_s'].max():.1f}, which "
-        f"follows the machine's load; see `history.csv`); total training time "
-        f"{history['epoch_seconds'].sum() / 60:.1f} min.",
+        *_budget_lines(run, recipe, history, metrics),
         "",
         "## Held-out accuracy (test part of each source, evaluated at each image's own resolution)",
         "",

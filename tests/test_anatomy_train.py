@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cxrlab.anatomy import LungSegmenter, dice, evaluate_segmenter, load_config, train_segmentation
+from cxrlab.anatomy.data import balanced_draw
 from cxrlab.data import load_manifest, schema
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.io import read_image, read_mask
@@ -205,3 +207,38 @@ def test_cli_evaluate_and_train_errors(run_dir: Path, tmp_path: Path):
     cfg.write_text("size: 64\nepochs: 1\n")
     res = _cli(["segment", "train", "--config", str(cfg), "--set", "size=100", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "multiple of 32" in str(res.exception or res.output)
+
+
+def test_init_from_starts_at_the_other_runs_weights(run_dir: Path, phantom_root: Path, tmp_path: Path):
+    cfg = tiny_config(phantom_root / "manifest.csv", epochs=1, samples_per_epoch=8, lr=1e-12, weight_decay=0.0,
+                      evaluate_test=False, init_from=str(run_dir))
+    tuned = train_segmentation(cfg, out=tmp_path / "tuned")
+    before = LungSegmenter.from_run(run_dir).model.state_dict()
+    after = LungSegmenter.from_run(tuned).model.state_dict()
+    # lr ~ 0: one epoch later the weights are still the source run's (BatchNorm running stats move; skip them)
+    for name, tensor in before.items():
+        if "running_" not in name and "num_batches" not in name:
+            assert torch.allclose(tensor.float(), after[name].float(), atol=1e-5), name
+    assert load_config(tuned / "recipe.yaml").init_from == str(run_dir)
+    fresh = train_segmentation({**cfg, "init_from": None}, out=tmp_path / "fresh")
+    assert not torch.allclose(LungSegmenter.from_run(fresh).model.state_dict()["net.segmentation_head.0.weight"],
+                              before["net.segmentation_head.0.weight"])
+    other = tiny_config(phantom_root / "manifest.csv", epochs=1, samples_per_epoch=8, evaluate_test=False,
+                        init_from=str(run_dir), targets=[schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG])
+    with pytest.raises(ConfigError, match="init_from .* do not fit"):
+        train_segmentation(other, out=tmp_path / "bad")
+
+
+def test_source_weighted_draw():
+    sources = np.array(["a"] * 50 + ["b"] * 10 + ["c"] * 40, dtype=object)
+    rng = np.random.default_rng(0)
+    equal = balanced_draw(sources, 90, rng)
+    assert sorted(np.unique(sources[equal], return_counts=True)[1]) == [30, 30, 30]
+    picks = balanced_draw(sources, 100, rng, {"a": 2.0, "b": 1.0, "c*": 1.0})
+    names, counts = np.unique(sources[picks], return_counts=True)
+    assert dict(zip(names, counts)) == {"a": 50, "b": 25, "c": 25}
+    assert len(set(picks[sources[picks] == "a"])) == 50          # no replacement where a source has enough
+    with pytest.raises(ConfigError, match="no pattern matches source 'c'"):
+        balanced_draw(sources, 10, rng, {"a": 1.0, "b": 1.0})
+    with pytest.raises(ConfigError, match="source_weights"):
+        load_config({"manifests": ["m.csv"], "source_weights": {"a": 0}})

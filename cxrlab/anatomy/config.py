@@ -62,6 +62,11 @@ class SegmentationConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(16, ge=1)
     samples_per_epoch: int | None = Field(None, ge=1)  # source-balanced draw per epoch; None = all
+    # Relative share of each source in that draw (fnmatch pattern → weight); None = equal shares.
+    source_weights: dict[str, float] | None = None
+    # Start from another run's weights (its directory → checkpoints/best.pt, or a .pt file): fine-tuning.
+    # Only the model weights are taken; optimiser, schedule and split are this run's own.
+    init_from: str | None = None
     val_max_images: int | None = Field(400, ge=1)
     patience: int = Field(6, ge=1)
     min_delta: float = Field(1e-3, ge=0)
@@ -84,6 +89,13 @@ class SegmentationConfig(_Strict):
     def _targets(cls, v: list[str]) -> list[str]:
         if not v or len(set(v)) != len(v) or not all(c.startswith("mask_") for c in v):
             raise ValueError("targets must be distinct mask columns (names starting with 'mask_')")
+        return v
+
+    @field_validator("source_weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (not v or any(w <= 0 for w in v.values())):
+            raise ValueError("source_weights must map source patterns to positive weights")
         return v
 
     @model_validator(mode="after")

@@ -206,10 +206,26 @@ class SegmentationDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), torch.from_numpy(w)
 
 
-def balanced_draw(sources: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` positions drawn so each source contributes equally (with replacement only when it must)."""
-    groups = [np.flatnonzero(sources == s) for s in sorted(set(sources))]
-    per = int(np.ceil(n / len(groups)))
-    picks = [rng.choice(g, size=per, replace=len(g) < per) for g in groups]
-    out = np.concatenate(picks)
-    return rng.permutation(out)[:n]
+def balanced_draw(sources: np.ndarray, n: int, rng: np.random.Generator,
+                  weights: dict[str, float] | None = None) -> np.ndarray:
+    """``n`` positions drawn so each source contributes equally, or in proportion to ``weights`` (fnmatch
+    pattern → relative weight; every source must match one pattern). Replacement only when a source must."""
+    names = sorted(set(sources))
+    groups = [np.flatnonzero(sources == s) for s in names]
+    if weights is None:
+        per = int(np.ceil(n / len(groups)))
+        picks = [rng.choice(g, size=per, replace=len(g) < per) for g in groups]
+        return rng.permutation(np.concatenate(picks))[:n]
+    w = np.array([source_weight(name, weights) for name in names], dtype=float)
+    share = n * w / w.sum()
+    counts = np.floor(share).astype(int)
+    counts[np.argsort(counts - share)[: n - counts.sum()]] += 1  # largest remainders
+    picks = [rng.choice(g, size=k, replace=len(g) < k) for g, k in zip(groups, counts) if k]
+    return rng.permutation(np.concatenate(picks))
+
+
+def source_weight(source: str, weights: dict[str, float]) -> float:
+    for pattern, weight in weights.items():
+        if fnmatch.fnmatch(source, pattern):
+            return float(weight)
+    raise ConfigError(f"source_weights: no pattern matches source {source!r} (patterns {sorted(weights)})")

@@ -62,6 +62,25 @@ def _save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _load_init(model: nn.Module, cfg: SegmentationConfig) -> None:
+    """Model weights of another run (fine-tuning); the architectures must match exactly."""
+    path = Path(cfg.init_from)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+    state = load_checkpoint(path)
+    try:
+        result = model.load_state_dict(state.get("model", state), strict=False)
+    except RuntimeError as exc:  # same names, other shapes (e.g. another number of targets)
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ConfigError(f"init_from {path}: its weights do not fit this run's model ({cfg.arch}/{cfg.encoder}, "
+                          f"{len(cfg.targets)} targets): {first}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(f"init_from {path}: its weights do not fit this run's model ({cfg.arch}/{cfg.encoder}, "
+                          f"{len(cfg.targets)} targets): {len(result.missing_keys)} missing, "
+                          f"{len(result.unexpected_keys)} unexpected keys, e.g. "
+                          f"{(result.missing_keys or result.unexpected_keys)[0]}")
+
+
 def _resolved_recipe(cfg: SegmentationConfig, precision: str) -> str:
     data = cfg.model_dump(mode="json")
     header = (f"# cxrlab segmentation run; resolved config. precision used: {precision}; torch {torch.__version__};"
@@ -138,6 +157,8 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
 
     model = create_segmentation_model(cfg.arch, cfg.encoder, cfg.weights, cfg.in_channels, len(cfg.targets),
                                       **cfg.arch_kwargs)
+    if cfg.init_from and not resume:
+        _load_init(model, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.02)
     loss_fn = DiceBCELoss()
@@ -158,7 +179,8 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
             break
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
-        positions = balanced_draw(cache.sources[train_idx], per_epoch, rng) if cfg.samples_per_epoch \
+        positions = balanced_draw(cache.sources[train_idx], per_epoch, rng, cfg.source_weights) \
+            if cfg.samples_per_epoch \
             else rng.permutation(len(train_idx))
         train_ds.epoch = epoch
         loader = DataLoader(torch.utils.data.Subset(train_ds, positions.tolist()), batch_size=cfg.batch_size,
