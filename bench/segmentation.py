@@ -1,7 +1,8 @@
 """Lung segmentation benchmark on the shared mask data (JSRT/SCR, V7 masks of ieee8023, COVID-QU-Ex lungs).
 
-    python bench/segmentation.py train    --out runs/lung_bench_base   # stage 1
-    python bench/segmentation.py finetune --out runs/lung_bench        # stage 2: the lung model other stages use
+    python bench/segmentation.py train    --out runs/lung_bench        # the lung model other stages use
+    python bench/segmentation.py finetune --out runs/lung_bench_ft     # a candidate second stage
+    python bench/segmentation.py select   --runs runs/lung_bench runs/lung_bench_ft   # chosen on val only
     python bench/segmentation.py cross  --train-source covid_qu_ex --out runs/lung_cross_qu
     python bench/segmentation.py speed  --run runs/lung_bench           # GEMM peak, end-to-end img/s
     python bench/segmentation.py report --run runs/lung_bench           # -> docs/benchmarks/anatomy.md
@@ -56,11 +57,11 @@ BENCH_CONFIG = {
 }
 
 
-# Stage 2 of the benchmark model: fine-tune the stage-1 run (``train --out runs/lung_bench_base``) at a lower,
-# restarted learning rate, with the per-epoch draw tilted towards the diseased sources (COVID-QU-Ex, V7) whose
-# hard, opacified lungs limit the mean Dice; JSRT (clean films, far above its target after stage 1) gets less.
+# A candidate second stage: fine-tune the benchmark run at a lower, restarted learning rate, with the per-epoch
+# draw tilted towards the diseased sources (COVID-QU-Ex, V7) whose hard, opacified lungs limit the mean Dice.
+# `select` then chooses between the runs on the validation parts only (see cmd_select).
 FINETUNE_CONFIG = {
-    "name": "lung_bench", "init_from": "runs/lung_bench_base", "lr": 4e-4, "epochs": 20, "patience": 20,
+    "name": "lung_bench_ft", "init_from": "runs/lung_bench", "lr": 4e-4, "epochs": 20, "patience": 20,
     "source_weights": {"COVID-QU-Ex*": 0.45, "ieee8023*": 0.35, "JSRT*": 0.2},
 }
 
@@ -101,6 +102,33 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     log(f"machine {machine()}")
     run = train_segmentation(cfg, out=args.out, resume=args.resume, progress=progress_logger())
     log(f"done: {run}  load {machine()['uptime']}")
+
+
+def _lung_dice_by_source(summary: dict) -> dict[str, float]:
+    return {src: s["lungs"]["dice_mean"] for src, s in summary["by_source"].items() if "lungs" in s}
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    """Choose among candidate runs on the validation parts only: the highest source-macro mean lung Dice (each
+    source counts once, whatever its size; pooling images would let COVID-QU-Ex, 80 % of them, decide alone).
+    Test figures are computed for every candidate and shown beside, never used to choose."""
+    rows = []
+    for run in args.runs:
+        seg = LungSegmenter.from_run(run)
+        df = assign_split(load_table(seg.config), seg.config)
+        row = {"run": run, "epochs": len(pd.read_csv(Path(run) / "history.csv"))}
+        for part in ("val", "test"):
+            _, summary = evaluate_segmenter(seg, df[df["split"] == part].reset_index(drop=True))
+            row[part] = _lung_dice_by_source(summary)
+            row[f"{part}_macro"] = float(np.mean(list(row[part].values())))
+        log(f"{run}: val macro {row['val_macro']:.4f} {row['val']}")
+        rows.append(row)
+    chosen = max(rows, key=lambda r: r["val_macro"])
+    out = RESULTS / "segmentation_selection.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"criterion": "val source-macro mean lung Dice", "chosen": chosen["run"],
+                               "candidates": rows, "machine": machine()}, indent=2))
+    log(f"chosen {chosen['run']}; wrote {out}")
 
 
 def cmd_cross(args: argparse.Namespace) -> None:
@@ -212,13 +240,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
-    t.add_argument("--out", default="runs/lung_bench_base")
+    t.add_argument("--out", default="runs/lung_bench")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--set", action="append", default=[], help="config override key=value")
     f = sub.add_parser("finetune")
-    f.add_argument("--out", default="runs/lung_bench")
+    f.add_argument("--out", default="runs/lung_bench_ft")
     f.add_argument("--resume", action="store_true")
     f.add_argument("--set", action="append", default=[], help="config override key=value")
+    sel = sub.add_parser("select")
+    sel.add_argument("--runs", nargs="+", required=True)
     c = sub.add_parser("cross")
     c.add_argument("--train-source", choices=sorted(SOURCES), required=True)
     c.add_argument("--out", required=True)
@@ -236,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--run", default="runs/lung_bench")
     r.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "anatomy.md"))
     args = p.parse_args(argv)
-    {"train": cmd_train, "finetune": cmd_finetune, "cross": cmd_cross, "speed": cmd_speed, "report": cmd_report}[args.cmd](args)
+    {"train": cmd_train, "finetune": cmd_finetune, "select": cmd_select, "cross": cmd_cross, "speed": cmd_speed, "report": cmd_report}[args.cmd](args)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -116,6 +116,32 @@ def _budget_lines(run: Path, recipe: dict, history: pd.DataFrame, metrics: dict)
     return lines
 
 
+def _selection_section(results: Path, run: Path) -> list[str]:
+    path = results / "segmentation_selection.json"
+    if not path.exists():
+        return []
+    sel = json.loads(path.read_text())
+    cols = list(SHORT)
+
+    def cells(d: dict) -> str:
+        vals = [next((v for k, v in d.items() if k.startswith(c)), None) for c in cols]
+        return " | ".join("–" if v is None else f"{v:.4f}" for v in vals)
+
+    lines = ["## Model selection (validation parts only)", "",
+             f"Candidates were compared by {sel['criterion']} (`python bench/segmentation.py select --runs "
+             + " ".join(c["run"] for c in sel["candidates"]) + "`); the chosen run is the one above. Test figures "
+             "are shown for transparency and were not used to choose.", "",
+             "| run | val " + " | val ".join(SHORT[c] for c in cols) + " | val macro | test "
+             + " | test ".join(SHORT[c] for c in cols) + " | chosen |",
+             "|---|" + "---|" * (2 * len(cols) + 2)]
+    for c in sel["candidates"]:
+        lines.append(f"| `{c['run']}` ({c['epochs']} epochs) | {cells(c['val'])} | {c['val_macro']:.4f} | "
+                     f"{cells(c['test'])} | {'**yes**' if c['run'] == sel['chosen'] else ''} |")
+    if Path(sel["chosen"]) != run:
+        lines.append(f"\n**Note:** this page describes `{run}`, not the chosen `{sel['chosen']}`.")
+    return lines + [""]
+
+
 HEADER = "| source | structure | n | Dice mean | Dice median | Jaccard mean | HD95 (px @256) mean | target (lungs) |"
 RULE = "|---|---|---|---|---|---|---|---|"
 
@@ -149,6 +175,7 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         "",
     ]
     lines += _verdict(metrics["test"])
+    lines += _selection_section(results, run)
     lines += _cross_section(results, metrics["test"])
     speed_path = results / "segmentation_speed.json"
     if speed_path.exists():
