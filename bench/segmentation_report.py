@@ -79,6 +79,19 @@ def _cross_section(results: Path, main: dict) -> list[str]:
     lines.append("| all three (main run above) | " + " | ".join("–" if d is None else f"{d:.4f}" for d in main_cells)
                  + " | main run |")
     lines.append("")
+    own = {"jsrt_scr": "JSRT", "covid_qu_ex": "COVID-QU-Ex", "v7_ieee8023": "ieee8023"}
+    notes = []
+    for cross in crosses:
+        prefix = own.get(cross["train_source"])
+        alone, pooled = _lung_dice(cross["test"], prefix) if prefix else None, _lung_dice(main, prefix) if prefix else None
+        if alone is not None and pooled is not None:
+            notes.append(f"{SHORT[prefix]} {alone:.4f} alone vs {pooled:.4f} pooled ({alone - pooled:+.4f})")
+    if notes:
+        lines += ["Within-source Dice of each single-source run against the pooled model on the same test part: "
+                  + "; ".join(notes) + ". Where a source's own short run beats the pooled model and the other "
+                  "sources' runs score far lower on it, this suggests the sources' annotation conventions disagree (where the "
+                  "lung ends at the diaphragm, behind the heart, at the apex) and one set of lung channels cannot "
+                  "follow all of them.", ""]
     for cross in crosses:
         lines += [f"<details><summary>Trained on <code>{cross['train_source']}</code> only: every structure</summary>",
                   "", HEADER, RULE, *_rows(cross["test"]), "", f"Machine: `{cross['machine']}`", "", "</details>", ""]
