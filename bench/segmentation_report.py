@@ -147,9 +147,18 @@ def _selection_section(results: Path, run: Path) -> list[str]:
              "| run | val " + " | val ".join(SHORT[c] for c in cols) + " | val macro | test "
              + " | test ".join(SHORT[c] for c in cols) + " | chosen |",
              "|---|" + "---|" * (2 * len(cols) + 2)]
+    recipes = []
+    for c in sel["candidates"]:
+        rp = Path(c["run"]) / "recipe.yaml"
+        if rp.exists():
+            r = yaml.safe_load(rp.read_text())
+            recipes.append(f"`{c['run']}`: " + (f"from `{r['init_from']}`, " if r.get("init_from") else "from ImageNet, ")
+                           + f"lr {r['lr']}, {r['epochs']} epochs planned × {r['samples_per_epoch']}, source shares "
+                           + (str(r["source_weights"]) if r.get("source_weights") else "equal"))
     for c in sel["candidates"]:
         lines.append(f"| `{c['run']}` ({c['epochs']} epochs) | {cells(c['val'])} | {c['val_macro']:.4f} | "
                      f"{cells(c['test'])} | {'**yes**' if c['run'] == sel['chosen'] else ''} |")
+    lines += ["", "Candidates (each run's `recipe.yaml` holds its full config): " + "; ".join(recipes) + "."]
     if Path(sel["chosen"]) != run:
         lines.append(f"\n**Note:** this page describes `{run}`, not the chosen `{sel['chosen']}`.")
     return lines + [""]
@@ -168,8 +177,10 @@ def write_report(run: Path, results: Path, out: Path) -> None:
     lines = [
         "# Lung anatomy benchmark",
         "",
-        "Produced by `bench/segmentation.py` (re-run: `python bench/segmentation.py train`, `... speed`, "
-        "`... cross --train-source <src> --out runs/<name>`, then `... report`). Data: `../shared/data` "
+        "Produced by `bench/segmentation.py` (re-run: `python bench/segmentation.py train`, the candidate "
+        "fine-tunes listed under model selection (`... finetune --out <run> [--set ...]`), `... select --runs ...`, "
+        "`... cross --train-source <src> --out runs/<name>` for each source, `... speed`, then `... report`). "
+        "Data: `../shared/data` "
         "(JSRT/SCR, the V7 masks of ieee8023, COVID-QU-Ex lungs). Split: patient-level, stratified by source "
         f"(train/val/test {1 - recipe['split']['val_fraction'] - recipe['split']['test_fraction']:.2f}/"
         f"{recipe['split']['val_fraction']:.2f}/{recipe['split']['test_fraction']:.2f}, seed {recipe['split']['seed']}).",
