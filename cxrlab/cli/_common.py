@@ -20,3 +20,15 @@ def progress() -> Progress:
         console=console,
         transient=False,
     )
+
+
+def stage_callback(bar: Progress):
+    """A library ``progress(stage, done, total, status)`` callback drawing one bar per stage on ``bar``."""
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int, status: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, status="")
+        bar.update(tasks[stage], completed=done, total=total, status=status)
+
+    return report

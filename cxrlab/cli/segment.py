@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from cxrlab.cli._common import console, progress
+from cxrlab.cli._common import console, progress, stage_callback
 from cxrlab.errors import InputError
 
 segment_app = typer.Typer(help="Lung segmentation: train a model, predict masks + overlays, evaluate.",
@@ -21,14 +21,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(segment_app, name="segment")
 
 
-def _bar_callback(bar, tasks: dict):
-    def report(stage: str, done: int, total: int, status: str) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, status="")
-        bar.update(tasks[stage], completed=done, total=total, status=status)
-    return report
-
-
 @segment_app.command("train")
 def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML segmentation config"),
           set_: list[str] = typer.Option([], "--set", help="override a config key: key=value (repeatable)"),
@@ -39,7 +31,7 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
 
     cfg = load_config(config, set_)
     with progress() as bar:
-        run = train_segmentation(cfg, out=out, resume=resume, progress=_bar_callback(bar, {}))
+        run = train_segmentation(cfg, out=out, resume=resume, progress=stage_callback(bar))
     metrics = json.loads((run / "metrics.json").read_text())
     console.print(f"run directory: [bold]{run}[/]  best val Dice {metrics['best_val_dice']:.4f}")
 

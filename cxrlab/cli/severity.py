@@ -8,21 +8,10 @@ from typing import Optional
 
 import typer
 
-from cxrlab.cli._common import console, progress
+from cxrlab.cli._common import console, progress, stage_callback
 from cxrlab.errors import ConfigError
 
 severity_app = typer.Typer(help="Two-stage severity scoring: lungs → disease → zone scores.", no_args_is_help=True)
-
-
-def _bar(bar):
-    tasks: dict[str, int] = {}
-
-    def report(stage: str, done: int, total: int, status: str) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, status="")
-        bar.update(tasks[stage], completed=done, total=total, status=status)
-
-    return report
 
 
 @severity_app.command("train")
@@ -38,7 +27,7 @@ def train_cmd(
 
     overrides = list(set_) + ([f"out={out}"] if out is not None else [])
     with progress() as bar:
-        run = train_severity(config, overrides, resume=resume, progress=_bar(bar))
+        run = train_severity(config, overrides, resume=resume, progress=stage_callback(bar))
     console.print(f"severity run: {run}")
     console.print((run / "scoring.json").read_text())
 
@@ -118,7 +107,7 @@ def evaluate_cmd(
         df = load_manifest(manifest).df
     scored_df = load_manifest(scored).df if scored is not None else None
     with progress() as bar:
-        result = evaluate_severity(pipe, df, scored_df, n_boot=n_boot, progress=_bar(bar))
+        result = evaluate_severity(pipe, df, scored_df, n_boot=n_boot, progress=stage_callback(bar))
     atomic_write_json(run / "metrics.json", result)
     console.print(json.dumps({k: v for k, v in result.items() if k in ("disease", "normal_false_positive",
                                                                      "involvement", "failed_images")}, indent=1,
