@@ -242,3 +242,12 @@ def test_source_weighted_draw():
         balanced_draw(sources, 10, rng, {"a": 1.0, "b": 1.0})
     with pytest.raises(ConfigError, match="source_weights"):
         load_config({"manifests": ["m.csv"], "source_weights": {"a": 0}})
+
+
+def test_early_stopping_and_best_checkpoint_are_separate():
+    from cxrlab.anatomy.train import early_stopping_step
+
+    # a gain below min_delta keeps counting patience but still replaces the best checkpoint
+    assert early_stopping_step(0.9605, best=0.96, best_saved=0.96, min_delta=1e-3) == (False, True)
+    assert early_stopping_step(0.962, best=0.96, best_saved=0.9605, min_delta=1e-3) == (True, True)
+    assert early_stopping_step(0.959, best=0.96, best_saved=0.9605, min_delta=1e-3) == (False, False)

@@ -62,6 +62,12 @@ def _save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def early_stopping_step(val: float, best: float, best_saved: float, min_delta: float) -> tuple[bool, bool]:
+    """``(progressed, better)``: progress (resets patience) needs a gain above ``min_delta`` over the patience
+    reference; the best checkpoint is replaced on any gain, so a small real improvement is never thrown away."""
+    return val > best + min_delta, val > best_saved
+
+
 def _load_init(model: nn.Module, cfg: SegmentationConfig) -> None:
     """Model weights of another run (fine-tuning); the architectures must match exactly."""
     path = Path(cfg.init_from)
@@ -163,7 +169,9 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.02)
     loss_fn = DiceBCELoss()
     history: list[dict[str, Any]] = []
-    start_epoch, best, stale = 0, -math.inf, 0
+    # ``best`` is the reference early stopping measures progress against (moves only by > min_delta);
+    # ``best_saved`` is the val Dice of checkpoints/best.pt (any improvement is kept).
+    start_epoch, best, best_saved, stale = 0, -math.inf, -math.inf, 0
     if resume:
         state = load_checkpoint(last_path)
         model.load_state_dict(state["model"])
@@ -171,6 +179,7 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         sched.load_state_dict(state["scheduler"])
         sched.T_max = cfg.epochs
         start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
+        best_saved = state.get("best_saved", best)
         torch.set_rng_state(state["torch_rng"])
 
     per_epoch = cfg.samples_per_epoch or len(train_idx)
@@ -200,25 +209,26 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         train_time = time.perf_counter() - t0
         sched.step()
         val_loss, val_dice = _validate(model, val_loader, loss_fn, precision, cfg.threshold, lung_channels)
-        improved = val_dice > best + cfg.min_delta
-        best, stale = (val_dice, 0) if improved else (best, stale + 1)
+        progressed, better = early_stopping_step(val_dice, best, best_saved, cfg.min_delta)
+        best, stale = (val_dice, 0) if progressed else (best, stale + 1)
+        best_saved = max(best_saved, val_dice)
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                         "val_dice": val_dice, "lr": opt.param_groups[0]["lr"], "train_seconds": train_time,
                         "train_images_per_s": seen / train_time, "epoch_seconds": time.perf_counter() - t0,
                         "precision": precision})
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch, "best": best, "stale": stale, "history": history,
+                 "epoch": epoch, "best": best, "best_saved": best_saved, "stale": stale, "history": history,
                  "torch_rng": torch.get_rng_state(), "config": cfg.model_dump(mode="json"),
                  "supervised_targets": supervised}
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if improved or not (ckpt_dir / "best.pt").exists():
+        if better or not (ckpt_dir / "best.pt").exists():
             _save_atomic(state, ckpt_dir / "best.pt")
         _save_atomic(state, last_path)
         with atomic_path(run_dir / "history.csv") as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)
-        report("epoch", epoch + 1, cfg.epochs, f"val dice {val_dice:.4f} (best {best:.4f})")
+        report("epoch", epoch + 1, cfg.epochs, f"val dice {val_dice:.4f} (best {best_saved:.4f})")
 
-    metrics: dict[str, Any] = {"best_val_dice": best, "epochs_run": len(history), "precision": precision,
+    metrics: dict[str, Any] = {"best_val_dice": best_saved, "epochs_run": len(history), "precision": precision,
                                "supervised_targets": supervised,
                                "n_images": {k: int(v) for k, v in df["split"].value_counts().items()}}
     test = df[df["split"] == "test"].reset_index(drop=True)
