@@ -13,8 +13,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,17 +22,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cxrlab.cli._common import console  # noqa: E402
 from cxrlab.demo import run_demo  # noqa: E402
+from cxrlab.machine import machine_info  # noqa: E402
 from cxrlab.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def _quality(outputs: dict[str, Path]) -> dict[str, float | None]:
@@ -62,7 +53,7 @@ def main() -> None:
     outputs = run_demo(args.out, size=args.size, fast=args.fast, console=console)
     wall = time.perf_counter() - start
     record = json.loads(outputs["record"].read_text())
-    info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu_model(),
+    info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": machine_info()["cpu"],
             "cores": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
             "wall_seconds": round(wall, 1), "seconds": record["seconds"], "plan": record["plan"],
             "quality": _quality(outputs), "fast": args.fast}

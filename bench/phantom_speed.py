@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,15 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from cxrlab.data.phantom import generate_phantom
+from cxrlab.machine import machine_info
 from cxrlab.utils import atomic_write_json
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -52,7 +43,7 @@ def main() -> None:
                         "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)})
         r = results[-1]
         print(f"| {jobs} | {n_patients} | {images} | {args.size} | {r['seconds']} | {r['images_per_s']} |")
-    info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu_model(),
+    info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": machine_info()["cpu"],
             "cores": os.cpu_count(), "load": os.getloadavg(), "results": results}
     print(f"\n{info['date']} | {info['cpu']} | {info['cores']} cores | load {info['load']}")
     atomic_write_json(Path("bench/results/phantom_speed.json"), info)

@@ -32,6 +32,7 @@ from cxrlab.anatomy.data import assign_split, load_table
 from cxrlab.data import schema
 from cxrlab.data.splits import save_split
 from cxrlab.io import read_image, write_png
+from cxrlab.machine import count_flops, gemm_peak, machine_info
 
 DATA = Path(os.environ.get("CXRLAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SOURCES = {
@@ -45,8 +46,8 @@ COLUMN_MAP = {"mask_v7_lungs": schema.MASK_LUNGS, "mask_v7_right_lung": schema.M
 SOURCE_PATTERNS = {"jsrt_scr": "JSRT*", "v7_ieee8023": "ieee8023*", "covid_qu_ex": "COVID-QU-Ex*"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# Budgeted for a quiet 2-core CPU (~1 h): 128 px (letterboxed truth masks taken down to 128 px and back keep
-# Dice >= 0.998 on every source, so resolution is not the limit; iterations are), ImageNet Lite0 encoder, a slim
+# Budgeted for a quiet 2-core CPU (~1 h): 128 px (`resolution` below: truth masks taken down to 128 px and back
+# lose almost no Dice on any source, so resolution is not the limit; iterations are), ImageNet Lite0 encoder, a slim
 # U-Net decoder, a source-balanced draw of images per epoch so JSRT (the only heart masks) is a third of it.
 BENCH_CONFIG = {
     "name": "lung_bench", "arch": "unet", "encoder": "efficientnet_lite0", "weights": "imagenet",
@@ -78,9 +79,8 @@ def progress_logger(every: int = 4):
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "date_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
+    return {"cpu": machine_info()["cpu"], "cores": os.cpu_count(),
+            "date_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
             "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -171,31 +171,45 @@ def cmd_cross(args: argparse.Namespace) -> None:
     log(f"wrote {result}")
 
 
-def gemm_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 3.0) -> float:
-    """Measured matrix-multiply throughput (GFLOP/s) on this machine right now."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        torch.mm(a, b)
-        reps += 1
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
-
-
 def model_gflops(seg: LungSegmenter) -> float:
-    """Forward FLOPs per image at the model's size (torch's FLOP counter; convs and matmuls)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Forward FLOPs per image at the model's size."""
+    return count_flops(seg.model, torch.rand(1, seg.in_channels, seg.config.size, seg.config.size)) / 1e9
 
-    x = torch.rand(1, seg.in_channels, seg.config.size, seg.config.size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        seg.model(x)
-    return counter.get_total_flops() / 1e9
+
+def cmd_resolution(args: argparse.Namespace) -> None:
+    """The Dice a perfect model would keep at each input size: truth lung masks letterboxed down (area
+    interpolation) and back up (bilinear, threshold 0.5), against the originals, per source."""
+    import cv2
+
+    from cxrlab.anatomy import dice
+    from cxrlab.anatomy.evaluate import _truth
+
+    cfg = load_config(BENCH_CONFIG)
+    df = load_table(cfg)
+    result: dict[str, dict[str, float]] = {}
+    for source, group in df.groupby(schema.SOURCE_DATASET):
+        rows = group.sample(min(args.n, len(group)), random_state=0)
+        scores: dict[int, list[float]] = {s: [] for s in args.sizes}
+        for _, row in rows.iterrows():
+            truth = _truth(row, cfg.targets, True)[1][schema.MASK_LUNGS].astype(np.float32)
+            h, w = truth.shape
+            for size in args.sizes:
+                f = size / max(h, w)
+                small = cv2.resize(truth, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+                back = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+                scores[size].append(dice(back.astype(np.uint8), truth.astype(np.uint8)))
+        result[source] = {str(s): float(np.mean(v)) for s, v in scores.items()}
+        log(f"{source[:40]}: {result[source]}")
+    out = RESULTS / "segmentation_resolution.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"images_per_source": args.n, "dice_by_size": result, "machine": machine()}, indent=2))
+    log(f"wrote {out}")
 
 
 def cmd_speed(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     seg = LungSegmenter.from_run(args.run, precision=args.precision)
-    peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
+    peaks = {"fp32": gemm_peak(torch.float32) / 1e9, "bf16": gemm_peak(torch.bfloat16) / 1e9}
     log(f"GEMM peak GFLOP/s {peaks}")
     # 256-px inputs: COVID-QU-Ex images are natively 256x256.
     images = sorted((SOURCES["covid_qu_ex"] / "images").rglob("*.png"))[: args.n]
@@ -254,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--resume", action="store_true")
     c.add_argument("--set", action="append", default=[])
+    res = sub.add_parser("resolution")
+    res.add_argument("--n", type=int, default=50, help="images per source")
+    res.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
     s = sub.add_parser("speed")
     s.add_argument("--run", default="runs/lung_bench")
     s.add_argument("--train-run", default=None, help="run whose history gives the training speed (default --run)")
@@ -266,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--run", default="runs/lung_bench")
     r.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "anatomy.md"))
     args = p.parse_args(argv)
-    {"train": cmd_train, "finetune": cmd_finetune, "select": cmd_select, "cross": cmd_cross, "speed": cmd_speed, "report": cmd_report}[args.cmd](args)
+    {"train": cmd_train, "finetune": cmd_finetune, "select": cmd_select, "resolution": cmd_resolution, "cross": cmd_cross, "speed": cmd_speed, "report": cmd_report}[args.cmd](args)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

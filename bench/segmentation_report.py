@@ -98,6 +98,19 @@ def _cross_section(results: Path, main: dict) -> list[str]:
     return lines
 
 
+def _resolution_lines(results: Path, size: int) -> list[str]:
+    path = results / "segmentation_resolution.json"
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    at = {src: d.get(str(size)) for src, d in res["dice_by_size"].items()}
+    if any(v is None for v in at.values()):
+        return []
+    return [f"- Why {size} px: truth lung masks letterboxed down to {size} px and back still score Dice "
+            f"{min(at.values()):.4f}–{max(at.values()):.4f} against themselves ({res['images_per_source']} images per "
+            "source, `python bench/segmentation.py resolution`), so the input size is not what limits accuracy."]
+
+
 def _stage_line(label: str, recipe: dict, history: pd.DataFrame) -> str:
     draw = ("source shares " + ", ".join(f"`{k}` {v}" for k, v in recipe["source_weights"].items())
             if recipe.get("source_weights") else "equal source shares")
@@ -177,7 +190,7 @@ def write_report(run: Path, results: Path, out: Path) -> None:
     lines = [
         "# Lung anatomy benchmark",
         "",
-        "Produced by `bench/segmentation.py` (re-run: `python bench/segmentation.py train`, the candidate "
+        "Produced by `bench/segmentation.py` (re-run: `python bench/segmentation.py resolution`, `... train`, the candidate "
         "fine-tunes listed under model selection (`... finetune --out <run> [--set ...]`), `... select --runs ...`, "
         "`... cross --train-source <src> --out runs/<name>` for each source, `... speed`, then `... report`). "
         "Data: `../shared/data` "
@@ -192,6 +205,7 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         f"- `{recipe['arch']}` + `{recipe['encoder']}` ({recipe['weights']} weights), arch kwargs "
         f"`{recipe['arch_kwargs']}`, input {recipe['size']} px letterboxed, targets {recipe['targets']}.",
         *_budget_lines(run, recipe, history, metrics),
+        *_resolution_lines(results, recipe["size"]),
         "",
         "## Held-out accuracy (test part of each source, evaluated at each image's own resolution)",
         "",

@@ -74,17 +74,15 @@ def _load_init(model: nn.Module, cfg: SegmentationConfig) -> None:
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
     state = load_checkpoint(path)
+    misfit = f"init_from {path}: its weights do not fit this run's model ({cfg.arch}/{cfg.encoder}, " \
+             f"{len(cfg.targets)} targets)"
     try:
         result = model.load_state_dict(state.get("model", state), strict=False)
     except RuntimeError as exc:  # same names, other shapes (e.g. another number of targets)
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise ConfigError(f"init_from {path}: its weights do not fit this run's model ({cfg.arch}/{cfg.encoder}, "
-                          f"{len(cfg.targets)} targets): {first}") from None
+        raise ConfigError(f"{misfit}: {str(exc).strip().splitlines()[-1].strip()}") from None
     if result.missing_keys or result.unexpected_keys:
-        raise ConfigError(f"init_from {path}: its weights do not fit this run's model ({cfg.arch}/{cfg.encoder}, "
-                          f"{len(cfg.targets)} targets): {len(result.missing_keys)} missing, "
-                          f"{len(result.unexpected_keys)} unexpected keys, e.g. "
-                          f"{(result.missing_keys or result.unexpected_keys)[0]}")
+        raise ConfigError(f"{misfit}: {len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected "
+                          f"keys, e.g. {(result.missing_keys or result.unexpected_keys)[0]}")
 
 
 def _resolved_recipe(cfg: SegmentationConfig, precision: str) -> str:

@@ -9,10 +9,6 @@ with the figures because the CPU may be shared.
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import platform
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,54 +19,11 @@ import pandas as pd
 import torch
 
 from cxrlab.errors import ConfigError
+from cxrlab.machine import count_flops, gemm_peak, load_average, machine_info
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 TARGET_BATCH_IPS = 12.0
 TARGET_LATENCY_P50_MS = 300.0
-
-
-# --- machine ----------------------------------------------------------------------------------------------------
-
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default: active spinning)"),
-            "python": platform.python_version(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def gemm_peak(dtype: torch.dtype, n: int = 1024, trials: int = 15, per_trial: int = 3) -> float:
-    """Measured dense matmul FLOP/s (``2 n^3`` per product) for ``dtype``: the best of ``trials`` short timings,
-    so that other processes on a shared CPU disturb the peak as little as possible."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    for _ in range(3):
-        torch.mm(a, b)
-    best = float("inf")
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        for _ in range(per_trial):
-            torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 * per_trial / best
-
-
-def count_flops(module: torch.nn.Module, sample: torch.Tensor) -> int:
-    """FLOPs of one forward pass of ``sample`` (PyTorch's FlopCounterMode; a multiply-add counts 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module.eval()(sample)
-    return int(counter.get_total_flops())
 
 
 def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
