@@ -39,7 +39,7 @@ def _lung_dice(summary: dict, prefix: str) -> float | None:
     return None
 
 
-def _verdict(summary: dict) -> list[str]:
+def _verdict(summary: dict, heart_line: bool = True) -> list[str]:
     """One line per target: met or not, from the numbers (no hand-written claims)."""
     out = []
     for prefix, target in TARGETS.items():
@@ -48,7 +48,7 @@ def _verdict(summary: dict) -> list[str]:
             out.append(f"- {prefix}: mean lung Dice {d:.4f} against ≥ {target:.2f}: "
                        f"{'**met**' if d >= target else '**not met**'}.")
     heart = summary["overall"].get("heart")
-    if heart:
+    if heart and heart_line:
         out.append(f"- Heart (JSRT/SCR only): Dice {heart['dice_mean']:.4f}. SCR-convention scoring of JSRT removes "
                    "the predicted heart from the predicted lungs, so JSRT left-lung Dice depends on it.")
     return out + [""] if out else []
@@ -121,7 +121,15 @@ def _stage_line(label: str, recipe: dict, history: pd.DataFrame) -> str:
             f"{history['precision'].iloc[-1]}, early stopping patience {recipe['patience']}; "
             f"{history['epoch_seconds'].sum() / 60:.1f} min, {rate.median():.1f} img/s median "
             f"(range {rate.min():.1f}–{rate.max():.1f}, following the machine's load; see its `history.csv`); "
-            f"best val lung Dice {history['val_dice'].max():.4f} at epoch {int(history['val_dice'].idxmax()) + 1}.")
+            f"best val score {history['val_dice'].max():.4f} at epoch {int(history['val_dice'].idxmax()) + 1} "
+            f"({_selection_words(recipe)}).")
+
+
+def _selection_words(recipe: dict) -> str:
+    if recipe.get("selection", "pooled") == "source_macro":
+        return ("checkpoint chosen by the source-macro val lung Dice, each source in its own convention, on a val "
+                "sample balanced over sources")
+    return "checkpoint chosen by the val lung Dice pooled over images (this run predates source-macro selection)"
 
 
 def _budget_lines(run: Path, recipe: dict, history: pd.DataFrame, metrics: dict) -> list[str]:
@@ -171,10 +179,24 @@ def _selection_section(results: Path, run: Path) -> list[str]:
     for c in sel["candidates"]:
         lines.append(f"| `{c['run']}` ({c['epochs']} epochs) | {cells(c['val'])} | {c['val_macro']:.4f} | "
                      f"{cells(c['test'])} | {'**yes**' if c['run'] == sel['chosen'] else ''} |")
+        if "val_shared" in c:
+            macro = sum(c["val_shared"].values()) / len(c["val_shared"])
+            lines.append(f"| ↳ same run, shared lung channels (not used to choose) | {cells(c['val_shared'])} | "
+                         f"{macro:.4f} | {cells(c['test_shared'])} | |")
     lines += ["", "Candidates (each run's `recipe.yaml` holds its full config): " + "; ".join(recipes) + "."]
     if Path(sel["chosen"]) != run:
         lines.append(f"\n**Note:** this page describes `{run}`, not the chosen `{sel['chosen']}`.")
     return lines + [""]
+
+
+def _convention_intro(recipe: dict) -> list[str]:
+    conv = recipe.get("lung_conventions") or {}
+    if not conv:
+        return []
+    names = "; ".join(f"`{k}` ← {', '.join(f'`{p}`' for p in v)}" for k, v in conv.items())
+    return ["Each source is scored in its own annotation convention, with its own lung channels "
+            f"(`lung_conventions`: {names}; `cxrlab segment evaluate --convention source`, the default). The "
+            "shared channels, which every source trains, are scored below.", ""]
 
 
 HEADER = "| source | structure | n | Dice mean | Dice median | Jaccard mean | HD95 (px @256) mean | target (lungs) |"
@@ -209,10 +231,17 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         "",
         "## Held-out accuracy (test part of each source, evaluated at each image's own resolution)",
         "",
+        *_convention_intro(recipe),
         HEADER, RULE, *_rows(metrics["test"]),
         "",
     ]
     lines += _verdict(metrics["test"])
+    if "test_shared" in metrics:
+        lines += ["### Shared lung channels (the default output, for films whose convention is unknown)", "",
+                  "The same test parts, every source scored with the shared lung channels (trained on all "
+                  "sources; for JSRT/SCR the predicted heart is removed from the predicted lungs). This is what "
+                  "`LungSegmenter.from_run(run)` and `cxrlab segment predict` return by default.", "",
+                  HEADER, RULE, *_rows(metrics["test_shared"]), "", *_verdict(metrics["test_shared"], False)]
     lines += _selection_section(results, run)
     lines += _cross_section(results, metrics["test"])
     speed_path = results / "segmentation_speed.json"
@@ -260,6 +289,13 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         "- **Left/right.** Right/left lungs are the patient's; COVID-QU-Ex right/left were derived by connected "
         "components (as distributed). Post-processing decides sides anatomically (image-left component = "
         "patient right), so a swapped output is corrected.",
+        *(["- **Annotation conventions.** Beyond the retrocardiac lung the sources' annotators draw lungs "
+           "differently (the cross-source table: each single-source model scores far lower on the others' masks). "
+           "The model has the shared lung channels (every source trains them; SCR's retrocardiac region is "
+           "ignored there as above) and one pair of right/left lung channels per convention, trained only by that "
+           "convention's sources, as drawn (for SCR without the retrocardiac lung). The shared decoder and encoder "
+           "learn from all sources; only the last 3×3 convolution is per convention."]
+          if recipe.get("lung_conventions") else []),
         "- **Missing targets** (no heart mask outside JSRT) are ignored per image and channel, never treated "
         "as background.",
         "",
@@ -277,6 +313,8 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         "from cxrlab.anatomy import LungSegmenter, lung_zones, lung_biomarkers",
         f"seg = LungSegmenter.from_run(\"{run}\")",
         "masks = seg.predict(image)  # patient_right_mask, patient_left_mask, lung_mask, heart_mask (input size)",
+        *([f"qu = LungSegmenter.from_run(\"{run}\", convention=\"{next(iter(recipe['lung_conventions']))}\")"
+           "  # that dataset's lungs"] if recipe.get("lung_conventions") else []),
         "```",
         "",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +56,15 @@ class SegmentationConfig(_Strict):
     sources: list[str] | None = None  # fnmatch patterns on source_dataset; None = all
     # Sources whose lung masks EXCLUDE the retrocardiac lung (SCR): lung channels ignore the heart region there.
     retrocardiac_excluded_sources: list[str] = Field(default_factory=lambda: ["*SCR*"])
+    # Lung annotation conventions (name → source patterns). Annotators of different datasets draw lungs
+    # differently (SCR leaves out the retrocardiac lung, V7 and COVID-QU-Ex differ at the bases and hila), and one
+    # set of lung channels cannot follow all of them. Each convention adds its own patient-right/left lung output
+    # channels ("mask_right_lung@name"), supervised only by its sources; the shared channels in ``targets`` keep
+    # learning from every source and are the general-purpose output. ``LungSegmenter(convention=...)`` chooses.
+    lung_conventions: dict[str, list[str]] = Field(default_factory=dict)
+    # Checkpoint selection on val: "source_macro" = mean over sources of each source's mean lung Dice (each
+    # source counts once; pooling lets the largest source decide alone), "pooled" = mean over val images.
+    selection: Literal["source_macro", "pooled"] = "source_macro"
     split: SplitConfig = Field(default_factory=SplitConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     epochs: int = Field(30, ge=1)
@@ -98,11 +108,22 @@ class SegmentationConfig(_Strict):
             raise ValueError("source_weights must map source patterns to positive weights")
         return v
 
+    @field_validator("lung_conventions")
+    @classmethod
+    def _conventions(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, patterns in v.items():
+            if not name.isidentifier() or not patterns:
+                raise ValueError(f"lung convention {name!r}: the name must be an identifier (letters, digits, _) "
+                                 "and it needs at least one source pattern")
+        return v
+
     @model_validator(mode="after")
     def _lungs_paired(self) -> "SegmentationConfig":
         has = {schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG} & set(self.targets)
         if len(has) == 1:
             raise ValueError("targets must hold both mask_right_lung and mask_left_lung or neither")
+        if self.lung_conventions and not has:
+            raise ValueError("lung_conventions need a lung model (targets with mask_right_lung/mask_left_lung)")
         return self
 
     @property
@@ -112,6 +133,23 @@ class SegmentationConfig(_Strict):
     @property
     def is_lung_model(self) -> bool:
         return schema.MASK_RIGHT_LUNG in self.targets
+
+    @property
+    def channels(self) -> list[str]:
+        """The model's output channels: ``targets``, then right/left lung per convention."""
+        return self.targets + [convention_channel(side, name) for name in self.lung_conventions
+                               for side in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)]
+
+    def convention_of(self, source: str) -> str | None:
+        """The first convention whose patterns match ``source`` (None: the shared channels only)."""
+        for name, patterns in self.lung_conventions.items():
+            if any(fnmatch.fnmatch(source, p) for p in patterns):
+                return name
+        return None
+
+
+def convention_channel(column: str, convention: str) -> str:
+    return f"{column}@{convention}"
 
 
 def load_config(source: str | Path | dict[str, Any] | SegmentationConfig | None = None,

@@ -174,6 +174,12 @@ class SegmentationDataset(Dataset):
         self.keys = [mask_key(c) for c in cfg.targets]
         self.lung_channels = np.array([c in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG, schema.MASK_LUNGS)
                                        for c in cfg.targets])
+        # Convention channels copy the image's own right/left lungs, supervised only for its convention.
+        names = list(cfg.lung_conventions)
+        self.image_convention = np.array([names.index(cfg.convention_of(str(s))) if cfg.convention_of(str(s))
+                                          else -1 for s in cache.sources])
+        self.side_channels = [cfg.targets.index(c) for c in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)] \
+            if names else []
         self.augment = augmentation(cfg) if (train and cfg.augment.enabled) else None
         self.epoch = 0
 
@@ -203,6 +209,12 @@ class SegmentationDataset(Dataset):
         y = np.stack([sample.get(k, np.zeros_like(c.ignore[i])) for k in self.keys]).astype(np.float32)
         w = np.broadcast_to(valid[:, None, None], y.shape).astype(np.float32)
         w[self.lung_channels] *= 1.0 - sample[IGNORE_KEY][None].astype(np.float32)
+        if self.side_channels:
+            # No retrocardiac ignore here: a convention channel learns its annotators' lungs as drawn (SCR's too).
+            extra_w = [np.full(y.shape[1:], float(valid[c] and self.image_convention[i] == j), np.float32)
+                       for j in range(len(self.cfg.lung_conventions)) for c in self.side_channels]
+            y = np.concatenate([y, np.tile(y[self.side_channels], (len(self.cfg.lung_conventions), 1, 1))])
+            w = np.concatenate([w, np.stack(extra_w)])
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), torch.from_numpy(w)
 
 
@@ -222,6 +234,25 @@ def balanced_draw(sources: np.ndarray, n: int, rng: np.random.Generator,
     counts[np.argsort(counts - share)[: n - counts.sum()]] += 1  # largest remainders
     picks = [rng.choice(g, size=k, replace=len(g) < k) for g, k in zip(groups, counts) if k]
     return rng.permutation(np.concatenate(picks))
+
+
+def balanced_subset(sources: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``cap`` sorted positions, as equal per source as the sources' sizes allow (a small source is
+    taken whole and its unused share goes to the others), so a per-source score sees every source."""
+    groups = {s: np.flatnonzero(sources == s) for s in sorted(set(sources))}
+    quota = dict.fromkeys(groups, 0)
+    left = cap
+    while left > 0:
+        open_ = [s for s in groups if quota[s] < len(groups[s])]
+        if not open_:
+            break
+        share = max(left // len(open_), 1)
+        for s in open_:
+            take = min(share, len(groups[s]) - quota[s], left)
+            quota[s] += take
+            left -= take
+    picks = [rng.choice(g, size=quota[s], replace=False) for s, g in groups.items() if quota[s]]
+    return np.sort(np.concatenate(picks)) if picks else np.array([], dtype=int)
 
 
 def source_weight(source: str, weights: dict[str, float]) -> float:

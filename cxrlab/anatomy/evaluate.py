@@ -4,8 +4,11 @@
   (the union of both lungs: the "mean lung Dice" of the benchmarks is its mean over images).
 - HD95 is reported in pixels of a 256-px longest side (``hd95_px256``) so sources of different resolutions
   compare; images are evaluated at their own resolution.
-- Lung convention: where a source's lungs exclude the retrocardiac area (SCR), the predicted heart is removed
-  from the predicted lungs before scoring, i.e. each source is scored in its own annotators' convention.
+- Lung convention: ``convention="source"`` scores each image with the lung channels of its source's convention
+  (``lung_conventions`` of the run; the shared channels for a source without one), ``None`` with the shared
+  channels, a name with that convention's channels. Where the shared channels score a source whose lungs
+  exclude the retrocardiac area (SCR), the predicted heart is removed from the predicted lungs first, so each
+  source is scored in its own annotators' convention either way.
 """
 
 from __future__ import annotations
@@ -43,10 +46,21 @@ def _truth(row: pd.Series, targets: list[str], lung_model: bool) -> tuple[np.nda
 
 
 def evaluate_segmenter(seg: LungSegmenter, df: pd.DataFrame, batch_size: int = 16,
-                       retrocardiac_excluded_sources: list[str] | None = None,
+                       retrocardiac_excluded_sources: list[str] | None = None, convention: str | None = "source",
                        on_item: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Per-image metrics table and a summary ``{"overall": {...}, "by_source": {source: {...}}}``."""
+    """Per-image metrics table (with the ``convention`` each image was scored in) and a summary
+    ``{"overall": {...}, "by_source": {source: {...}}}``."""
     cfg = seg.config
+
+    def convention_for(source: str) -> str | None:
+        if convention != "source":
+            return convention
+        name = cfg.convention_of(source)
+        return name if name in seg.conventions else None
+
+    if convention != "source":
+        seg._check_convention(convention)  # a wrong name fails before any image is read
+
     excluded = cfg.retrocardiac_excluded_sources if retrocardiac_excluded_sources is None \
         else retrocardiac_excluded_sources
     structures = [(c.removeprefix("mask_"), c) for c in cfg.targets if c in seg.supervised_targets]
@@ -60,18 +74,19 @@ def evaluate_segmenter(seg: LungSegmenter, df: pd.DataFrame, batch_size: int = 1
         lung_inputs = None
         if cfg.in_channels == 2:
             lung_inputs = [t.get(cfg.input_mask_column, t.get(schema.MASK_LUNGS)) for _, t in loaded]
-        preds = seg.predict_batch([im for im, _ in loaded], lung_inputs, batch_size=batch_size)
-        for row, (image, truth), pred in zip(chunk, loaded, preds):
+        probs = seg.probabilities([im for im, _ in loaded], lung_inputs)
+        for row, (image, truth), prob in zip(chunk, loaded, probs):
             source = str(row.get(schema.SOURCE_DATASET))
             spacing = REFERENCE_SIDE / max(image.shape)
-            pred = dict(pred)
-            if cfg.is_lung_model and schema.KEY_HEART_MASK in pred and any(
+            scored_in = convention_for(source) if cfg.is_lung_model else None
+            pred = seg.postprocess(prob, scored_in)
+            if cfg.is_lung_model and scored_in is None and schema.KEY_HEART_MASK in pred and any(
                     fnmatch.fnmatch(source, p) for p in excluded):
                 not_heart = pred[schema.KEY_HEART_MASK] == 0
                 for key in (schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK, schema.KEY_LUNG_MASK):
                     pred[key] = (pred[key] & not_heart).astype(np.uint8)
             rec: dict[str, Any] = {schema.IMAGE: row[schema.IMAGE], schema.PATIENT_ID: row[schema.PATIENT_ID],
-                                   schema.SOURCE_DATASET: source}
+                                   schema.SOURCE_DATASET: source, "convention": scored_in or "shared"}
             if "split" in row:
                 rec["split"] = row["split"]
             for name, col in structures:

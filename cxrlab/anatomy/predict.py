@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cxrlab.anatomy.architectures import SegmentationNet, create_segmentation_model
-from cxrlab.anatomy.config import SegmentationConfig, load_config
+from cxrlab.anatomy.config import SegmentationConfig, convention_channel, load_config
 from cxrlab.anatomy.postprocess import assign_lungs, clean
 from cxrlab.data import schema
 from cxrlab.data.dataset import mask_key
@@ -55,32 +55,50 @@ class LungSegmenter:
     post-processing (largest component per lung, holes filled, sides decided anatomically)."""
 
     def __init__(self, model: SegmentationNet, config: SegmentationConfig, precision: str = "auto",
-                 run_dir: Path | None = None, supervised_targets: Sequence[str] | None = None):
+                 run_dir: Path | None = None, supervised_targets: Sequence[str] | None = None,
+                 convention: str | None = None):
         self.model = model.eval()
         self.config = config
-        # Targets the training data had; an unsupervised channel's output is noise and is never returned.
-        self.supervised_targets = list(config.targets if supervised_targets is None else supervised_targets)
-        unknown = set(self.supervised_targets) - set(config.targets)
+        # Channels the training data had; an unsupervised channel's output is noise and is never returned.
+        self.supervised_targets = list(config.channels if supervised_targets is None else supervised_targets)
+        unknown = set(self.supervised_targets) - set(config.channels)
         if unknown:
-            raise InputError(run_dir or "segmenter", f"supervised targets {sorted(unknown)} are not model targets "
-                             f"{config.targets}", field="supervised_targets")
+            raise InputError(run_dir or "segmenter", f"supervised targets {sorted(unknown)} are not model outputs "
+                             f"{config.channels}", field="supervised_targets")
         self.precision = resolve_precision(precision)
         self.run_dir = run_dir
         self._resize = ResizePadd(config.size)
+        self.convention = self._check_convention(convention)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", precision: str = "auto") -> "LungSegmenter":
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", precision: str = "auto",
+                 convention: str | None = None) -> "LungSegmenter":
+        """``convention``: which annotators' lungs to draw (a name from the run's ``lung_conventions``); None =
+        the shared lung channels, trained on every source (the default for films of an unseen hospital)."""
         run_dir = Path(run_dir)
         recipe = run_dir / "recipe.yaml"
         if not recipe.exists():
             raise InputError(run_dir, "not a segmentation run directory (no recipe.yaml)")
         cfg = load_config(recipe)
         state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-        model = create_segmentation_model(cfg.arch, cfg.encoder, "none", cfg.in_channels, len(cfg.targets),
+        model = create_segmentation_model(cfg.arch, cfg.encoder, "none", cfg.in_channels, len(cfg.channels),
                                           **cfg.arch_kwargs)
         model.load_state_dict(state["model"])
         # Runs written before targets were recorded supervised every target they name.
-        return cls(model, cfg, precision, run_dir, state.get("supervised_targets"))
+        return cls(model, cfg, precision, run_dir, state.get("supervised_targets"), convention)
+
+    @property
+    def conventions(self) -> list[str]:
+        """The lung conventions this model was trained for (each has its own lung channels)."""
+        return [n for n in self.config.lung_conventions
+                if convention_channel(schema.MASK_RIGHT_LUNG, n) in self.supervised_targets]
+
+    def _check_convention(self, convention: str | None) -> str | None:
+        if convention is not None and convention not in self.conventions:
+            known = ", ".join(self.conventions) or "none: this model has only the shared lung channels"
+            raise InputError(self.run_dir or "segmenter", f"unknown lung convention {convention!r} (trained: "
+                             f"{known})", field="convention")
+        return convention
 
     @property
     def in_channels(self) -> int:
@@ -129,17 +147,21 @@ class LungSegmenter:
             probs = torch.sigmoid(self.model(x)).float().numpy()
         return [undo_resize_pad(p, params, is_mask=False) for p, (_, params) in zip(probs, prepared)]
 
-    def postprocess(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+    def postprocess(self, probs: np.ndarray, convention: str | None = "default") -> dict[str, np.ndarray]:
+        """Probabilities → masks; ``convention`` overrides the segmenter's own for this image."""
+        convention = self.convention if convention == "default" else self._check_convention(convention)
         t = self.config.threshold
         out: dict[str, np.ndarray] = {}
-        targets = self.config.targets
+        targets, channels = self.config.targets, self.config.channels
         for k, col in enumerate(targets):
             if col not in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG) and col in self.supervised_targets:
                 m = (probs[k] >= t).astype(np.uint8)
                 out[mask_key(col)] = clean(m) if col == schema.MASK_HEART else m
         if self.config.is_lung_model:
-            r, l = assign_lungs(probs[targets.index(schema.MASK_RIGHT_LUNG)],
-                                probs[targets.index(schema.MASK_LEFT_LUNG)], t)
+            right, left = schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG
+            if convention is not None:
+                right, left = convention_channel(right, convention), convention_channel(left, convention)
+            r, l = assign_lungs(probs[channels.index(right)], probs[channels.index(left)], t)
             out[schema.KEY_RIGHT_MASK], out[schema.KEY_LEFT_MASK] = r, l
             out[schema.KEY_LUNG_MASK] = (r | l).astype(np.uint8)
         return out
@@ -160,6 +182,7 @@ class LungSegmenter:
 
     def __repr__(self) -> str:
         c = self.config
-        return f"LungSegmenter({c.arch}/{c.encoder}, size={c.size}, targets={c.targets}, run={self.run_dir})"
+        conv = f", convention={self.convention}" if self.convention else ""
+        return f"LungSegmenter({c.arch}/{c.encoder}, size={c.size}, targets={c.targets}{conv}, run={self.run_dir})"
 
 

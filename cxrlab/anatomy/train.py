@@ -21,10 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxrlab.anatomy.architectures import create_segmentation_model
-from cxrlab.anatomy.config import SegmentationConfig, load_config
-from cxrlab.anatomy.data import SegmentationDataset, assign_split, balanced_draw, build_cache, load_table
+from cxrlab.anatomy.config import SegmentationConfig, convention_channel, load_config
+from cxrlab.anatomy.data import (SegmentationDataset, assign_split, balanced_draw, balanced_subset, build_cache,
+                                 load_table)
 from cxrlab.anatomy.evaluate import evaluate_segmenter
 from cxrlab.anatomy.predict import LungSegmenter, autocast, load_checkpoint, resolve_precision
+from cxrlab.data import schema
 from cxrlab.data.splits import save_split
 from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, seed_everything
@@ -75,7 +77,7 @@ def _load_init(model: nn.Module, cfg: SegmentationConfig) -> None:
         path = path / "checkpoints" / "best.pt"
     state = load_checkpoint(path)
     misfit = f"init_from {path}: its weights do not fit this run's model ({cfg.arch}/{cfg.encoder}, " \
-             f"{len(cfg.targets)} targets)"
+             f"{len(cfg.channels)} output channels)"
     try:
         result = model.load_state_dict(state.get("model", state), strict=False)
     except RuntimeError as exc:  # same names, other shapes (e.g. another number of targets)
@@ -92,10 +94,29 @@ def _resolved_recipe(cfg: SegmentationConfig, precision: str) -> str:
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
+def scored_channels(ds: SegmentationDataset) -> list[np.ndarray]:
+    """Per item of ``ds``, the output channels its lung Dice is measured on: its convention's right/left lungs
+    when it has one, else the shared lung channels (all channels for a model without lungs)."""
+    n_targets = len(ds.cfg.targets)
+    shared = np.flatnonzero(ds.lung_channels) if ds.lung_channels.any() else np.arange(n_targets)
+    conv = ds.image_convention[ds.indices]
+    return [shared if j < 0 else np.array([n_targets + 2 * j, n_targets + 2 * j + 1]) for j in conv]
+
+
+def selection_score(dice: np.ndarray, sources: np.ndarray, selection: str) -> float:
+    """Per-image Dice → the number checkpoints are chosen by (see ``SegmentationConfig.selection``)."""
+    ok = ~np.isnan(dice)
+    if not ok.any():
+        return float("nan")
+    if selection == "pooled":
+        return float(dice[ok].mean())
+    return float(np.mean([dice[ok & (sources == s)].mean() for s in sorted(set(sources[ok]))]))
+
+
 @torch.no_grad()
 def _validate(model: nn.Module, loader: DataLoader, loss_fn: DiceBCELoss, precision: str, threshold: float,
-              lung_channels: np.ndarray) -> tuple[float, float]:
-    """Mean loss and mean hard Dice of the lung channels (supervised pixels only) on the letterboxed canvas."""
+              channels: list[np.ndarray], sources: np.ndarray, selection: str) -> tuple[float, float]:
+    """Mean loss and the selection score of hard lung Dice (supervised pixels only, letterboxed canvas)."""
     model.eval()
     losses, dices = [], []
     for x, y, w in loader:
@@ -103,16 +124,16 @@ def _validate(model: nn.Module, loader: DataLoader, loss_fn: DiceBCELoss, precis
             logits = model(x)
         losses.append(float(loss_fn(logits, y, w)) * len(x))
         pred = (torch.sigmoid(logits.float()) >= threshold).float()
-        chans = np.flatnonzero(lung_channels) if lung_channels.any() else np.arange(y.shape[1])
-        for c in chans:
-            wc = w[:, c]
-            sup = wc.sum(dim=(1, 2)) > 0
-            inter = (pred[:, c] * y[:, c] * wc).sum(dim=(1, 2))
-            denom = (pred[:, c] * wc).sum(dim=(1, 2)) + (y[:, c] * wc).sum(dim=(1, 2))
-            d = torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-6), torch.ones_like(denom))
-            dices.extend(d[sup].tolist())
+        inter = (pred * y * w).sum(dim=(2, 3))
+        denom = (pred * w).sum(dim=(2, 3)) + (y * w).sum(dim=(2, 3))
+        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-6), torch.ones_like(denom)).numpy()
+        supervised = (w.sum(dim=(2, 3)) > 0).numpy()
+        for k in range(len(x)):
+            chans = channels[len(dices)]
+            chans = chans[supervised[k, chans]]
+            dices.append(float(dice[k, chans].mean()) if len(chans) else float("nan"))
     n = len(loader.dataset)
-    return sum(losses) / max(n, 1), float(np.mean(dices)) if dices else float("nan")
+    return sum(losses) / max(n, 1), selection_score(np.array(dices), sources, selection)
 
 
 def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str | Path | None = None,
@@ -150,16 +171,21 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
     if len(train_idx) == 0:
         raise ConfigError("the split left no training images")
     if cfg.val_max_images and len(val_idx) > cfg.val_max_images:
-        val_idx = np.sort(np.random.default_rng(cfg.seed).choice(val_idx, cfg.val_max_images, replace=False))
+        val_idx = val_idx[balanced_subset(cache.sources[val_idx], cfg.val_max_images,
+                                          np.random.default_rng(cfg.seed))]
     train_ds = SegmentationDataset(cache, train_idx, cfg, train=True)
     val_ds = SegmentationDataset(cache, val_idx if len(val_idx) else train_idx[:1], cfg, train=False)
-    lung_channels = train_ds.lung_channels
+    val_channels, val_sources = scored_channels(val_ds), cache.sources[val_ds.indices]
     # A target no training image has (the heart when training on V7/COVID-QU-Ex only) is never learned: the
-    # run records which targets were supervised and its segmenter outputs only those.
+    # run records which targets (and conventions) were supervised and its segmenter outputs only those.
     supervised = [c for c, v in zip(cfg.targets, cache.valid[train_idx].any(axis=0)) if v]
+    trained_conventions = {cfg.convention_of(str(s)) for s in cache.sources[train_idx]}
+    supervised += [c for name in cfg.lung_conventions if name in trained_conventions
+                   for c in (convention_channel(schema.MASK_RIGHT_LUNG, name),
+                             convention_channel(schema.MASK_LEFT_LUNG, name))]
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False)
 
-    model = create_segmentation_model(cfg.arch, cfg.encoder, cfg.weights, cfg.in_channels, len(cfg.targets),
+    model = create_segmentation_model(cfg.arch, cfg.encoder, cfg.weights, cfg.in_channels, len(cfg.channels),
                                       **cfg.arch_kwargs)
     if cfg.init_from and not resume:
         _load_init(model, cfg)
@@ -206,7 +232,8 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
             report("train", b + 1, len(loader), f"epoch {epoch + 1}/{cfg.epochs} loss {total / seen:.4f}")
         train_time = time.perf_counter() - t0
         sched.step()
-        val_loss, val_dice = _validate(model, val_loader, loss_fn, precision, cfg.threshold, lung_channels)
+        val_loss, val_dice = _validate(model, val_loader, loss_fn, precision, cfg.threshold, val_channels,
+                                       val_sources, cfg.selection)
         progressed, better = early_stopping_step(val_dice, best, best_saved, cfg.min_delta)
         best, stale = (val_dice, 0) if progressed else (best, stale + 1)
         best_saved = max(best_saved, val_dice)
@@ -226,17 +253,23 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
             pd.DataFrame(history).to_csv(tmp, index=False)
         report("epoch", epoch + 1, cfg.epochs, f"val dice {val_dice:.4f} (best {best_saved:.4f})")
 
-    metrics: dict[str, Any] = {"best_val_dice": best_saved, "epochs_run": len(history), "precision": precision,
+    metrics: dict[str, Any] = {"best_val_dice": best_saved, "selection": cfg.selection, "epochs_run": len(history), "precision": precision,
                                "supervised_targets": supervised,
                                "n_images": {k: int(v) for k, v in df["split"].value_counts().items()}}
     test = df[df["split"] == "test"].reset_index(drop=True)
     if cfg.evaluate_test and len(test):
         seg = LungSegmenter.from_run(run_dir, "best", precision)
-        table, summary = evaluate_segmenter(seg, test, batch_size=cfg.batch_size,
-                                            on_item=lambda i, n: report("test", i, n, "evaluating"))
-        metrics["test"] = summary
-        with atomic_path(run_dir / "predictions.parquet") as tmp:
-            table.to_parquet(tmp, index=False)
+        # "test": each source in its own annotators' convention (its convention channels where it has one);
+        # "test_shared": the shared channels for every source (what an unseen hospital's films get by default).
+        runs = [("test", "source", "predictions.parquet")]
+        if cfg.lung_conventions:
+            runs.append(("test_shared", None, "predictions_shared.parquet"))
+        for key, convention, filename in runs:
+            table, summary = evaluate_segmenter(seg, test, batch_size=cfg.batch_size, convention=convention,
+                                                on_item=lambda i, n: report(key, i, n, "evaluating"))
+            metrics[key] = summary
+            with atomic_path(run_dir / filename) as tmp:
+                table.to_parquet(tmp, index=False)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return run_dir
 

@@ -64,7 +64,10 @@ def predict(inputs: list[Path] = typer.Argument(..., help="images, or one manife
             run: Path = typer.Option(..., "--run", "--lung-model", help="segmentation run directory"),
             out: Path = typer.Option(..., "--out", help="output folder"),
             batch_size: int = typer.Option(16, "--batch-size"),
-            overlays: bool = typer.Option(True, "--overlays/--no-overlays")) -> None:
+            overlays: bool = typer.Option(True, "--overlays/--no-overlays"),
+            convention: Optional[str] = typer.Option(
+                None, "--convention", help="draw lungs as one annotation convention of the run's lung_conventions "
+                "does (default: the shared channels, trained on every source)")) -> None:
     """Predict masks (PNG 0/255) and overlays; writes ``manifest.csv`` with mask columns and biomarkers."""
     import pandas as pd
 
@@ -74,7 +77,7 @@ def predict(inputs: list[Path] = typer.Argument(..., help="images, or one manife
     from cxrlab.data.dataset import mask_key
     from cxrlab.io import read_image, write_png
 
-    seg = LungSegmenter.from_run(run)
+    seg = LungSegmenter.from_run(run, convention=convention)
     manifest, images = _inputs(inputs)
     stems = _unique_stems(images)
     key_to_col = {mask_key(c): c for c in schema.MASK_COLUMNS}
@@ -118,6 +121,9 @@ def evaluate(run: Path = typer.Option(..., "--run", help="segmentation run direc
                                                      help="evaluate on these rows (default: the run's test split)"),
              split: str = typer.Option("test", "--split", help="part of the run's split.csv to use"),
              column_map: list[str] = typer.Option([], "--map", help="rename a mask column: old=new"),
+             convention: str = typer.Option("source", "--convention",
+                                            help="lung channels scored: 'source' (each source's own convention), "
+                                            "'shared', or a convention name"),
              out: Optional[Path] = typer.Option(None, "--out", help="metrics JSON (and a per-image parquet)")) -> None:
     """Dice, Jaccard and HD95 per structure and per source."""
     from cxrlab.anatomy import LungSegmenter, evaluate_segmenter
@@ -140,7 +146,8 @@ def evaluate(run: Path = typer.Option(..., "--run", help="segmentation run direc
             raise InputError(run / "split.csv", f"no images in split {split!r}")
     with progress() as bar:
         task = bar.add_task("evaluating", total=len(df), status="")
-        table, summary = evaluate_segmenter(seg, df, on_item=lambda i, n: bar.update(task, completed=i))
+        table, summary = evaluate_segmenter(seg, df, convention=None if convention == "shared" else convention,
+                                            on_item=lambda i, n: bar.update(task, completed=i))
     for source, s in {"overall": summary["overall"], **summary["by_source"]}.items():
         parts = [f"{k} Dice {v['dice_mean']:.4f} HD95 {v['hd95_px256_mean']:.1f}" for k, v in s.items()
                  if isinstance(v, dict)]
