@@ -142,9 +142,27 @@ def cmd_select(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"criterion": "val source-macro mean lung Dice (each source scored in its own "
                                             "convention: a run's convention channels where it has them)",
-                               "chosen": chosen["run"],
-                               "candidates": rows, "machine": machine()}, indent=2))
+                               "chosen": chosen["run"], "candidates": rows,
+                               "default_output": _default_output(chosen["run"]), "machine": machine()}, indent=2))
     log(f"chosen {chosen['run']}; wrote {out}")
+
+
+def _default_output(run: str) -> dict | None:
+    """For a run with convention channels: which output to give films whose convention is unknown. Every
+    output (shared channels, each convention's) is scored on every source's val part; the best source-macro
+    Dice is the default. Val only, like the choice of the run."""
+    seg = LungSegmenter.from_run(run)
+    if not seg.conventions:
+        return None
+    df = assign_split(load_table(seg.config), seg.config)
+    val = df[df["split"] == "val"].reset_index(drop=True)
+    scores = {}
+    for output in [None, *seg.conventions]:
+        _, summary = evaluate_segmenter(seg, val, convention=output)
+        scores[output or "shared"] = _lung_dice_by_source(summary)
+        log(f"{run} val, every source with output {output or 'shared'}: {scores[output or 'shared']}")
+    macro = {k: float(np.mean(list(v.values()))) for k, v in scores.items()}
+    return {"val_lung_dice": scores, "val_macro": macro, "best": max(macro, key=macro.get)}
 
 
 def cmd_cross(args: argparse.Namespace) -> None:

@@ -39,7 +39,7 @@ def _lung_dice(summary: dict, prefix: str) -> float | None:
     return None
 
 
-def _verdict(summary: dict, heart_line: bool = True) -> list[str]:
+def _verdict(summary: dict, heart_line: bool = True, heart_removed: bool = True) -> list[str]:
     """One line per target: met or not, from the numbers (no hand-written claims)."""
     out = []
     for prefix, target in TARGETS.items():
@@ -49,15 +49,17 @@ def _verdict(summary: dict, heart_line: bool = True) -> list[str]:
                        f"{'**met**' if d >= target else '**not met**'}.")
     heart = summary["overall"].get("heart")
     if heart and heart_line:
-        out.append(f"- Heart (JSRT/SCR only): Dice {heart['dice_mean']:.4f}. SCR-convention scoring of JSRT removes "
-                   "the predicted heart from the predicted lungs, so JSRT left-lung Dice depends on it.")
+        out.append(f"- Heart (JSRT/SCR only): Dice {heart['dice_mean']:.4f}." + (
+            " SCR-convention scoring of JSRT removes the predicted heart from the predicted lungs, so JSRT left-lung "
+            "Dice depends on it." if heart_removed else " JSRT lungs are scored with the SCR convention's own lung "
+            "channels, which learned SCR's lungs without the retrocardiac part."))
     return out + [""] if out else []
 
 
 SHORT = {"JSRT": "JSRT/SCR", "COVID-QU-Ex": "COVID-QU-Ex", "ieee8023": "V7 ieee8023"}
 
 
-def _cross_section(results: Path, main: dict) -> list[str]:
+def _cross_section(results: Path, main: dict, shared: dict | None = None) -> list[str]:
     """Train-source × test-source matrix of mean lung Dice, then the full table of each cross run."""
     crosses = [json.loads(p.read_text()) for p in sorted(results.glob("segmentation_cross_*.json"))]
     if not crosses:
@@ -66,7 +68,8 @@ def _cross_section(results: Path, main: dict) -> list[str]:
     lines = ["## Cross-source (train on one source, test on each source's held-out part)", "",
              "Mean lung Dice, each source scored in its own convention (rows: training data; the diagonal is "
              "within-source). The single-source runs reuse the main run's patient-level split, so every test part "
-             "is the same as above and no test patient is trained on.", "",
+             "is the same as above and no test patient is trained on. They keep the architecture they were first "
+             "run with (`CROSS_BUDGET` in the script: last decoder stage 8 wide, no convention channels).", "",
              "| trained on | " + " | ".join(SHORT[c] for c in cols) + " | budget |",
              "|---|" + "---|" * (len(cols) + 1)]
     for cross in crosses:
@@ -76,8 +79,12 @@ def _cross_section(results: Path, main: dict) -> list[str]:
         lines.append(f"| {cross['train_source']} | " + " | ".join("–" if d is None else f"{d:.4f}" for d in cells)
                      + f" | {budget} |")
     main_cells = [_lung_dice(main, c) for c in cols]
-    lines.append("| all three (main run above) | " + " | ".join("–" if d is None else f"{d:.4f}" for d in main_cells)
-                 + " | main run |")
+    label = "all three, each source's own channels (main run)" if shared else "all three (main run above)"
+    lines.append(f"| {label} | " + " | ".join("–" if d is None else f"{d:.4f}" for d in main_cells) + " | main run |")
+    if shared:
+        cells_ = [_lung_dice(shared, c) for c in cols]
+        lines.append("| all three, shared channels (main run) | "
+                     + " | ".join("–" if d is None else f"{d:.4f}" for d in cells_) + " | main run |")
     lines.append("")
     own = {"jsrt_scr": "JSRT", "covid_qu_ex": "COVID-QU-Ex", "v7_ieee8023": "ieee8023"}
     notes = []
@@ -174,6 +181,9 @@ def _selection_section(results: Path, run: Path) -> list[str]:
         if rp.exists():
             r = yaml.safe_load(rp.read_text())
             recipes.append(f"`{c['run']}`: " + (f"from `{r['init_from']}`, " if r.get("init_from") else "from ImageNet, ")
+                           + f"decoder {r['arch_kwargs'].get('decoder_channels')}, "
+                           + ("convention channels " + "/".join(r["lung_conventions"]) + ", "
+                              if r.get("lung_conventions") else "no convention channels, ")
                            + f"lr {r['lr']}, {r['epochs']} epochs planned × {r['samples_per_epoch']}, source shares "
                            + (str(r["source_weights"]) if r.get("source_weights") else "equal"))
     for c in sel["candidates"]:
@@ -184,6 +194,24 @@ def _selection_section(results: Path, run: Path) -> list[str]:
             lines.append(f"| ↳ same run, shared lung channels (not used to choose) | {cells(c['val_shared'])} | "
                          f"{macro:.4f} | {cells(c['test_shared'])} | |")
     lines += ["", "Candidates (each run's `recipe.yaml` holds its full config): " + "; ".join(recipes) + "."]
+    if any(r.startswith(f"`{c['run']}`") and "no convention channels" in r for c in sel["candidates"] for r in recipes):
+        lines += ["", "Runs without convention channels were trained by the code before them (commit `746b267`: "
+                  "checkpoints chosen by pooled val Dice on a random val sample); to re-train them, check out that "
+                  "commit and run `python bench/segmentation.py train --out runs/lung_bench_v2`, then `finetune` "
+                  "with `--set init_from=runs/lung_bench_v2` and the overrides that give its `recipe.yaml` (for "
+                  "`ft2`: `--set lr=0.0002 --set epochs=12 --set patience=12 --set source_weights=null`)."]
+    default = sel.get("default_output")
+    if default:
+        lines += ["", "**Output for films of unknown convention** (the chosen run's val parts, every source scored "
+                  "with each output; same command):", "",
+                  "| output | val " + " | val ".join(SHORT[c] for c in cols) + " | val macro |",
+                  "|---|" + "---|" * (len(cols) + 1)]
+        for name, d in default["val_lung_dice"].items():
+            lines.append(f"| `{name}` | {cells(d)} | {default['val_macro'][name]:.4f} |")
+        lines += ["", f"`{default['best']}` scores best over all sources, so it is what "
+                  "`LungSegmenter.from_run(run)` returns unless a convention is named"
+                  + ("." if default["best"] == "shared" else
+                     " — **but the library default is the shared channels: change it or name the convention**.")]
     if Path(sel["chosen"]) != run:
         lines.append(f"\n**Note:** this page describes `{run}`, not the chosen `{sel['chosen']}`.")
     return lines + [""]
@@ -235,7 +263,7 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         HEADER, RULE, *_rows(metrics["test"]),
         "",
     ]
-    lines += _verdict(metrics["test"])
+    lines += _verdict(metrics["test"], heart_removed=not recipe.get("lung_conventions"))
     if "test_shared" in metrics:
         lines += ["### Shared lung channels (the default output, for films whose convention is unknown)", "",
                   "The same test parts, every source scored with the shared lung channels (trained on all "
@@ -243,7 +271,7 @@ def write_report(run: Path, results: Path, out: Path) -> None:
                   "`LungSegmenter.from_run(run)` and `cxrlab segment predict` return by default.", "",
                   HEADER, RULE, *_rows(metrics["test_shared"]), "", *_verdict(metrics["test_shared"], False)]
     lines += _selection_section(results, run)
-    lines += _cross_section(results, metrics["test"])
+    lines += _cross_section(results, metrics["test"], metrics.get("test_shared"))
     speed_path = results / "segmentation_speed.json"
     if speed_path.exists():
         sp = json.loads(speed_path.read_text())
@@ -266,7 +294,7 @@ def write_report(run: Path, results: Path, out: Path) -> None:
             f"**{sp['full_epoch_minutes_estimated']:.1f} min** (target < 2 min); "
             f"{100 * sp['train_fraction_of_peak']:.1f} % of peak (forward + backward ≈ 3 × forward FLOPs).",
             (f"- Training speed is the median over the epochs of `{sp['train_rate_from_run']}`"
-             + (" (this run itself, trained on a quiet machine)" if Path(sp["train_rate_from_run"]) == run else
+             + (" (this run itself: the median over its epochs, whose range above follows the machine's load)" if Path(sp["train_rate_from_run"]) == run else
                 " (a short timing run of the same config on a quiet machine: `python bench/segmentation.py train "
                 "--out runs/lung_trainspeed --set epochs=2 --set samples_per_epoch=240`)")
              + "; re-run: `python bench/segmentation.py speed --run " + str(run) + "` (end-to-end figure: median of "
@@ -280,7 +308,8 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         "include it. cxrlab's lung channels follow the inclusive convention: for SCR images the lung channels get "
         "no loss inside the SCR heart mask (neither \"lung\" nor \"background\" is taught there), and the heart "
         "channel is trained on SCR only (other sources have no heart mask, so that channel is unsupervised for "
-        "them). At evaluation each source is scored in its own convention: for SCR the predicted heart is removed "
+        "them). At evaluation each source is scored in its own convention: with the shared channels, for SCR the "
+        "predicted heart is removed "
         "from the predicted lungs before Dice/HD95.",
         "- **COVID-QU-Ex squashing.** Its images were resized to 256×256 by its authors and the original aspect "
         "is unknown, so it cannot be undone; images and masks are consistent, every image is letterboxed keeping "
@@ -313,8 +342,8 @@ def write_report(run: Path, results: Path, out: Path) -> None:
         "from cxrlab.anatomy import LungSegmenter, lung_zones, lung_biomarkers",
         f"seg = LungSegmenter.from_run(\"{run}\")",
         "masks = seg.predict(image)  # patient_right_mask, patient_left_mask, lung_mask, heart_mask (input size)",
-        *([f"qu = LungSegmenter.from_run(\"{run}\", convention=\"{next(iter(recipe['lung_conventions']))}\")"
-           "  # that dataset's lungs"] if recipe.get("lung_conventions") else []),
+        *([f"{name}_lungs = LungSegmenter.from_run(\"{run}\", convention=\"{name}\").predict(image)"
+           "  # lungs as that convention's annotators draw them" for name in (recipe.get("lung_conventions") or {})]),
         "```",
         "",
     ]

@@ -77,7 +77,10 @@ def test_each_convention_draws_its_own_annotators_lungs(convention_run):
     image = read_image(held_out[schema.IMAGE].iloc[0])[0]
     wide = LungSegmenter.from_run(run, convention="wide").predict(image)["lung_mask"]
     assert np.array_equal(wide, seg.postprocess(seg.probabilities([image])[0], "wide")["lung_mask"])
-    assert set(seg.predict(image)) == {"patient_right_mask", "patient_left_mask", "lung_mask"}
+    shared = seg.predict(image)   # reads only the channels it needs; same masks as from every channel
+    assert set(shared) == {"patient_right_mask", "patient_left_mask", "lung_mask"}
+    assert np.array_equal(shared["lung_mask"], seg.postprocess(seg.probabilities([image])[0], None)["lung_mask"])
+    assert seg.needed_channels() == [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG]
 
 
 def test_evaluation_scores_each_source_in_its_convention(convention_run):

@@ -133,9 +133,12 @@ class LungSegmenter:
         return x, out[schema.KEY_META]["applied"][-1]
 
     @torch.no_grad()
-    def probabilities(self, images: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None = None
-                      ) -> list[np.ndarray]:
-        """Per image a K×H×W float32 probability map at the image's own size."""
+    def probabilities(self, images: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None = None,
+                      channels: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Per image a K×H×W float32 probability map at the image's own size: the output ``channels`` named, in
+        that order (default: all of ``config.channels``). Taking only the channels needed matters: mapping each
+        channel back to the image's size costs more than the network's share of an image."""
+        index = [self.config.channels.index(c) for c in channels] if channels is not None else None
         lung_masks = list(lung_masks) if lung_masks is not None else [None] * len(images)
         if len(lung_masks) != len(images):
             raise InputError("predict_batch", f"{len(images)} images but {len(lung_masks)} lung masks")
@@ -144,18 +147,29 @@ class LungSegmenter:
             return []
         x = torch.from_numpy(np.stack([p[0] for p in prepared]))
         with autocast(self.precision):
-            probs = torch.sigmoid(self.model(x)).float().numpy()
+            logits = self.model(x)
+            probs = torch.sigmoid(logits if index is None else logits[:, index]).float().numpy()
         return [undo_resize_pad(p, params, is_mask=False) for p, (_, params) in zip(probs, prepared)]
 
-    def postprocess(self, probs: np.ndarray, convention: str | None = "default") -> dict[str, np.ndarray]:
-        """Probabilities → masks; ``convention`` overrides the segmenter's own for this image."""
+    def needed_channels(self, convention: str | None = "default") -> list[str]:
+        """The output channels ``postprocess`` reads for ``convention``."""
+        convention = self.convention if convention == "default" else self._check_convention(convention)
+        names = [c for c in self.config.targets if c in self.supervised_targets]
+        if convention is not None:
+            names += [convention_channel(c, convention) for c in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)]
+        return names
+
+    def postprocess(self, probs: np.ndarray, convention: str | None = "default",
+                    channels: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Probabilities (laid out as ``channels``, default all of ``config.channels``) → masks; ``convention``
+        overrides the segmenter's own for this image."""
         convention = self.convention if convention == "default" else self._check_convention(convention)
         t = self.config.threshold
         out: dict[str, np.ndarray] = {}
-        targets, channels = self.config.targets, self.config.channels
-        for k, col in enumerate(targets):
+        channels = list(channels) if channels is not None else self.config.channels
+        for col in self.config.targets:
             if col not in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG) and col in self.supervised_targets:
-                m = (probs[k] >= t).astype(np.uint8)
+                m = (probs[channels.index(col)] >= t).astype(np.uint8)
                 out[mask_key(col)] = clean(m) if col == schema.MASK_HEART else m
         if self.config.is_lung_model:
             right, left = schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG
@@ -173,7 +187,8 @@ class LungSegmenter:
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             masks = None if lung_masks is None else lung_masks[start:start + batch_size]
-            out.extend(self.postprocess(p) for p in self.probabilities(chunk, masks))
+            channels = self.needed_channels()
+            out.extend(self.postprocess(p, channels=channels) for p in self.probabilities(chunk, masks, channels))
         return out
 
     def predict(self, image: np.ndarray, lung_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
