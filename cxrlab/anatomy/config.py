@@ -57,8 +57,8 @@ class SegmentationConfig(_Strict):
     # Sources whose lung masks EXCLUDE the retrocardiac lung (SCR): lung channels ignore the heart region there.
     retrocardiac_excluded_sources: list[str] = Field(default_factory=lambda: ["*SCR*"])
     # Lung annotation conventions (name → source patterns). Annotators of different datasets draw lungs
-    # differently (SCR leaves out the retrocardiac lung, V7 and COVID-QU-Ex differ at the bases and hila), and one
-    # set of lung channels cannot follow all of them. Each convention adds its own patient-right/left lung output
+    # differently (SCR leaves out the retrocardiac lung; a model trained on V7 alone and one trained on COVID-QU-Ex
+    # alone score ~0.86 Dice on each other's masks), and one set of lung channels cannot follow all of them. Each convention adds its own patient-right/left lung output
     # channels ("mask_right_lung@name"), supervised only by its sources; the shared channels in ``targets`` keep
     # learning from every source and are the general-purpose output. ``LungSegmenter(convention=...)`` chooses.
     lung_conventions: dict[str, list[str]] = Field(default_factory=dict)
