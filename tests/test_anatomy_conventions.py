@@ -23,7 +23,8 @@ CONVENTIONS = {"narrow": ["narrow*"], "wide": ["wide*"]}
 
 def two_convention_manifest(phantom_root: Path, out: Path) -> Path:
     """The phantom as two sources whose annotators disagree: 'wide' draws every lung 6 px larger (on real
-    data, V7 and COVID-QU-Ex: each single-source model scores ~0.86 Dice on the other's masks). Patients alternate between the sources."""
+    data, V7 and COVID-QU-Ex: each single-source model scores ~0.86 Dice on the other's masks).
+    Patients alternate between the sources."""
     df = load_manifest(phantom_root / "manifest.csv").df.copy()
     patients = sorted(df[schema.PATIENT_ID].unique())
     wide = df[schema.PATIENT_ID].isin(patients[1::2]).to_numpy()
