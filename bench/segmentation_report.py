@@ -59,6 +59,17 @@ def _verdict(summary: dict, heart_line: bool = True, heart_removed: bool = True)
 SHORT = {"JSRT": "JSRT/SCR", "COVID-QU-Ex": "COVID-QU-Ex", "ieee8023": "V7 ieee8023"}
 
 
+def _cells(values) -> str:
+    """Table cells of Dice values; "–" where a source has none."""
+    return " | ".join("–" if v is None else f"{v:.4f}" for v in values)
+
+
+def _result(results: Path, name: str) -> dict | None:
+    """A ``bench/results`` JSON written by one of the bench commands, or None before it has run."""
+    path = results / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def _cross_section(results: Path, main: dict, shared: dict | None = None) -> list[str]:
     """Train-source × test-source matrix of mean lung Dice, then the full table of each cross run."""
     crosses = [json.loads(p.read_text()) for p in sorted(results.glob("segmentation_cross_*.json"))]
@@ -76,15 +87,15 @@ def _cross_section(results: Path, main: dict, shared: dict | None = None) -> lis
         cells = [_lung_dice(cross["test"], c) for c in cols]
         budget = (f"{cross.get('epochs', '?')} ep × {cross.get('samples_per_epoch', '?')} img, "
                   f"{cross.get('train_minutes', float('nan')):.1f} min, {cross.get('n_train_images', '?')} train images")
-        lines.append(f"| {cross['train_source']} | " + " | ".join("–" if d is None else f"{d:.4f}" for d in cells)
+        lines.append(f"| {cross['train_source']} | " + _cells(cells)
                      + f" | {budget} |")
     main_cells = [_lung_dice(main, c) for c in cols]
     label = "all three, each source's own channels (main run)" if shared else "all three (main run above)"
-    lines.append(f"| {label} | " + " | ".join("–" if d is None else f"{d:.4f}" for d in main_cells) + " | main run |")
+    lines.append(f"| {label} | " + _cells(main_cells) + " | main run |")
     if shared:
         cells_ = [_lung_dice(shared, c) for c in cols]
         lines.append("| all three, shared channels (main run) | "
-                     + " | ".join("–" if d is None else f"{d:.4f}" for d in cells_) + " | main run |")
+                     + _cells(cells_) + " | main run |")
     lines.append("")
     own = {"jsrt_scr": "JSRT", "covid_qu_ex": "COVID-QU-Ex", "v7_ieee8023": "ieee8023"}
     notes = []
@@ -106,10 +117,9 @@ def _cross_section(results: Path, main: dict, shared: dict | None = None) -> lis
 
 
 def _resolution_lines(results: Path, size: int) -> list[str]:
-    path = results / "segmentation_resolution.json"
-    if not path.exists():
+    res = _result(results, "segmentation_resolution.json")
+    if res is None:
         return []
-    res = json.loads(path.read_text())
     at = {src: d.get(str(size)) for src, d in res["dice_by_size"].items()}
     if any(v is None for v in at.values()):
         return []
@@ -158,15 +168,14 @@ def _budget_lines(run: Path, recipe: dict, history: pd.DataFrame, metrics: dict)
 
 
 def _selection_section(results: Path, run: Path) -> list[str]:
-    path = results / "segmentation_selection.json"
-    if not path.exists():
+    sel = _result(results, "segmentation_selection.json")
+    if sel is None:
         return []
-    sel = json.loads(path.read_text())
     cols = list(SHORT)
 
     def cells(d: dict) -> str:
         vals = [next((v for k, v in d.items() if k.startswith(c)), None) for c in cols]
-        return " | ".join("–" if v is None else f"{v:.4f}" for v in vals)
+        return _cells(vals)
 
     lines = ["## Model selection (validation parts only)", "",
              f"Candidates were compared by {sel['criterion']} (`python bench/segmentation.py select --runs "
@@ -272,9 +281,8 @@ def write_report(run: Path, results: Path, out: Path) -> None:
                   HEADER, RULE, *_rows(metrics["test_shared"]), "", *_verdict(metrics["test_shared"], False)]
     lines += _selection_section(results, run)
     lines += _cross_section(results, metrics["test"], metrics.get("test_shared"))
-    speed_path = results / "segmentation_speed.json"
-    if speed_path.exists():
-        sp = json.loads(speed_path.read_text())
+    sp = _result(results, "segmentation_speed.json")
+    if sp is not None:
         lines += [
             "## Speed",
             "",

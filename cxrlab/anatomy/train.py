@@ -97,10 +97,11 @@ def _resolved_recipe(cfg: SegmentationConfig, precision: str) -> str:
 def scored_channels(ds: SegmentationDataset) -> list[np.ndarray]:
     """Per item of ``ds``, the output channels its lung Dice is measured on: its convention's right/left lungs
     when it has one, else the shared lung channels (all channels for a model without lungs)."""
-    n_targets = len(ds.cfg.targets)
-    shared = np.flatnonzero(ds.lung_channels) if ds.lung_channels.any() else np.arange(n_targets)
-    conv = ds.image_convention[ds.indices]
-    return [shared if j < 0 else np.array([n_targets + 2 * j, n_targets + 2 * j + 1]) for j in conv]
+    cfg = ds.cfg
+    shared = np.flatnonzero(ds.lung_channels) if ds.lung_channels.any() else np.arange(len(cfg.targets))
+    own = [np.array([cfg.channels.index(convention_channel(side, name))
+                     for side in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)]) for name in cfg.lung_conventions]
+    return [shared if j < 0 else own[j] for j in ds.image_convention[ds.indices]]
 
 
 def selection_score(dice: np.ndarray, sources: np.ndarray, selection: str) -> float:
