@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 
 import numpy as np
 import pydicom
@@ -86,8 +87,18 @@ def decode_dicom(ds: Dataset, name: str, *, max_pixels: int, min_size: int,
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(name, "DICOM file has no pixel data", field="PixelData")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if not rows or not cols:
+        raise InputError(name, "DICOM header has no image size (Rows/Columns missing or 0)", field="Rows")
+    frames = _number_of_frames(ds, name)
+    if frames > 1:  # decided from the header, before anything decodes a whole volume
+        raise InputError(name, f"multi-frame DICOM ({frames} frames of {cols}x{rows}): a volume or a series, not a "
+                               "single projection radiograph; export the frame to read as its own file",
+                         field="NumberOfFrames")
     _check_size(rows, cols, name, max_pixels=max_pixels, min_size=min_size)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        raise InputError(name, "palette-colour DICOM (PALETTE COLOR) is not a radiograph",
+                         field="PhotometricInterpretation")
     _check_decoder(ds, name)
     try:
         arr = ds.pixel_array
@@ -95,23 +106,41 @@ def decode_dicom(ds: Dataset, name: str, *, max_pixels: int, min_size: int,
         raise InputError(name, f"cannot decode pixel data: {exc}", field="TransferSyntaxUID") from exc
     except Exception as exc:  # short pixel data, bad fragments...
         raise InputError(name, f"corrupt or truncated pixel data: {type(exc).__name__}: {exc}") from exc
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]  # multi-frame radiographs are rare; the first frame is the exposure
     if arr.ndim == 3:
         raise InputError(name, f"colour DICOM ({photometric}) is not a radiograph", field="PhotometricInterpretation")
-    out = to_unit_range(arr, ds)
+    out = to_unit_range(arr, ds, name)
     header = header_from_dataset(ds, fmt="dicom", rows=out.shape[0], cols=out.shape[1])
     return out, header
 
 
-def to_unit_range(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Modality LUT, VOI LUT / window, scale to [0, 1], invert MONOCHROME1 (so air is dark)."""
-    values = apply_modality_lut(arr, ds)
-    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if has_voi:
-        values = apply_voi_lut(values, ds)
-        lo, hi = _voi_output_range(ds)
-    else:
+def _number_of_frames(ds: Dataset, name: str) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise InputError(name, f"NumberOfFrames {ds.get('NumberOfFrames')!r} is not a number",
+                         field="NumberOfFrames") from None
+
+
+def to_unit_range(arr: np.ndarray, ds: Dataset, name: str = "DICOM") -> np.ndarray:
+    """Modality LUT, VOI LUT / window, scale to [0, 1], invert MONOCHROME1 (so air is dark).
+
+    An invalid window (width < 1, a malformed VOI LUT) is ignored with a warning: the full range is used, as
+    for a file without one.
+    """
+    try:
+        values = apply_modality_lut(arr, ds)
+    except Exception as exc:  # malformed Modality LUT / rescale attributes
+        raise InputError(name, f"invalid Modality LUT or rescale attributes: {exc}", field="RescaleSlope") from exc
+    lo = hi = None
+    if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        try:
+            windowed = apply_voi_lut(values, ds)
+            lo, hi = _voi_output_range(ds)
+            values = windowed
+        except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError/IndexError/TypeError on bad VOI tags
+            warnings.warn(f"{name}: invalid window / VOI LUT ignored ({exc}); using the full range", stacklevel=3)
+            lo = hi = None
+    if lo is None:
         lo, hi = float(np.min(values)), float(np.max(values))
     values = np.asarray(values, dtype=np.float64)
     out = np.zeros(values.shape, np.float32) if hi <= lo else np.clip((values - lo) / (hi - lo), 0.0, 1.0)

@@ -23,8 +23,27 @@ def open_raster(data: bytes, name: str) -> Image.Image:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise InputError(name, f"decompression bomb refused by Pillow: {exc}") from exc
-    except Exception as exc:  # UnidentifiedImageError, SyntaxError on broken headers, ...
+    except Image.UnidentifiedImageError:
+        raise InputError(name, f"not a readable image: {_what_it_is(data)}") from None
+    except Exception as exc:  # SyntaxError / OSError on broken headers, ...
         raise InputError(name, f"not a readable image (corrupt or unknown format): {exc}") from exc
+
+
+def _what_it_is(data: bytes) -> str:
+    """A short guess at what unidentifiable bytes are, for the error message (no content is echoed)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG signature but a corrupt or truncated header"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG signature but a corrupt or truncated header"
+    head = data[:4096]
+    try:
+        head.decode("utf-8")
+        is_text = b"\x00" not in head
+    except UnicodeDecodeError:
+        is_text = False
+    if is_text:
+        return "the file holds text, not an image (PNG, JPEG or DICOM expected)"
+    return "unknown format (PNG, JPEG or DICOM expected)"
 
 
 def decode_raster(img: Image.Image, name: str) -> tuple[np.ndarray, ImageHeader]:

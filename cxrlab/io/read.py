@@ -12,11 +12,14 @@ import numpy as np
 from cxrlab.errors import InputError
 from cxrlab.io.dicom import RADIOGRAPH_MODALITIES, _check_size, decode_dicom, max_pixels_default, parse_dicom
 from cxrlab.io.header import ImageHeader
-from cxrlab.io.raster import decode_raster, open_raster
+from cxrlab.io.raster import _what_it_is, decode_raster, open_raster
 from cxrlab.utils import atomic_write_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIN_SIZE_DEFAULT = 32
+# Share of grey (neither 0 nor maximum) pixels above which a "mask" is refused: anti-aliased or JPEG edges of a
+# real mask stay far below it, an image or a label map given as a mask is far above.
+MASK_MAX_GREY_FRACTION = 0.1
 
 
 def sniff(data: bytes) -> str:
@@ -67,14 +70,31 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None, min_si
 
 
 def read_mask(path: str | os.PathLike, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A binary mask as uint8 {0, 1} (any non-zero pixel is foreground)."""
+    """A binary mask as uint8 {0, 1}.
+
+    Masks on disk are 0/255 (or 0/1); values are thresholded at half the file's maximum, so anti-aliased or
+    JPEG-compressed edges go to the nearer side. A file whose pixels are mostly neither 0 nor the maximum is
+    not a mask (an image or a label map given by mistake) and is refused.
+    """
     data = _read_bytes(path)
+    if not data:
+        raise InputError(path, "empty file")
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:  # formats OpenCV lacks (GIF masks of the SCR database) go through Pillow
-        arr = np.asarray(open_raster(data, str(path)).convert("L"))
+        img = open_raster(data, str(path))
+        try:
+            arr = np.asarray(img.convert("L"))
+        except Exception as exc:  # truncated data raises OSError("image file is truncated ...")
+            raise InputError(path, f"corrupt or truncated mask data: {exc}") from exc
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
-    mask = (arr > 0).astype(np.uint8)
+    top = int(arr.max(initial=0))
+    if top > 0:
+        between = float(np.mean((arr > 0) & (arr < top)))
+        if between > MASK_MAX_GREY_FRACTION:
+            raise InputError(path, f"not a binary mask: {between:.0%} of its pixels are neither 0 nor {top} "
+                                   f"(an image or a label map instead of a 0/255 mask?)")
+    mask = (arr.astype(np.float32) * 2 >= top).astype(np.uint8) if top > 0 else np.zeros(arr.shape, np.uint8)
     if expected_shape is not None and tuple(mask.shape) != tuple(expected_shape[:2]):
         raise InputError(path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
                                f"{expected_shape[1]}x{expected_shape[0]}")
@@ -105,15 +125,19 @@ def write_png(path: str | os.PathLike, array: np.ndarray, *, mask: bool = False)
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(height, width)`` from the header only (PNG IHDR, Pillow lazily, or the DICOM Rows/Columns)."""
-    path = Path(path)
+    path = _check_path(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
             if len(head) >= 24 and head.startswith(PNG_MAGIC) and head[12:16] == b"IHDR":
                 width, height = struct.unpack(">II", head[16:24])
                 return int(height), int(width)
+    except FileNotFoundError:
+        raise InputError(path, "file does not exist") from None
     except OSError as exc:
         raise InputError(path, f"cannot open: {exc.strerror or exc}") from exc
+    if not head:
+        raise InputError(path, "empty file")
     if sniff(head) == "dicom" or path.suffix.lower() in {".dcm", ".dicom"}:
         from cxrlab.io.dicom import read_dicom_header
 
@@ -124,14 +148,32 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
+    except Image.UnidentifiedImageError:
+        with open(path, "rb") as fh:
+            raise InputError(path, f"not a readable image header: {_what_it_is(fh.read(4096))}") from None
     except Exception as exc:
         raise InputError(path, f"not a readable image header: {exc}") from exc
     return height, width
 
 
+def _check_path(path: object) -> Path:
+    """A file path, or an ``InputError`` saying why it cannot be one (empty cell, directory, broken link)."""
+    if path is None or (isinstance(path, float) and np.isnan(path)) or str(path).strip() == "":
+        raise InputError("<no path>", "no image path given (empty manifest cell?)")
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(repr(path), f"not a file path ({type(path).__name__})")
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(p, "is a directory, not an image file")
+    if p.is_symlink() and not p.exists():
+        raise InputError(p, f"broken symbolic link (points to {os.readlink(p)}, which does not exist)")
+    return p
+
+
 def _read_bytes(path: str | os.PathLike) -> bytes:
+    p = _check_path(path)
     try:
-        return Path(path).read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         raise InputError(path, "file does not exist") from None
     except OSError as exc:
