@@ -34,6 +34,20 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise InputError(what, f"missing column(s): {', '.join(missing)}")
 
 
+def _check_one_patient_per_image(df: pd.DataFrame, source: object) -> None:
+    """An image listed under two patient ids would land in two parts: a leak no patient-level check sees."""
+    if schema.IMAGE not in df.columns or df.empty:
+        return
+    pairs = pd.DataFrame({"i": df[schema.IMAGE].astype(str), "p": df[schema.PATIENT_ID].astype(str)})
+    per_image = pairs.drop_duplicates().groupby("i")["p"].agg(sorted)
+    shared = per_image[per_image.map(len) > 1]
+    if len(shared):
+        image, patients = next(iter(shared.items()))
+        raise InputError(source, f"{len(shared)} image(s) listed under more than one patient, first: {image} "
+                                 f"(patients {', '.join(patients)}); a patient-level split would put it in two parts",
+                         field=schema.IMAGE)
+
+
 def patient_labels(df: pd.DataFrame, column: str) -> pd.Series:
     """One label per patient (indexed by patient id, sorted): the patient's most frequent value of ``column``.
 
@@ -72,6 +86,7 @@ def split_patients(df: pd.DataFrame, ratios: Sequence[float] = (0.7, 0.15, 0.15)
     if r.size not in PART_NAMES or (r < 0).any() or not np.isclose(r.sum(), 1.0):
         raise ConfigError(f"split ratios must be 2 or 3 non-negative numbers summing to 1, got {tuple(ratios)}")
     _require(df, [schema.PATIENT_ID], "split_patients")
+    _check_one_patient_per_image(df, "split_patients")
     names = PART_NAMES[r.size]
     if stratify is None:
         strata = pd.Series("all", index=sorted(df[schema.PATIENT_ID].astype(str).unique()))
@@ -92,6 +107,7 @@ def kfold_patients(df: pd.DataFrame, k: int = 5, seed: int = 0, stratify: str | 
     """Fold number 0..k-1 per row, by patient: scikit-learn ``StratifiedGroupKFold`` (``GroupKFold`` if no
     ``stratify``), shuffled with ``seed``. Returns a Series named ``fold`` indexed like ``df``."""
     _require(df, [schema.PATIENT_ID], "kfold_patients")
+    _check_one_patient_per_image(df, "kfold_patients")
     patients = df[schema.PATIENT_ID].astype(str)
     n_patients = patients.nunique()
     if not 2 <= k <= n_patients:
@@ -137,8 +153,10 @@ def save_split(df: pd.DataFrame, path: str | os.PathLike, split_col: str = SPLIT
 def load_split(path: str | os.PathLike) -> pd.DataFrame:
     """Read a ``split.csv``; checks its columns, that every image has a part, and patient disjointness."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "split file does not exist")
+    if not path.is_file():
+        raise InputError(path, "split file does not exist" if not path.exists() else "is a directory, not a split file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (no header row)")
     try:
         df = pd.read_csv(path, dtype={schema.PATIENT_ID: str, SPLIT: str})
     except Exception as exc:  # pandas raises many kinds; the user needs the file and the reason
@@ -148,6 +166,14 @@ def load_split(path: str | os.PathLike) -> pd.DataFrame:
     if empty.any():
         raise InputError(path, f"{int(empty.sum())} row(s) without a part, first: {df.loc[empty, schema.IMAGE].iloc[0]}",
                          field=SPLIT)
+    unknown = sorted(set(df[SPLIT]) - set(PART_NAMES[3]))
+    if unknown:
+        raise InputError(path, f"unknown part name(s) {', '.join(map(repr, unknown))} (expected train, val, test)",
+                         field=SPLIT)
+    parts = df.groupby(df[schema.IMAGE].astype(str))[SPLIT].nunique()
+    if (parts > 1).any():
+        raise InputError(path, f"{int((parts > 1).sum())} image(s) listed in more than one part, first: "
+                               f"{parts[parts > 1].index[0]}", field=SPLIT)
     assert_patient_disjoint(df, SPLIT, source=path)
     return df
 

@@ -54,6 +54,8 @@ def validate_manifest(manifest: Manifest, *, check_files: bool = True, check_mas
     """All issues of the manifest (errors and warnings), in row order. An empty list means valid."""
     df = manifest.df
     issues: list[ValidationIssue] = []
+    if df.empty:
+        issues.append(ValidationIssue(-1, "<manifest>", schema.IMAGE, "manifest has no rows"))
     images = df[schema.IMAGE].astype(object) if schema.IMAGE in df else pd.Series([None] * len(df))
     names = [str(p) if _present(p) else f"<row {i}>" for i, p in enumerate(images)]
     for check in (_required, _views, _sex, _ages, _offsets, _labels, _duplicates, _contradictory_sex,
