@@ -19,7 +19,8 @@ from cxrlab.anatomy.config import SegmentationConfig, convention_channel, load_c
 from cxrlab.anatomy.postprocess import assign_lungs, clean
 from cxrlab.data import schema
 from cxrlab.data.dataset import mask_key
-from cxrlab.errors import InputError
+from cxrlab.config import read_yaml_mapping
+from cxrlab.errors import ConfigError, InputError
 from cxrlab.transforms import ResizePadd, undo_resize_pad
 
 
@@ -44,10 +45,44 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, required: Sequence[str] = ("model",)) -> dict[str, Any]:
+    """A checkpoint's dict; a missing, empty, truncated (interrupted copy) or foreign file is an ``InputError``
+    naming it, never a torch/pickle traceback. ``required``: keys the dict must have."""
+    path = Path(path)
     if not path.exists():
-        raise InputError(path, "checkpoint does not exist (is this a finished segmentation run?)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise InputError(path, "checkpoint does not exist (is this a finished run?)")
+    if path.is_dir() or path.stat().st_size == 0:
+        raise InputError(path, "checkpoint is " + ("a directory" if path.is_dir() else "an empty file"))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - zip/pickle/EOF errors of a damaged file
+        first = str(exc).strip().splitlines()[0].split(". ")[0][:120] if str(exc).strip() else ""
+        raise InputError(path, f"checkpoint is truncated or corrupt (an interrupted write or copy?): "
+                               f"{type(exc).__name__}: {first}") from None
+    if not isinstance(state, dict):
+        raise InputError(path, f"not a cxrlab checkpoint (holds a {type(state).__name__}, not a dict)")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise InputError(path, f"not a cxrlab checkpoint: no {', '.join(map(repr, missing))} entry "
+                               f"(has: {', '.join(map(str, list(state)[:8]))})")
+    return state
+
+
+def load_state(model: torch.nn.Module, state: Any, path: Path, what: str) -> None:
+    """``model.load_state_dict`` with one sentence instead of torch's key listing when the weights do not fit."""
+    if not isinstance(state, dict):
+        raise InputError(path, f"not a cxrlab checkpoint: 'model' holds a {type(state).__name__}, not weights")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and hasattr(state[k], "shape")
+                and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(v)} {name}, e.g. {v[0]}" for name, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if v]
+        raise InputError(path, f"checkpoint weights do not fit the {what} recipe.yaml describes ({'; '.join(parts)}): "
+                               "a run of an incompatible cxrlab version, or files of two runs mixed up")
+    model.load_state_dict(state)
 
 
 class LungSegmenter:
@@ -77,13 +112,24 @@ class LungSegmenter:
         the shared lung channels, trained on every source (the default for films of an unseen hospital)."""
         run_dir = Path(run_dir)
         recipe = run_dir / "recipe.yaml"
-        if not recipe.exists():
+        if not run_dir.is_dir():
+            raise InputError(run_dir, "segmentation run directory does not exist" if not run_dir.exists()
+                             else "not a directory (a segmentation run directory is expected)")
+        if not recipe.is_file():
             raise InputError(run_dir, "not a segmentation run directory (no recipe.yaml)")
-        cfg = load_config(recipe)
-        state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+        raw = read_yaml_mapping(recipe, "segmentation run recipe")
+        if "arch" not in raw and "tasks" in raw:
+            raise InputError(run_dir, "is a training (classification) run, not a lung segmentation run")
+        try:
+            cfg = load_config(raw)
+        except ConfigError as exc:
+            raise InputError(recipe, f"not a valid segmentation config for this cxrlab version ({exc}); was the "
+                                     "run written by another version?") from None
+        ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        state = load_checkpoint(ckpt)
         model = create_segmentation_model(cfg.arch, cfg.encoder, "none", cfg.in_channels, len(cfg.channels),
                                           **cfg.arch_kwargs)
-        model.load_state_dict(state["model"])
+        load_state(model, state["model"], ckpt, "segmentation network")
         # Runs written before targets were recorded supervised every target they name.
         return cls(model, cfg, precision, run_dir, state.get("supervised_targets"), convention)
 

@@ -75,6 +75,8 @@ def list_recipes() -> dict[str, str]:
 def recipe_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise InputError(path, "is a directory, not a recipe file")
         if not path.is_file():
             raise InputError(path, "recipe file does not exist")
         return path
@@ -120,12 +122,29 @@ def load_recipe(name_or_path: str | os.PathLike | dict, overrides: Iterable[str]
         raw, source = dict(name_or_path), "dict"
     else:
         path = recipe_path(name_or_path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise InputError(path, f"not valid YAML: {exc}") from None
-        source = path
-    return validate_recipe(apply_overrides(raw or {}, list(overrides)), source, kind)
+        raw, source = read_recipe_file(path), path
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):  # before overrides, which need a mapping to apply to
+        raise ConfigError(f"recipe {source}: top level must be a mapping, got {type(raw).__name__}")
+    return validate_recipe(apply_overrides(raw, list(overrides)), source, kind)
+
+
+def read_recipe_file(path: Path) -> Any:
+    """The YAML document of a recipe file, with errors naming the file, the line and the problem."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not a text (UTF-8) YAML file: byte {exc.start} cannot be decoded") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(path, f"not valid YAML ({where}{problem})") from None
 
 
 def recipe_yaml(recipe: BaseModel) -> str:

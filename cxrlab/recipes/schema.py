@@ -14,7 +14,8 @@ from cxrlab.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN / infinity are never meaningful here (an lr of .inf trains to NaN): refused like any bad value
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataSpec(_Strict):

@@ -20,9 +20,11 @@ import torch
 from cxrlab.data import schema
 from cxrlab.data.dataset import load_sample
 from cxrlab.data.manifest import Manifest, load_manifest
-from cxrlab.errors import InputError
+from cxrlab.config import read_yaml_mapping
+from cxrlab.errors import ConfigError, InputError
 from cxrlab.models import BackboneEntry, CxrNet, get_backbone_entry
-from cxrlab.recipes import Recipe, load_recipe
+from cxrlab.recipes import Recipe
+from cxrlab.recipes.loader import validate_recipe
 from cxrlab.tasks import TaskSet
 from cxrlab.train.inputs import InputPipeline
 from cxrlab.train.speed import autocast, resolve_precision
@@ -41,17 +43,34 @@ class RunModel:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best") -> "RunModel":
+        from cxrlab.anatomy.predict import load_checkpoint, load_state
+
         run_dir = Path(run_dir)
         path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-        if not (run_dir / "recipe.yaml").is_file() or not path.is_file():
-            raise InputError(run_dir, f"not a finished training run (needs recipe.yaml and checkpoints/{checkpoint}.pt)")
-        recipe = load_recipe(run_dir / "recipe.yaml")
+        if not run_dir.is_dir():
+            raise InputError(run_dir, "run directory does not exist" if not run_dir.exists()
+                             else "not a directory (a training run directory is expected)")
+        recipe_file = run_dir / "recipe.yaml"
+        if not recipe_file.is_file():
+            raise InputError(run_dir, "not a training run directory (no recipe.yaml)")
+        raw = read_yaml_mapping(recipe_file, "run recipe")
+        if "tasks" not in raw and "arch" in raw:
+            raise InputError(run_dir, "is a lung segmentation run (use it as --lung-model), not a training run")
+        if "tasks" not in raw and ("lung_run" in raw or raw.get("kind") == "severity"):
+            raise InputError(run_dir, "is a severity run (use `cxrlab severity score`), not a training run")
+        if not path.is_file():
+            raise InputError(run_dir, f"not a finished training run (no checkpoints/{checkpoint}.pt)")
+        try:
+            recipe = validate_recipe(raw, recipe_file)
+        except ConfigError as exc:
+            reason = str(exc).removeprefix(f"recipe {recipe_file}: ")
+            raise InputError(recipe_file, f"not a valid recipe for this cxrlab version ({reason}); was the run "
+                                          "written by another version?") from None
         pipeline = InputPipeline(recipe.input)
         tasks = build_tasks(recipe, pipeline)
         # the structure only: the trained weights (and the normalisation buffers) come from the checkpoint
         model, _ = build_model(recipe, tasks, pipeline, weights="none")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(payload["model"])
+        load_state(model, load_checkpoint(path)["model"], path, "model")
         model.eval()
         return cls(run_dir, recipe, model, tasks, pipeline)
 
