@@ -163,6 +163,8 @@ def exclude_cmd(
     drop_documents: bool = typer.Option(True, help="exclude scanned pages / documents"),
     flag_inverted: bool = typer.Option(True, help="flag images that look inverted"),
     drop_inverted: bool = typer.Option(False, help="exclude them instead of flagging"),
+    quality: Optional[Path] = typer.Option(None, "--quality", help="quality run (cxrlab quality train): exclude "
+                                           "films it refuses, flag inverted ones, add quality_* columns"),
 ) -> None:
     """Apply the exclusion criteria; every excluded (or flagged) row goes to exclusions.csv with its reason."""
     from cxrlab.data.exclusions import ExclusionConfig, apply_exclusions
@@ -174,7 +176,8 @@ def exclude_cmd(
                              min_age=min_age if min_age is not None and min_age >= 0 else None,
                              drop_unknown_age=drop_unknown_age, radiographs_only=radiographs_only,
                              frontal_only=frontal_only, drop_unreadable=drop_unreadable,
-                             drop_documents=drop_documents, flag_inverted=flag_inverted, drop_inverted=drop_inverted)
+                             drop_documents=drop_documents, flag_inverted=flag_inverted, drop_inverted=drop_inverted,
+                             quality_run=str(quality) if quality is not None else None)
     with progress() as bar:
         task = bar.add_task("checking images", total=len(m), status="")
         result = apply_exclusions(m, config, progress=lambda n: bar.advance(task, n))

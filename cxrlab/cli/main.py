@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-AREAS = ["data", "segment", "learn", "evaluate", "severity", "serve", "demo"]
+AREAS = ["data", "segment", "learn", "evaluate", "severity", "quality", "serve", "demo"]
 
 for _area in AREAS:
     try:

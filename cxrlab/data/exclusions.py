@@ -11,7 +11,10 @@ Criteria, applied in this order (a row is reported under the first one that remo
 6. ``drop_documents`` - scanned pages / documents: DICOM ConversionType SD, a document-like series
    description, or pixels that look like paper (mostly white, almost no mid-grey);
 7. ``flag_inverted`` - images whose polarity looks inverted (the mediastinum darker than the lungs): flagged
-   in column ``inverted_suspect`` and the report, removed only with ``drop_inverted``.
+   in column ``inverted_suspect`` and the report, removed only with ``drop_inverted``;
+8. ``quality_run`` - the learned image-quality gate (:mod:`cxrlab.quality`): removes films it refuses (lateral,
+   not a chest radiograph) under criterion ``quality_gate``, decides ``inverted_suspect`` instead of the rule
+   of 7, and adds its ``quality_*`` columns to the kept rows.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ExclusionConfig:
     flag_inverted: bool = True
     drop_inverted: bool = False
     read_kwargs: dict = field(default_factory=dict)  # passed to read_image (max_pixels, min_size)
+    quality_run: str | None = None  # a `cxrlab quality train` run directory
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +125,27 @@ def apply_exclusions(manifest: Manifest, config: ExclusionConfig | None = None,
             words |= desc.map(lambda d: any(w in d for w in DOCUMENT_WORDS))
         exclude(words, "drop_documents", lambda i: "scanned document (DICOM header)")
 
-    if config.drop_unreadable or config.drop_documents or config.flag_inverted:
+    gate = None
+    if config.quality_run is not None:
+        from cxrlab.quality.batch import as_gate
+
+        gate = as_gate(config.quality_run)
+    pending: list[tuple[int, np.ndarray]] = []
+    quality_rows: dict[int, dict] = {}
+
+    def judge() -> None:
+        """Run the gate on the films read so far (batched: one forward pass for many films)."""
+        for (i, _), result in zip(pending, gate.check_many([im for _, im in pending])):
+            quality_rows[i] = result.columns()
+            if result.verdict == "refuse":
+                reasons[i] = ("quality_gate", "; ".join(result.reasons))
+            elif result.inverted:
+                flagged[i] = "; ".join(r for r in result.reasons if r.startswith("inverted"))
+                if config.drop_inverted:
+                    reasons[i] = ("flag_inverted", flagged[i])
+        pending.clear()
+
+    if config.drop_unreadable or config.drop_documents or config.flag_inverted or gate is not None:
         for i in range(len(df)):
             if i in reasons:
                 continue
@@ -136,11 +160,17 @@ def apply_exclusions(manifest: Manifest, config: ExclusionConfig | None = None,
                     progress(1)
             if config.drop_documents and document_like(image):
                 reasons[i] = ("drop_documents", "looks like a scanned page (mostly white, little mid-grey)")
+            elif gate is not None:
+                pending.append((i, image))
+                if len(pending) >= 32:
+                    judge()
             elif config.flag_inverted and inverted_like(image):
                 flagged[i] = "mediastinum darker than the lungs: inverted polarity (or not a frontal view)"
                 if config.drop_inverted:
                     reasons[i] = ("flag_inverted", flagged[i])
 
+    if pending:
+        judge()
     report = pd.DataFrame(
         [{"row": i, "image": df[schema.IMAGE].iloc[i], "patient_id": df[schema.PATIENT_ID].iloc[i],
           "criterion": c, "action": "excluded", "reason": r} for i, (c, r) in sorted(reasons.items())]
@@ -149,7 +179,12 @@ def apply_exclusions(manifest: Manifest, config: ExclusionConfig | None = None,
            for i, r in sorted(flagged.items()) if i not in reasons],
         columns=REPORT_COLUMNS)
     kept = df.drop(index=list(reasons)).copy()
-    if config.flag_inverted:
+    if config.flag_inverted or gate is not None:
         kept["inverted_suspect"] = [int(i in flagged) for i in kept.index]
+    if gate is not None:
+        from cxrlab.quality.batch import QUALITY_COLUMNS
+
+        quality = pd.DataFrame.from_dict(quality_rows, orient="index", columns=QUALITY_COLUMNS)
+        kept = kept.join(quality)
     attrs = {**manifest.attrs, "exclusions": config.to_dict()}
     return ExclusionResult(Manifest(kept.reset_index(drop=True), manifest.source, attrs), report, skipped)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -43,10 +43,23 @@ class LimitsConfig(BaseModel):
     max_batch: int = Field(16, gt=0)
 
 
+class QualityGateConfig(BaseModel):
+    """The image-quality gate (``cxrlab quality train``). Without a run, uploads are "not checked"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: Path | None = Field(None, description="quality run directory")
+    lateral: Literal["refuse", "warn"] = Field("refuse", description="a lateral film: 422, or analysed "
+                                               "without scores and a warning")
+    non_chest: Literal["refuse", "warn"] = Field("refuse", description="not a chest radiograph: 422, or shown "
+                                                 "without scores and a warning")
+
+
 class ServiceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    quality: QualityGateConfig = Field(default_factory=QualityGateConfig)
     backend: str = "torch-fp32"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -80,7 +93,13 @@ def _resolve(cfg: ServiceConfig, base: Path) -> ServiceConfig:
     store = cfg.store_dir
     if store is not None and not store.is_absolute():
         store = (base / store).resolve()
-    return cfg.model_copy(update={"models": ModelsConfig(**models), "store_dir": store})
+    quality = cfg.quality
+    if quality.run is not None:
+        run = quality.run if quality.run.is_absolute() else (base / quality.run).resolve()
+        if not run.is_dir():
+            raise ConfigError(f"service config: quality.run: run directory {run} does not exist")
+        quality = quality.model_copy(update={"run": run})
+    return cfg.model_copy(update={"models": ModelsConfig(**models), "store_dir": store, "quality": quality})
 
 
 def load_service_config(path: str | Path, **overrides: Any) -> ServiceConfig:
@@ -131,6 +150,10 @@ def write_service_config(
         p = Path(run).resolve()
         models[role] = str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    quality = options.get("quality")
+    if isinstance(quality, dict) and quality.get("run") is not None:  # relative to the config, like the models
+        q = Path(quality["run"]).resolve()
+        options["quality"] = {**quality, "run": str(q.relative_to(base)) if q.is_relative_to(base) else str(q)}
     raw = {"models": models, "backend": backend, "host": host, "port": port, **options}
     _validate(raw, str(out_path))
     text = "# cxrlab service: `cxrlab serve --config " + out_path.name + "`\n" + yaml.safe_dump(raw, sort_keys=False)

@@ -20,6 +20,7 @@ from cxrlab.io import ColorImageWarning, ImageHeader, read_image_bytes
 from cxrlab.serve import render
 from cxrlab.serve.config import ROLES, ServiceConfig
 from cxrlab.serve.quality import image_checks, mask_checks
+from cxrlab.utils import json_safe
 
 
 @dataclass
@@ -56,10 +57,13 @@ def decode_upload(data: bytes, *, max_pixels: int, min_side: int) -> Case:
 
 
 class AnalysisPipeline:
-    def __init__(self, stages: Sequence[Any], *, backend: str, max_pixels: int = 50_000_000, min_side: int = 64):
+    def __init__(self, stages: Sequence[Any], *, backend: str, max_pixels: int = 50_000_000, min_side: int = 64,
+                 gate: Any | None = None, non_chest: str = "refuse", lateral: str = "refuse"):
         self.stages = list(stages)
         self.backend = backend
         self.max_pixels, self.min_side = max_pixels, min_side
+        self.gate = gate  # cxrlab.quality.QualityGate or None
+        self.non_chest, self.lateral = non_chest, lateral
 
     @classmethod
     def from_config(cls, config: ServiceConfig) -> "AnalysisPipeline":
@@ -70,15 +74,61 @@ class AnalysisPipeline:
 
             torch.set_num_threads(config.torch_threads)
         stages = create_stages(config.models.present(), backend=config.backend, cam_method=config.cam_method)
+        gate = None
+        if config.quality.run is not None:
+            from cxrlab.quality import QualityGate
+
+            # the gate only says "refuse" for a lateral; the service decides what a refusal means (422 or warn)
+            gate = QualityGate.load(config.quality.run, lateral_policy="refuse")
         return cls(stages, backend=config.backend, max_pixels=config.limits.max_pixels,
-                   min_side=config.limits.min_side)
+                   min_side=config.limits.min_side, gate=gate, non_chest=config.quality.non_chest,
+                   lateral=config.quality.lateral)
 
     @property
     def stage_names(self) -> list[str]:
         return [s.role for s in self.stages]
 
     def model_cards(self) -> list[dict[str, Any]]:
-        return [s.card() for s in self.stages]
+        cards = [s.card() for s in self.stages]
+        if self.gate is not None:
+            cards.append({"role": "quality", **self.gate.card(), "lateral": self.lateral,
+                          "non_chest": self.non_chest})
+        return cards
+
+    def apply_gate(self, cases: list[tuple[int, Case]], out: list) -> tuple[list, list]:
+        """Judge every decoded case: refused ones become errors (422) or, under a ``warn`` policy, are shown
+        without any model output; inverted ones are corrected. Returns (cases to analyse, cases held back)."""
+        from cxrlab.quality import NOT_CHECKED
+
+        if self.gate is None:
+            for _, case in cases:
+                case.report["quality"]["gate"] = NOT_CHECKED
+            return cases, []
+        results = self.gate.check_many([c.image for _, c in cases])
+        go, held = [], []
+        for (i, case), res in zip(cases, results):
+            q = res.to_dict()
+            q.pop("image")
+            case.report["quality"].update(gate="checked", **q)
+            case.report["quality"]["lateral_view"] = res.view == "lateral" or bool(case.report["quality"].get(
+                "lateral_view"))
+            if res.inverted:
+                case.image = res.corrected
+            if res.verdict == "warn":
+                case.report["quality"].setdefault("notes", []).extend(f"quality gate: {r}" for r in res.reasons)
+            if res.verdict == "refuse":
+                policies = {self.non_chest for r in res.reasons if r.startswith("not a chest")} | \
+                    {self.lateral for r in res.reasons if r.startswith("lateral")}
+                if "refuse" in policies:
+                    out[i] = InputError("upload", "; ".join(res.reasons) + " (refused by the quality gate)")
+                    continue
+                case.report["quality"].setdefault("notes", []).append(
+                    "quality gate: " + "; ".join(res.reasons) + ". No model was run: findings and scores would "
+                    "not be valid for this image")
+                held.append((i, case))
+                continue
+            go.append((i, case))
+        return go, held
 
     def run(self, cases: list[Case], *, heatmap: bool = True) -> None:
         """Run every stage on ``cases`` in role order, timing each stage per image."""
@@ -92,7 +142,7 @@ class AnalysisPipeline:
                     case.timings_ms[name] = round(1000 * s / len(cases), 2)
             if stage.role == "lung":
                 for case in cases:
-                    case.report["quality"].update(mask_checks(case.image, case.masks, case.header))
+                    merge_quality(case.report["quality"], mask_checks(case.image, case.masks, case.header))
 
     def analyze_many(self, datas: Sequence[bytes], *, heatmap: bool = True) -> list[Analysis | CxrlabError]:
         """Decode and analyse; an undecodable item yields its error in place, the others still run."""
@@ -108,6 +158,10 @@ class AnalysisPipeline:
                 out[i] = exc
                 continue
             cases.append((i, case))
+        if cases:
+            cases, held = self.apply_gate(cases, out)
+            for i, case in held:
+                out[i] = self.finish(case)
         if cases:
             try:
                 self.run([c for _, c in cases], heatmap=heatmap)
@@ -173,16 +227,14 @@ class AnalysisPipeline:
             self.run([case], heatmap=True)
 
 
-def json_safe(obj: Any) -> Any:
-    """NaN/inf → None (JSON has no NaN), numpy scalars → Python numbers, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+def merge_quality(quality: dict[str, Any], mask_flags: dict[str, Any]) -> None:
+    """Add the lung-mask checks to a case's quality section: notes are appended, and the learned gate's
+    polarity verdict (made before any correction) is not replaced by the mask heuristic's."""
+    notes = quality.setdefault("notes", [])
+    for key, value in mask_flags.items():
+        if key == "notes":
+            notes.extend(value)
+        elif key == "inverted" and quality.get("gate") == "checked":
+            continue
+        else:
+            quality[key] = value

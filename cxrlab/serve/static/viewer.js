@@ -124,6 +124,16 @@ function showQuality(r) {
     if (value !== null && value !== undefined && value === badWhenTrue) li.className = "warn";
     ul.append(li);
   }
+  if (q.verdict) {
+    const li = document.createElement("li");
+    li.textContent = `quality gate: ${q.verdict}`;
+    if (q.verdict !== "ok") li.className = "warn";
+    ul.append(li);
+  } else if (q.gate) {
+    const li = document.createElement("li");
+    li.textContent = `quality gate: ${q.gate}`;
+    ul.append(li);
+  }
   for (const note of q.notes || []) {
     const li = document.createElement("li");
     li.className = "warn";
