@@ -13,7 +13,10 @@ Each step calls only the owning package's library API and writes under ``out_dir
 4. ``severity/``: the two-stage pipeline lungs → disease → scores (:func:`cxrlab.severity.train.train_severity`)
    in ``severity/run/``; scores, masks and overlays of the test images in ``severity/predict/``.
 5. ``evaluation/``: the report of the diagnosis run (:func:`cxrlab.evaluate.build_report`), ``report.html``.
-6. ``service.yaml``: the viewer's config (:func:`cxrlab.serve.write_service_config`) that ``make serve`` starts.
+6. ``quality/``: the image-quality gate (:func:`cxrlab.quality.train_quality_gate`) trained on a second phantom
+   with lateral films, in ``quality/run/``; it judges one frontal, one lateral and one inverted film.
+7. ``service.yaml``: the viewer's config (:func:`cxrlab.serve.write_service_config`) that ``make serve`` starts;
+   it names the gate, so the viewer refuses laterals and non-chest pictures and corrects inverted films.
 
 Re-running overwrites: each step deletes its own folder first (the trainers refuse to overwrite a run), and an
 ``out_dir`` that holds anything but an earlier demo is refused rather than cleaned.
@@ -248,12 +251,32 @@ def _evaluation_step(out: Path, plan: DemoPlan, data: dict[str, Any], diagnosis:
     return {"report": report, "metrics": folder / "metrics.json"}
 
 
+def _quality_step(out: Path, plan: DemoPlan, rep: _Reporter) -> dict[str, Any]:
+    from cxrlab.data.phantom import generate_phantom, render_sample
+    from cxrlab.quality import QualityGate, train_quality_gate
+
+    folder = _fresh(out / "quality")
+    # its own phantom: laterals must not enter the lung, diagnosis and severity data
+    manifest = generate_phantom(folder / "phantom", n_patients=max(16, plan.n_patients // 2), size=plan.size,
+                                seed=plan.seed + 1, max_studies=2, lateral_prob=0.5)
+    with rep.bars() as bar:
+        run = train_quality_gate([manifest], folder / "run", {"size": 96, "seed": plan.seed}, progress=bar)
+    gate = QualityGate.load(run)
+    film = render_sample("covid19", severity=0.5, size=plan.size, seed=plan.seed + 7)["image"]
+    lateral = render_sample(view="L", size=plan.size, seed=plan.seed + 8)["image"]
+    examples = {name: r.to_dict() for name, r in zip(("frontal", "lateral", "inverted"),
+                                                     gate.check_many([film, lateral, 1.0 - film]))}
+    atomic_write_json(folder / "examples.json", examples)
+    return {"run": run, "examples": examples, "examples_file": folder / "examples.json",
+            "metrics": json.loads((run / "quality.json").read_text())["validation"]}
+
+
 def _service_step(out: Path, lung: dict[str, Any], diagnosis: dict[str, Any],
-                  severity: dict[str, Any]) -> dict[str, Any]:
+                  severity: dict[str, Any], quality: dict[str, Any]) -> dict[str, Any]:
     from cxrlab.serve import write_service_config
 
     path = write_service_config(out / "service.yaml", lung_run=lung["run"], diagnosis_run=diagnosis["run"],
-                                opacity_run=severity["run"])
+                                opacity_run=severity["run"], quality={"run": str(quality["run"])})
     return {"config": path}
 
 
@@ -271,7 +294,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
     plan = DemoPlan.make(size=size, fast=fast, seed=seed)
     out = Path(out_dir)
     _prepare_out(out)
-    rep = _Reporter(console, n_steps=6)
+    rep = _Reporter(console, n_steps=7)
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -316,8 +339,16 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
         info["note"] = f"→ {evaluation['report']}"
     seconds["evaluation"] = info["seconds"]
 
+    with rep.step("quality gate", "view / inversion / non-chest checks on frozen Lite0 features, phantom with "
+                                  "laterals") as info:
+        quality = _quality_step(out, plan, rep)
+        verdicts = ", ".join(f"{k} → {v['verdict']}" for k, v in quality["examples"].items())
+        info["note"] = (f"held-out view accuracy {_fmt(quality['metrics']['view']['accuracy']['value'])}; "
+                        f"{verdicts} → {quality['run']}")
+    seconds["quality"] = info["seconds"]
+
     with rep.step("service", "config for the viewer (`make serve`)") as info:
-        service = _service_step(out, lung, diagnosis, severity)
+        service = _service_step(out, lung, diagnosis, severity, quality)
         info["note"] = f"→ {service['config']}"
     seconds["service"] = info["seconds"]
 
@@ -326,7 +357,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
         "lung_run": lung["run"], "lung_overlays": lung["overlays"], "diagnosis_run": diagnosis["run"],
         "severity_run": severity["run"], "severity_predictions": severity["predictions"],
         "severity_overlays": severity["overlays"], "severity_metrics": severity["metrics_file"],
-        "report": evaluation["report"],
+        "report": evaluation["report"], "quality_run": quality["run"], "quality_examples": quality["examples_file"],
         "service_config": service["config"],
     }
     total = round(time.perf_counter() - t_start, 1)

@@ -129,8 +129,18 @@ def test_report_and_service_config(demo):
     assert models["lung"] == outputs["lung_run"].resolve()
     assert models["diagnosis"] == outputs["diagnosis_run"].resolve()
     assert models["opacity"] == outputs["severity_run"].resolve()
+    assert cfg.quality.run == outputs["quality_run"].resolve()
     assert str(outputs["report"]) in text
     assert text.rstrip().splitlines()[-1].startswith("Start the viewer: make serve")
+
+
+def test_quality_gate_judges_the_demo_examples(demo):
+    _, outputs, text = demo
+    examples = json.loads(outputs["quality_examples"].read_text())
+    assert examples["frontal"]["verdict"] == "ok"
+    assert examples["lateral"]["view"] == "lateral" and examples["lateral"]["verdict"] == "refuse"
+    assert examples["inverted"]["inverted"] is True
+    assert "lateral → refuse" in text
 
 
 def test_foreign_folder_is_refused(tmp_path):
