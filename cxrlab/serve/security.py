@@ -32,6 +32,8 @@ class UploadError(CxrlabError):
 
 def probe_size(data: bytes, kind: str) -> tuple[int, int]:
     """(height, width) from the header only; UploadError(422) when the header cannot be read."""
+    from PIL import Image
+
     try:
         if kind == "dicom":
             import pydicom
@@ -40,11 +42,12 @@ def probe_size(data: bytes, kind: str) -> tuple[int, int]:
             rows, cols = int(ds.Rows), int(ds.Columns)
             frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
             return rows * frames, cols
-        from PIL import Image
-
         with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header, not the pixels
             w, h = im.size
             return h, w
+    except Image.DecompressionBombError:  # Pillow's own guard: the header claims > 2 x MAX_IMAGE_PIXELS
+        raise UploadError(413, f"{kind.upper()} header claims more than {2 * Image.MAX_IMAGE_PIXELS} pixels: "
+                               "refused as a decompression bomb") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure means an unreadable header
         raise UploadError(422, f"unreadable {kind.upper()} header ({type(exc).__name__})") from None
 
