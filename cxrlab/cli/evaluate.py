@@ -42,7 +42,8 @@ def evaluate(
 
 def explain(
     run: Path = typer.Argument(..., help="Run directory (with recipe.yaml and checkpoints/best.pt)."),
-    images: list[Path] = typer.Argument(..., help="Image files to explain."),
+    images: list[Path] = typer.Argument(..., help="Image files, folders of images (searched recursively) or a "
+                                        "manifest (its lung masks are used when --data is not given)."),
     out: Path = typer.Option(..., "--out", help="Folder for overlay PNGs and explain.json."),
     method: str = typer.Option("gradcam", "--method", help="CAM method (see --list-methods)."),
     head: Optional[str] = typer.Option(None, "--head", help="Model head to explain (default: the first)."),
@@ -53,11 +54,16 @@ def explain(
                                               "images not in --data."),
 ) -> None:
     """Heatmap overlays (image, lung contour, probability-weighted CAM) and HCS for images."""
+    from cxrlab.data import schema
+    from cxrlab.data.inputs import resolve_inputs
     from cxrlab.explain.cams import CAM_METHODS
     from cxrlab.explain.run import explain_images
 
     CAM_METHODS.get(method)  # unknown method: one-line error listing the known ones
+    resolved = resolve_inputs(images)
+    if data is None and resolved.source is not None:  # one manifest given: it also supplies the lung masks
+        data = resolved.source
     with progress() as bar:
-        folder = explain_images(run, images, out, method=method, head=head, threshold=threshold, data=data,
-                                lung_model=lung_model, progress=bar)
+        folder = explain_images(run, list(resolved.df[schema.IMAGE]), out, method=method, head=head,
+                                threshold=threshold, data=data, lung_model=lung_model, progress=bar)
     console.print(f"overlays and explain.json in {folder}")

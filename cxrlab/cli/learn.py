@@ -41,16 +41,19 @@ def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict_cmd(
         run: Path = typer.Argument(..., help="a training run directory"),
-        inputs: list[Path] = typer.Argument(..., help="image files, a folder of images, or a manifest"),
+        inputs: list[Path] = typer.Argument(..., help="image files, folders of images (searched recursively), or a "
+                                            "manifest (csv/parquet, or a folder holding manifest.csv)"),
         out: Path = typer.Option(..., "--out", help="output table (.csv or .parquet)"),
         lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="segmentation run giving lung masks "
                                                   "when the recipe's ROI needs them and the input has none"),
     ) -> None:
         """Predict with a trained run on new images."""
+        from cxrlab.data.inputs import resolve_inputs
         from cxrlab.train import load_run
         from cxrlab.utils import atomic_path
 
-        table = load_run(run).predict(inputs if len(inputs) > 1 else inputs[0], lung_model=lung_model)
+        images = resolve_inputs(inputs)  # before loading the model: a wrong path fails at once
+        table = load_run(run).predict(images, lung_model=lung_model)
         with atomic_path(out) as tmp:
             if out.suffix == ".parquet":
                 table.to_parquet(tmp, index=False)

@@ -14,9 +14,6 @@ from cxrlab.errors import InputError
 segment_app = typer.Typer(help="Lung segmentation: train a model, predict masks + overlays, evaluate.",
                           no_args_is_help=True)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(segment_app, name="segment")
 
@@ -36,19 +33,6 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
     console.print(f"run directory: [bold]{run}[/]  best val Dice {metrics['best_val_dice']:.4f}")
 
 
-def _inputs(paths: list[Path]):
-    """Images given directly, or a manifest file / a folder holding one → (DataFrame or None, image paths)."""
-    from cxrlab.data import load_manifest
-
-    if len(paths) == 1 and (paths[0].is_dir() or paths[0].suffix in {".csv", ".parquet"}):
-        m = load_manifest(paths[0])
-        return m, [Path(p) for p in m.df["image"]]
-    for p in paths:
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
-            raise InputError(p, f"not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a manifest")
-    return None, paths
-
-
 def _unique_stems(paths: list[Path]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -60,7 +44,8 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 
 @segment_app.command("predict")
-def predict(inputs: list[Path] = typer.Argument(..., help="images, or one manifest (csv/parquet/folder)"),
+def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders of images (searched recursively), "
+                                                "or a manifest (csv/parquet, or a folder holding manifest.csv)"),
             run: Path = typer.Option(..., "--run", "--lung-model", help="segmentation run directory"),
             out: Path = typer.Option(..., "--out", help="output folder"),
             batch_size: int = typer.Option(16, "--batch-size"),
@@ -75,10 +60,12 @@ def predict(inputs: list[Path] = typer.Argument(..., help="images, or one manife
     from cxrlab.anatomy.overlay import mask_overlay
     from cxrlab.data import Manifest, save_manifest, schema
     from cxrlab.data.dataset import mask_key
+    from cxrlab.data.inputs import resolve_inputs
     from cxrlab.io import read_image, write_png
 
+    resolved = resolve_inputs(inputs)  # before loading the model: a wrong path fails at once
+    images = [Path(p) for p in resolved.df[schema.IMAGE]]
     seg = LungSegmenter.from_run(run, convention=convention)
-    manifest, images = _inputs(inputs)
     stems = _unique_stems(images)
     key_to_col = {mask_key(c): c for c in schema.MASK_COLUMNS}
     rows = []
@@ -103,12 +90,14 @@ def predict(inputs: list[Path] = typer.Argument(..., help="images, or one manife
                 rows.append(row)
             bar.update(task, completed=chunk[-1] + 1)
     pred = pd.DataFrame(rows)
-    if manifest is not None:
-        base = manifest.df.drop(columns=[c for c in pred.columns if c != "image" and c in manifest.df.columns])
-        base = base.assign(image=[str(Path(p).resolve()) for p in base["image"]])
-        table = base.merge(pred, on="image", how="left")
-    else:
-        table = pred.assign(patient_id=[p.stem for p in images], source_dataset="predicted")
+    base = resolved.df.drop(columns=[c for c in pred.columns if c != "image" and c in resolved.df.columns])
+    base = base.assign(image=[str(Path(p).resolve()) for p in base["image"]])
+    table = base.merge(pred.drop_duplicates("image"), on="image", how="left")
+    # images given directly: the file name stands in for the patient (the manifest needs one)
+    for col, fill in ((schema.PATIENT_ID, [Path(p).stem for p in table["image"]]),
+                      (schema.SOURCE_DATASET, ["predicted"] * len(table))):
+        given = table[col] if col in table.columns else pd.Series([None] * len(table), dtype=object)
+        table[col] = given.where(given.notna(), pd.Series(fill, index=table.index, dtype=object))
     save_manifest(Manifest(table), out / "manifest.csv")
     flagged = int((pred.get("bio_plausible", pd.Series(dtype=bool)) == False).sum())  # noqa: E712
     console.print(f"wrote masks for {len(images)} image(s) to {out}"

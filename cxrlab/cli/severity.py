@@ -50,7 +50,8 @@ def _pipeline(run: Optional[Path], lung_run: Optional[Path], disease_run: Option
 
 @severity_app.command("predict")
 def predict_cmd(
-    inputs: list[Path] = typer.Argument(..., help="image files, or one manifest (.csv/.parquet/folder) for batch mode"),
+    inputs: list[Path] = typer.Argument(..., help="image files (one JSON record each), or folders of images / "
+                                        "manifests (csv/parquet/folder) for batch mode (predictions.csv)"),
     run: Optional[Path] = typer.Option(None, "--run", help="severity run directory (from `severity train`)"),
     lung_run: Optional[Path] = typer.Option(None, "--lung-run", help="Stage I run (with --disease-run)"),
     disease_run: Optional[Path] = typer.Option(None, "--disease-run", help="Stage II run (default scoring)"),
@@ -59,23 +60,24 @@ def predict_cmd(
     batch_size: int = typer.Option(8, help="images per forward pass"),
     backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
 ) -> None:
-    """Masks, overlay PNG and a JSON record per image; a manifest gives one predictions.csv table."""
-    from cxrlab.data.manifest import load_manifest
+    """Masks, overlay PNG and a JSON record per image file; folders and manifests give one predictions.csv."""
+    from cxrlab.data import schema
+    from cxrlab.data.inputs import resolve_inputs
 
+    resolved = resolve_inputs(inputs)  # before loading the models: a wrong path fails at once
     pipe = _pipeline(run, lung_run, disease_run, backend)
-    is_manifest = len(inputs) == 1 and (inputs[0].is_dir() or inputs[0].suffix in {".csv", ".parquet"})
-    if is_manifest:
-        manifest = load_manifest(inputs[0])
+    if any(p.is_dir() for p in inputs) or resolved.attrs["kind"] != "images":
         with progress() as bar:
-            task = bar.add_task("severity", total=len(manifest), status="")
-            table = pipe.predict_manifest(manifest, out, overlays=overlay, save_masks=True, batch_size=batch_size,
+            task = bar.add_task("severity", total=len(resolved), status="")
+            table = pipe.predict_manifest(resolved, out, overlays=overlay, save_masks=True, batch_size=batch_size,
                                           on_batch=lambda done, total: bar.update(task, completed=done))
         failed = int(table["error"].notna().sum()) if "error" in table else 0
         console.print(f"{len(table)} images scored ({failed} failed): {out / 'predictions.csv'}")
         return
-    for path in inputs:
-        result, image = pipe.predict_path(path)
-        files = result.save(out, path.stem, image if overlay else None)
+    for image in resolved.df[schema.IMAGE]:
+        path = Path(image)
+        result, array = pipe.predict_path(path)
+        files = result.save(out, path.stem, array if overlay else None)
         console.print(json.dumps({**result.to_json(), "files": files}, indent=1))
 
 

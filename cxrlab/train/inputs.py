@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from cxrlab.anatomy.roi import ROI_SCHEMES
 from cxrlab.data import schema
 from cxrlab.data.dataset import load_sample
-from cxrlab.errors import ConfigError, InputError
+from cxrlab.errors import ConfigError, InputError, reraise_worker_errors
 from cxrlab.recipes.schema import InputSpec
 from cxrlab.transforms import CLAHEd, ResizePadd, UnsharpMaskd, build_transforms
 from cxrlab.utils import atomic_path
@@ -127,7 +127,11 @@ def image_key(row: pd.Series, mask_columns: Sequence[str]) -> str:
     for col in [schema.IMAGE, *mask_columns]:
         path = row.get(col)
         if isinstance(path, str) and path:
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise InputError(path, "file does not exist" if isinstance(exc, FileNotFoundError)
+                                 else f"cannot read file: {exc.strerror or exc}", field=col) from None
             parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
     return "|".join(parts)
 
@@ -175,11 +179,12 @@ def prepare_inputs(df: pd.DataFrame, pipeline: InputPipeline, cache_dir: Path | 
         loader = DataLoader(ds, batch_size=8, num_workers=workers, collate_fn=lambda b: b,
                             persistent_workers=False)
         done, arrays = 0, []
-        for batch in loader:
-            arrays.extend(torch.from_numpy(a).half() for a in batch)
-            done += len(batch)
-            if on_progress:
-                on_progress(done, len(todo))
+        with reraise_worker_errors():  # a bad file read in a worker: its InputError, not a wrapped traceback
+            for batch in loader:
+                arrays.extend(torch.from_numpy(a).half() for a in batch)
+                done += len(batch)
+                if on_progress:
+                    on_progress(done, len(todo))
         fresh = torch.stack(arrays)
         if store is None:
             return fresh

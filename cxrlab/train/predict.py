@@ -19,7 +19,7 @@ import torch
 
 from cxrlab.data import schema
 from cxrlab.data.dataset import load_sample
-from cxrlab.data.manifest import Manifest, load_manifest
+from cxrlab.data.manifest import Manifest
 from cxrlab.config import read_yaml_mapping
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.models import BackboneEntry, CxrNet, get_backbone_entry
@@ -29,9 +29,6 @@ from cxrlab.tasks import TaskSet
 from cxrlab.train.inputs import InputPipeline
 from cxrlab.train.speed import autocast, resolve_precision
 from cxrlab.train.trainer import build_model, build_tasks
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
-
 
 class RunModel:
     """A run directory's best model with its input pipeline and tasks."""
@@ -124,41 +121,59 @@ class RunModel:
         return {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in decoded.items()}
 
     def predict(self, data: pd.DataFrame | Manifest | str | os.PathLike | Sequence[str | os.PathLike],
-                lung_model: str | os.PathLike | None = None, batch_size: int = 32) -> pd.DataFrame:
-        """One row per image: ``image`` (+ ``patient_id``/targets when given a manifest) and prediction columns."""
-        df = _as_frame(data)
+                lung_model: str | os.PathLike | None = None, batch_size: int = 32,
+                quality: Any | None = None, keep_failing: bool = False) -> pd.DataFrame:
+        """One row per image: ``image`` (+ ``patient_id``/targets when given a manifest) and prediction columns.
+
+        ``quality`` (a :class:`cxrlab.quality.QualityGate` or its run directory) adds the ``quality_*`` columns;
+        images it refuses (lateral, not a chest film, unreadable) get no prediction unless ``keep_failing``,
+        and images it finds inverted are corrected before prediction.
+        """
+        df = _as_frame(data).reset_index(drop=True)
+        checks = None
+        if quality is not None:
+            from cxrlab.quality.batch import as_gate, check_frame
+
+            checks = check_frame(as_gate(quality), df, batch_size)
+        run_rows = np.flatnonzero((checks["quality_verdict"] != "refuse").to_numpy()) \
+            if checks is not None and not keep_failing else np.arange(len(df))
+        inverted = checks["quality_inverted"].map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v)).to_numpy() \
+            if checks is not None else np.zeros(len(df), bool)
         mask_cols = [c for c in df.columns if c.startswith("mask_") and df[c].notna().all()]
         decoded_parts = []
-        for start in range(0, len(df), batch_size):
-            chunk = df.iloc[start:start + batch_size]
-            x = torch.cat([self.inputs_for(load_sample(row, mask_cols, label_columns=[]), lung_model)
-                           for _, row in chunk.iterrows()])
-            decoded_parts.append(self._decode(self.logits(x), len(chunk)))
+        for start in range(0, len(run_rows), batch_size):
+            chunk = run_rows[start:start + batch_size]
+            samples = []
+            for i in chunk:
+                sample = load_sample(df.iloc[i], mask_cols, label_columns=[])
+                if inverted[i]:
+                    sample[schema.KEY_IMAGE] = 1.0 - sample[schema.KEY_IMAGE]
+                samples.append(self.inputs_for(sample, lung_model))
+            decoded_parts.append(self._decode(self.logits(torch.cat(samples)), len(chunk)))
         keep = [c for c in [schema.IMAGE, schema.PATIENT_ID, *self.tasks.columns] if c in df.columns]
-        out = df[keep].reset_index(drop=True).copy()
+        out = df[keep].copy()
         for key in decoded_parts[0] if decoded_parts else []:
-            out[key] = np.concatenate([np.asarray(p[key]) for p in decoded_parts])
+            values = np.concatenate([np.asarray(p[key]) for p in decoded_parts])
+            if len(run_rows) == len(df):
+                out[key] = values
+                continue
+            column = pd.Series([None] * len(df), dtype=object if values.dtype.kind in "OUSb" else float)
+            column.iloc[run_rows] = values  # skipped images: no prediction (NaN / None)
+            out[key] = column
+        if checks is not None:
+            out = pd.concat([out, checks], axis=1)
         return out
 
 
 def _as_frame(data: Any) -> pd.DataFrame:
+    """A manifest/DataFrame as is; paths (image files, folders of images, manifests) via ``resolve_inputs``."""
     if isinstance(data, Manifest):
         return data.df
     if isinstance(data, pd.DataFrame):
         return data
-    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    if len(paths) == 1:
-        p = Path(paths[0])
-        if p.is_dir() and not any((p / n).exists() for n in ("manifest.csv", "manifest.parquet")):
-            paths = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-            if not paths:
-                raise InputError(p, f"folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        elif p.is_dir() or p.suffix in (".csv", ".parquet"):
-            return load_manifest(p).df
-    for p in paths:
-        if not Path(p).is_file():
-            raise InputError(p, "image file does not exist")
-    return pd.DataFrame({schema.IMAGE: [str(Path(p).resolve()) for p in paths]})
+    from cxrlab.data.inputs import resolve_inputs
+
+    return resolve_inputs(data).df
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunModel:
