@@ -88,7 +88,7 @@ OUTRO = """
 def load_cases() -> list:
     spec = importlib.util.spec_from_file_location("_bad_input_sweep", SWEEP)
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SWEEP.parent))  # conftest-free import: the module needs only cxrlab
+    sys.modules[spec.name] = module  # dataclasses resolve their module while the class is built
     spec.loader.exec_module(module)
     return module.CASES
 

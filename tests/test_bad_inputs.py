@@ -908,7 +908,8 @@ def _observe(case: Case, ctx: Ctx) -> tuple[str, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     outcome, message = _observe(case, Ctx(tmp_path, request, monkeypatch))
-    for root in {str(tmp_path), str(tmp_path.resolve()), str(tmp_path.parent.parent)}:
+    roots = {str(tmp_path), str(tmp_path.resolve()), str(tmp_path.parent), str(tmp_path.parent.resolve())}
+    for root in sorted(roots, key=len, reverse=True):  # this case's folder, then the session's (the runs)
         message = message.replace(root, "…")
     OBSERVED[case.id] = {"outcome": outcome, "message": message}
     assert outcome == case.expect, f"{case.id}: expected {case.expect}, got {outcome}: {message}"
