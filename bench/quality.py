@@ -56,8 +56,44 @@ def features(args: argparse.Namespace, config, cache: Path) -> tuple[FeatureTabl
                   "unreadable": len(table.skipped)}
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cache, features=table.features, inverted=table.inverted, other=other,
-                            images=table.rows[schema.IMAGE].astype(str).to_numpy(), timing=json.dumps(timing))
+                            images=np.asarray(table.rows[schema.IMAGE].astype(str).tolist(), dtype=str),
+                            timing=json.dumps(timing))
     return table, other, timing
+
+
+def service_refusals(res: dict, table: FeatureTable, config) -> dict:
+    """Every real lateral uploaded, as PNG bytes, to the service pipeline holding its fold's gate (a gate that
+    never saw the patient): how many come back refused (422) with a reason naming the lateral view."""
+    from cxrlab.errors import InputError
+    from cxrlab.io import read_image
+    from cxrlab.quality import QualityGate
+    from cxrlab.serve.pipeline import AnalysisPipeline
+    from cxrlab.serve.samples import encode_png
+
+    extractor = FeatureExtractor(config.backbone, config.weights, config.size, config.batch_size)
+    rows = np.flatnonzero(table.lateral == 1)
+    refused = named = 0
+    for i in rows:
+        gate = QualityGate(config, res["fold_models"][res["fold_of_row"][i]], extractor, lateral_policy="refuse")
+        pipeline = AnalysisPipeline([], backend="torch-fp32", gate=gate)
+        try:
+            pipeline.analyze(encode_png(read_image(table.rows[schema.IMAGE].iloc[i])[0]), heatmap=False)
+        except InputError as exc:
+            refused += 1
+            named += "lateral view" in exc.reason
+    return {"laterals": int(len(rows)), "refused": refused, "reason_names_lateral": named}
+
+
+def ood_comparison(table: FeatureTable, other: np.ndarray, config, folds: int) -> list[dict]:
+    """The same cross-validation with each OOD method (only the distance part differs)."""
+    rows = []
+    for method in ("knn", "mahalanobis"):
+        res = cross_validate(table, config.model_copy(update={"ood_method": method}), other, k=folds)
+        o = res["ood"]
+        rows.append({"method": method, "auroc": o["auroc_chest_vs_nonchest"], "refused": o["nonchest_refused"],
+                     "warned_or_refused": o["nonchest_warned_or_refused"],
+                     "chest_refused": o["chest_refused"], "chest_warned": o["chest_warned_or_refused"]})
+    return rows
 
 
 def fmt(e: dict) -> str:
@@ -68,8 +104,11 @@ def fmt(e: dict) -> str:
     return f"{e['value']:.3f} ({e['low']:.3f}–{e['high']:.3f})"
 
 
-def report(res: dict, timing: dict, config, machine: dict, out: Path, command: str) -> None:
+def report(res: dict, timing: dict, config, machine: dict, out: Path, command: str, service: dict,
+           ood_rows: list[dict]) -> None:
     v, inv, ood = res["view"], res["inversion"], res["ood"]
+    ood_method = ("cosine distance to the 5th nearest training film (kNN)" if config.ood_method == "knn" else
+                  f"Mahalanobis distance (Ledoit-Wolf, up to {config.ood_components} PCA components)")
     lat = res["oof"]
     lines = [
         "# Image-quality gate on the shared data",
@@ -78,10 +117,9 @@ def report(res: dict, timing: dict, config, machine: dict, out: Path, command: s
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} (CPU); {machine['date']}; "
         f"load average before/after: {timing.get('load_before')} / {res['load_after']}.  ",
         f"Gate: frozen `{config.backbone}` ({config.weights}) pooled features at {config.size} px; logistic "
-        f"regressions for view and polarity; Mahalanobis distance (Ledoit-Wolf, {config.ood_components} PCA "
-        f"components) for out-of-distribution, refuse above {config.ood_refuse_margin} x the largest distance of "
-        f"held-out chest films ({config.ood_refuse_quantile} quantile), warn above the {config.ood_warn_quantile} "
-        f"quantile.",
+        f"regressions for view and polarity; {ood_method} for out-of-distribution, refuse above "
+        f"{config.ood_refuse_margin} x the {config.ood_refuse_quantile} quantile of held-out chest films' distances, "
+        f"warn above their {config.ood_warn_quantile} quantile.",
         "",
         f"**Protocol.** {res['folds']}-fold cross-validation by patient (folds stratified by whether a patient has a "
         f"lateral film): every film is judged by a gate fitted without its patient; inside each training part, "
@@ -106,6 +144,12 @@ def report(res: dict, timing: dict, config, machine: dict, out: Path, command: s
         f"| frontal specificity (frontal films let through) | {fmt(v['frontal_specificity'])} |",
         f"| balanced accuracy | {fmt(v['balanced_accuracy'])} |",
         "",
+        f"**Through the service.** Each of the {service['laterals']} real ieee8023 laterals, uploaded as a PNG to the "
+        f"service pipeline holding its fold's gate (`AnalysisPipeline(gate=...)`, the code path of `POST "
+        f"/v1/analyze`): {service['refused']} refused with 422, {service['reason_names_lateral']} of them with a "
+        f"reason naming the lateral view; {service['laterals'] - service['refused']} let through (called frontal "
+        f"and in distribution).",
+        "",
         "| inversion check | value (95 % CI) |",
         "|---|---|",
         f"| inverted films detected | {fmt(inv['inverted_recall'])} |",
@@ -113,9 +157,10 @@ def report(res: dict, timing: dict, config, machine: dict, out: Path, command: s
         "",
         "## Not a chest radiograph",
         "",
-        f"{ood['n_nonchest']} non-chest pictures: the scikit-image sample images (photographs, microscopy, "
-        "astronomy, text, a retina, a CT-like phantom; each also flipped and cropped twice) and generated "
-        "pictures (smooth noise, gradients, shapes, printed pages). They are never used to fit the gate.",
+        f"{res['n_nonchest_pictures']} non-chest pictures, each judged by all {res['folds']} fold gates: the "
+        "scikit-image sample images (photographs, microscopy, astronomy, text, a retina, a CT-like phantom; each "
+        "also flipped and cropped twice) and generated pictures (smooth noise, gradients, shapes, printed pages). "
+        "They are never used to fit the gate or to set its thresholds.",
         "",
         "| out-of-distribution check | value |",
         "|---|---|",
@@ -124,6 +169,14 @@ def report(res: dict, timing: dict, config, machine: dict, out: Path, command: s
         f"| non-chest pictures warned or refused | {ood['nonchest_warned_or_refused']:.3f} |",
         f"| held-out chest films refused as non-chest (95 % CI) | {fmt(ood['chest_refused'])} |",
         f"| held-out chest films warned or refused (95 % CI) | {fmt(ood['chest_warned_or_refused'])} |",
+        "",
+        "Both distance methods on the same folds (the gate's default is the first):",
+        "",
+        "| method | AUROC | non-chest refused | non-chest warned or refused | chest films refused | chest films warned |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['method']} | {r['auroc']:.4f} | {r['refused']:.3f} | {r['warned_or_refused']:.3f} | "
+          f"{fmt(r['chest_refused'])} | {fmt(r['chest_warned'])} |"
+          for r in sorted(ood_rows, key=lambda r: r['method'] != config.ood_method)],
         "",
         "## Per source (out-of-fold)",
         "",
@@ -134,18 +187,22 @@ def report(res: dict, timing: dict, config, machine: dict, out: Path, command: s
         va = "–" if s["view_accuracy"] is None else f"{s['view_accuracy']:.4f}"
         lines.append(f"| {src} | {s['images']} | {va} | {s['inversion_accuracy']:.4f} | {s['chest_refused']:.4f} |")
     missed = lat[(lat["lateral"] == 1) & (lat["view_prob"] <= config.view_threshold)]
+    missed_p = ", ".join(f"{p:.2f}" for p in sorted(missed["view_prob"]))
     false_lat = lat[(lat["lateral"] == 0) & (lat["view_prob"] > config.view_threshold)]
     lines += [
         "",
-        f"Laterals missed: {len(missed)}; frontal films called lateral: {len(false_lat)}"
+        f"Laterals missed: {len(missed)}" + (f" (lateral probability {missed_p})" if len(missed) else "")
+        + f"; frontal films called lateral: {len(false_lat)}"
         + (f" (largest lateral probability among them {false_lat['view_prob'].max():.2f})" if len(false_lat) else "")
         + ".",
         "",
         "## Speed",
         "",
         f"Features of {timing.get('films')} films, each as displayed and inverted: {timing.get('feature_seconds')} s "
-        f"({timing.get('films_per_s')} forward passes/s incl. reading, batch {config.batch_size}); a check costs one "
-        "forward pass, two when the film is inverted.",
+        f"({timing.get('films_per_s')} forward passes/s incl. reading, batch {config.batch_size}, at load "
+        f"{timing.get('load_before')} while other jobs shared the two cores: a lower bound); a check costs one "
+        "forward pass, two when the film is inverted. The features are cached, so re-running the command with them "
+        "in place redoes only the cross-validation.",
         "",
         "## What these numbers cannot show",
         "",
@@ -175,12 +232,15 @@ def main() -> None:
     machine = machine_info()
     table, other, timing = features(args, config, args.results / f"features_{config.backbone}_{config.size}.npz")
     res = cross_validate(table, config, other, k=args.folds)
+    service = service_refusals(res, table, config)
+    ood_rows = ood_comparison(table, other, config, args.folds)
     res["load_after"] = load_average()
     res["oof"].to_csv(args.results / "out_of_fold.csv", index=False)
-    atomic_write_json(args.results / "results.json", json_safe({k: v for k, v in res.items() if k != "oof"}
-                                                               | {"timing": timing, "machine": machine}))
+    atomic_write_json(args.results / "results.json", json_safe(
+        {k: v for k, v in res.items() if k not in ("oof", "fold_models", "fold_of_row")}
+        | {"timing": timing, "machine": machine, "service": service, "ood_methods": ood_rows}))
     command = "python bench/quality.py " + " ".join(f"--data {d}" for d in args.data)
-    report(res, timing, config, machine, args.doc, command)
+    report(res, timing, config, machine, args.doc, command, service, ood_rows)
     print(f"wrote {args.doc}")
 
 

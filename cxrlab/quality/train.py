@@ -202,9 +202,11 @@ def cross_validate(table: FeatureTable, config: QualityConfig, other_feats: np.n
     preds = {key: np.zeros(len(table.rows)) for key in ("view_prob", "inv_shown", "inv_negative", "ood_chest")}
     other = np.zeros((k, len(other_feats)))
     thresholds = np.zeros((len(table.rows), 2))
+    fold_models = []
     for fold in range(k):
         test = folds == fold
         models = _fit_split(table, config, ~test)
+        fold_models.append(models)
         pred = _predict(models, config, table, np.flatnonzero(test), other_feats)
         for key in preds:
             preds[key][test] = pred[key]
@@ -218,6 +220,9 @@ def cross_validate(table: FeatureTable, config: QualityConfig, other_feats: np.n
                                rel_chest, rel_other, groups, config,
                                (float(np.median(thresholds[:, 0] / thresholds[:, 1])), 1.0), n_boot)
     result["folds"] = k
+    result["n_nonchest_pictures"] = int(len(other_feats))
+    result["fold_of_row"] = folds
+    result["fold_models"] = fold_models  # each fold's fitted gate, to replay its films through other code paths
     result["per_source"] = {
         str(src): {"images": int(m.sum()),
                    "view_accuracy": float(((preds["view_prob"][m & (table.lateral >= 0)] > config.view_threshold)
