@@ -667,6 +667,9 @@ RUN_CASES = [
     Case("run-wrong-kind", "api", "a lung segmentation run given to load_run", "refused", "InputError",
          "is a lung segmentation run (use it as --lung-model), not a training run",
          _load_run(lambda c: c.runs["lung"])),
+    Case("export-not-a-run", "api", "`export_run` on a folder that is not a run directory", "refused",
+         "ConfigError", "no recipe.yaml; not a cxrlab run directory",
+         lambda c: __import__("cxrlab.export.runs", fromlist=["export_run"]).export_run(c.tmp)),
     Case("segmenter-truncated-checkpoint", "api", "segmentation run with a truncated checkpoint", "refused",
          "InputError", "best.pt: checkpoint is truncated or corrupt", _segmenter(_truncated_checkpoint("lung"))),
     Case("segmenter-wrong-kind", "api", "a diagnosis run given as the lung model", "refused", "InputError",
@@ -897,6 +900,7 @@ def _observe(case: Case, ctx: Ctx) -> tuple[str, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the bomb cases expect it
             value = case.run(ctx)
     except CxrlabError as exc:
         return type(exc).__name__, _squash(str(exc))
