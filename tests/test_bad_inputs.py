@@ -35,7 +35,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from cxrlab.errors import ConfigError, CxrlabError, InputError
+from cxrlab.errors import CxrlabError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reliability.md"
@@ -172,7 +172,7 @@ def unchanged_after(path: Path, action: Callable[[], Any]) -> Any:
     siblings = set(path.parent.iterdir())
     try:
         action()
-    except CxrlabError as exc:
+    except CxrlabError:
         assert path.read_bytes() == before, f"{path} changed by a failed write"
         assert set(path.parent.iterdir()) == siblings, "a temporary file was left behind"
         raise
