@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,6 +41,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)*$")  # what atomic_path's mkstemp names look like
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_path` left under ``directory`` (recursively).
+
+    Only for a directory no other process is writing to (a run directory being resumed): after ``kill -9``
+    half-written temporaries stay behind; the files they were to replace are intact. Returns what was removed.
+    """
+    removed = []
+    for path in Path(directory).rglob(".*.tmp*"):
+        if path.is_file() and _TEMP_NAME.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

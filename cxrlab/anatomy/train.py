@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import platform
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from cxrlab.anatomy.predict import LungSegmenter, autocast, load_checkpoint, res
 from cxrlab.data import schema
 from cxrlab.data.splits import save_split
 from cxrlab.errors import ConfigError
-from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, seed_everything
+from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temps, seed_everything
 
 Progress = Callable[[str, int, int, str], None]
 
@@ -62,6 +63,11 @@ class DiceBCELoss(nn.Module):
 def _save_atomic(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    with atomic_path(run_dir / "history.csv") as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
 
 
 def early_stopping_step(val: float, best: float, best_saved: float, min_delta: float) -> tuple[bool, bool]:
@@ -154,6 +160,7 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         saved = load_config(run_dir / "recipe.yaml")
         if saved.model_dump(exclude={"epochs", "out"}) != cfg.model_dump(exclude={"epochs", "out"}):
             raise ConfigError(f"{run_dir}: --resume needs the run's own config (only 'epochs' may change)")
+        remove_stale_temps(run_dir)  # what a kill mid-write left; the files they were to replace are intact
     report = progress or (lambda *a: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -206,6 +213,10 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
         best_saved = state.get("best_saved", best)
         torch.set_rng_state(state["torch_rng"])
+        if "numpy_rng" in state:  # checkpoints of older versions carry the torch state only
+            np.random.set_state(state["numpy_rng"])
+            random.setstate(state["python_rng"])
+        _write_history(run_dir, history)  # the checkpoint's epochs: rows logged after it are trained again
 
     per_epoch = cfg.samples_per_epoch or len(train_idx)
     for epoch in range(start_epoch, cfg.epochs):
@@ -244,14 +255,14 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
                         "precision": precision})
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch, "best": best, "best_saved": best_saved, "stale": stale, "history": history,
-                 "torch_rng": torch.get_rng_state(), "config": cfg.model_dump(mode="json"),
+                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                 "python_rng": random.getstate(), "config": cfg.model_dump(mode="json"),
                  "supervised_targets": supervised}
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if better or not (ckpt_dir / "best.pt").exists():
             _save_atomic(state, ckpt_dir / "best.pt")
         _save_atomic(state, last_path)
-        with atomic_path(run_dir / "history.csv") as tmp:
-            pd.DataFrame(history).to_csv(tmp, index=False)
+        _write_history(run_dir, history)
         report("epoch", epoch + 1, cfg.epochs, f"val dice {val_dice:.4f} (best {best_saved:.4f})")
 
     metrics: dict[str, Any] = {"best_val_dice": best_saved, "selection": cfg.selection, "epochs_run": len(history), "precision": precision,

@@ -33,7 +33,7 @@ from cxrlab.io import image_size, read_mask, write_png
 from cxrlab.severity.config import SeverityConfig, load_severity_config
 from cxrlab.severity.fitting import brixia_columns, fit_scoring
 from cxrlab.severity.pipeline import PIPELINE_FILE, SCORING_FILE, SeverityPipeline
-from cxrlab.utils import atomic_write_json, atomic_write_text, seed_everything
+from cxrlab.utils import atomic_write_json, atomic_write_text, remove_stale_temps, seed_everything
 
 Progress = Callable[[str, int, int, str], None]
 GROUP_SEPARATOR = "|"
@@ -117,7 +117,9 @@ def train_severity(config: SeverityConfig | dict | str | Path, overrides: list[s
     run_dir = Path(cfg.out)
     if (run_dir / "recipe.yaml").exists() and not resume:
         raise ConfigError(f"{run_dir} already holds a severity run; choose another out (or resume)")
-    if resume and (run_dir / "recipe.yaml").exists():
+    if resume and not (run_dir / "recipe.yaml").exists():
+        raise ConfigError(f"{run_dir}: nothing to resume (no recipe.yaml); run without --resume to start it")
+    if resume:
         def fixed(c: SeverityConfig) -> dict[str, Any]:
             data = c.model_dump(exclude={"lung_run"})
             data["disease"] = {k: v for k, v in data["disease"].items() if k != "epochs"}
@@ -126,6 +128,7 @@ def train_severity(config: SeverityConfig | dict | str | Path, overrides: list[s
         if fixed(load_severity_config(run_dir / "recipe.yaml")) != fixed(cfg):
             raise ConfigError(f"{run_dir}: resume needs the run's own config (only lung_run and disease.epochs "
                               "may change)")
+        remove_stale_temps(run_dir)  # what a kill mid-write left; the files they were to replace are intact
     seed_everything(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", "# cxrlab severity run; resolved config\n"
@@ -133,11 +136,9 @@ def train_severity(config: SeverityConfig | dict | str | Path, overrides: list[s
 
     manifest_path = run_dir / "disease_manifest.csv"
     disease_run = run_dir / "disease"
-    if resume and manifest_path.exists():
-        table = load_manifest(manifest_path).df
-    else:
-        table = training_table(cfg, run_dir, report)
-        save_manifest(Manifest(table), manifest_path)
+    if not (resume and manifest_path.exists()):
+        save_manifest(Manifest(training_table(cfg, run_dir, report)), manifest_path)
+    table = load_manifest(manifest_path).df  # as saved, also on a fresh run: a resumed run fits on the same table
     if not (resume and (disease_run / "metrics.json").exists()):
         seg_cfg = load_config(disease_config(cfg, manifest_path, run_dir, len(table)))
         train_segmentation(seg_cfg, resume=resume and (disease_run / "checkpoints" / "last.pt").exists(),

@@ -40,7 +40,8 @@ from cxrlab.train.data import TRAIN_ONLY, RunTable, build_table
 from cxrlab.train.inputs import AugmentedItems, InputPipeline, TensorStore, prepare_inputs, spec_hash
 from cxrlab.train.speed import autocast, resolve_channels_last, resolve_precision, to_memory_format
 from cxrlab.train.tracking import require_mlflow, track_run
-from cxrlab.utils import atomic_path, atomic_write_json, cxrlab_home, file_sha256, seed_everything
+from cxrlab.utils import (atomic_path, atomic_write_json, cxrlab_home, file_sha256, remove_stale_temps,
+                          seed_everything)
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -411,6 +412,7 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
     if resume:
         if not last.is_file():
             raise InputError(run_dir, "nothing to resume: no checkpoints/last.pt")
+        remove_stale_temps(run_dir)  # what a kill mid-write left; the files they were to replace are intact
         payload = torch.load(last, map_location="cpu", weights_only=False)
         recipe = load_recipe(payload["recipe"])  # the run's own resolved recipe is authoritative
     else:
@@ -453,6 +455,8 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
         inputs = rows.reshape(-1, *rows.shape[2:])  # (rows·per_image, C, H, W): item i = row i // per_image
         callbacks = ([tracker.on_epoch_end] if tracker else []) + ([on_epoch_end] if on_epoch_end else [])
         trainer = Trainer(recipe, table, tasks, pipeline, inputs, model, run_dir, show_progress, _chain(callbacks))
+        if payload is not None:
+            trainer._write_history(state)  # the checkpoint's epochs: rows logged after it are trained again
         t0 = time.perf_counter()
         plan = trainer.fit(state, payload, progress)
         train_seconds = time.perf_counter() - t0
