@@ -103,6 +103,11 @@ class Task(ABC):
         return {"kind": self.kind, "name": self.name, "weight": self.weight}
 
 
+def shown_value(value: Any) -> str:
+    """A manifest cell as a user wrote it (``2``, ``'severe'``), not numpy's repr (``np.int64(2)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def weighted_mean(per_sample: Tensor, valid: Tensor, sample_weight: Tensor | None) -> Tensor:
     """Σ w·l / Σ w over valid entries (zero when nothing is labelled, keeping the graph)."""
     w = valid.float()

@@ -12,7 +12,8 @@ from torch import nn
 
 from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
-from cxrlab.tasks.base import Task, focal_ce, register_task, sigmoid_np, softmax_np, weighted_mean
+from cxrlab.tasks.base import (Task, focal_ce, register_task, shown_value, sigmoid_np, softmax_np,
+                               weighted_mean)
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -110,7 +111,7 @@ class BinaryTask(Task):
         num = pd.to_numeric(values, errors="coerce")
         bad = (values.notna() & num.isna()) | (num.notna() & ~num.isin([0, 1]))
         if bad.any():
-            raise InputError(source, f"binary target must be 0/1, found {values[bad].iloc[0]!r}", field=column)
+            raise InputError(source, f"binary target must be 0/1, found {shown_value(values[bad].iloc[0])}", field=column)
         return num.to_numpy(dtype=float)
 
     def strata(self, targets: np.ndarray) -> np.ndarray:

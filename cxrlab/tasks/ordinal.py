@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
-from cxrlab.tasks.base import Task, focal_ce, register_task, sigmoid_np, softmax_np, weighted_mean
+from cxrlab.tasks.base import (Task, focal_ce, register_task, shown_value, sigmoid_np, softmax_np,
+                               weighted_mean)
 
 LOSSES = ("ce", "corn", "coral")
 
@@ -83,7 +84,7 @@ class OrdinalTask(Task):
         num = pd.to_numeric(values, errors="coerce")
         bad = (values.notna() & num.isna()) | (num.notna() & ~num.isin(range(self.n_grades)))
         if bad.any():
-            raise InputError(source, f"grade must be an integer 0..{self.n_grades - 1}, found {values[bad].iloc[0]!r}",
+            raise InputError(source, f"grade must be an integer 0..{self.n_grades - 1}, found {shown_value(values[bad].iloc[0])}",
                              field=column)
         return num.to_numpy(dtype=float)
 

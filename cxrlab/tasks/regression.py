@@ -11,7 +11,7 @@ from torch import nn
 
 from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
-from cxrlab.tasks.base import Task, register_task, weighted_mean
+from cxrlab.tasks.base import Task, register_task, shown_value, weighted_mean
 
 LOSSES = {"mse": nn.functional.mse_loss, "l1": nn.functional.l1_loss, "huber": nn.functional.smooth_l1_loss}
 
@@ -39,7 +39,7 @@ class SeverityTask(Task):
         num = pd.to_numeric(values, errors="coerce")
         bad = values.notna() & num.isna()
         if bad.any():
-            raise InputError(source, f"severity target must be numeric, found {values[bad].iloc[0]!r}", field=column)
+            raise InputError(source, f"severity target must be numeric, found {shown_value(values[bad].iloc[0])}", field=column)
         lo, hi = self.ranges[column]
         return ((num - lo) / (hi - lo)).to_numpy(dtype=float)
 
