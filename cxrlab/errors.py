@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from contextlib import contextmanager
-from typing import Iterator
+from typing import Any
 
 
 class CxrlabError(Exception):
@@ -87,14 +86,25 @@ def find_cxrlab_error(exc: BaseException | None) -> CxrlabError | None:
     return None
 
 
-@contextmanager
-def reraise_worker_errors() -> Iterator[None]:
+class reraise_worker_errors:  # noqa: N801 - used like a function: ``with reraise_worker_errors(): ...``
     """Around a loop over a DataLoader (or a pool's results): a :class:`CxrlabError` raised in a worker comes out
     as itself, not as a RuntimeError carrying a traceback as its message."""
-    try:
-        yield
-    except Exception as exc:
+
+    def __enter__(self) -> "reraise_worker_errors":
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        if not isinstance(exc, Exception):
+            return False
         original = find_cxrlab_error(exc)
         if original is None or original is exc:
-            raise
-        raise original from None
+            return False
+        # The wrapper's traceback holds the DataLoader iterator in its frames. Keep no reference to it (nor a
+        # cycle through this frame), so the iterator is freed by reference counting as soon as the error is
+        # handled and its workers stop at once, not in a later garbage collection that waits 5 s for them.
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+        del exc, tb
+        try:
+            raise original from None
+        finally:
+            original = None

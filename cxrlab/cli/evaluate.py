@@ -56,11 +56,13 @@ def explain(
     """Heatmap overlays (image, lung contour, probability-weighted CAM) and HCS for images."""
     from cxrlab.data import schema
     from cxrlab.data.inputs import resolve_inputs
+
+    resolved = resolve_inputs(images)  # before the model libraries load: a wrong path fails at once
+
     from cxrlab.explain.cams import CAM_METHODS
     from cxrlab.explain.run import explain_images
 
     CAM_METHODS.get(method)  # unknown method: one-line error listing the known ones
-    resolved = resolve_inputs(images)
     if data is None and resolved.source is not None:  # one manifest given: it also supplies the lung masks
         data = resolved.source
     with progress() as bar:

@@ -28,14 +28,19 @@ def register(app: typer.Typer) -> None:
                                                  help="MLflow tracking store (implies --mlflow)"),
     ) -> None:
         """Train a recipe; writes a self-describing run directory."""
-        from cxrlab.train import train
+        from cxrlab.recipes import load_recipe
 
         overrides = list(set_ or [])
         if mlflow or mlflow_uri:  # recipe keys, so the run directory records them (a resumed run keeps its own)
             overrides.append("tracking.mlflow=true")
         if mlflow_uri:
             overrides.append(f"tracking.uri={json.dumps(mlflow_uri)}")  # quoted: the value is read as YAML
-        run_dir = train(recipe, data, out, resume=resume, overrides=overrides)
+        # a wrong recipe name, key or value fails here, in a second, before the model libraries load
+        resolved = recipe if resume else load_recipe(recipe, overrides)
+
+        from cxrlab.train import train
+
+        run_dir = train(resolved, data, out, resume=resume, overrides=overrides)
         console.print(f"run written to [bold]{run_dir}[/] (metrics.json, predictions.parquet)")
 
     @app.command("predict")
@@ -49,10 +54,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Predict with a trained run on new images."""
         from cxrlab.data.inputs import resolve_inputs
+
+        images = resolve_inputs(inputs)  # before the model libraries load: a wrong path fails at once
+
         from cxrlab.train import load_run
         from cxrlab.utils import atomic_path
 
-        images = resolve_inputs(inputs)  # before loading the model: a wrong path fails at once
         table = load_run(run).predict(images, lung_model=lung_model)
         with atomic_path(out) as tmp:
             if out.suffix == ".parquet":

@@ -54,17 +54,19 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders 
                 None, "--convention", help="draw lungs as one annotation convention of the run's lung_conventions "
                 "does (default: the shared channels, trained on every source)")) -> None:
     """Predict masks (PNG 0/255) and overlays; writes ``manifest.csv`` with mask columns and biomarkers."""
+    from cxrlab.data import Manifest, save_manifest, schema
+    from cxrlab.data.inputs import resolve_inputs
+
+    resolved = resolve_inputs(inputs)  # before the model libraries load: a wrong path fails at once
+    images = [Path(p) for p in resolved.df[schema.IMAGE]]
+
     import pandas as pd
 
     from cxrlab.anatomy import LungSegmenter, lung_biomarkers
     from cxrlab.anatomy.overlay import mask_overlay
-    from cxrlab.data import Manifest, save_manifest, schema
     from cxrlab.data.dataset import mask_key
-    from cxrlab.data.inputs import resolve_inputs
     from cxrlab.io import read_image, write_png
 
-    resolved = resolve_inputs(inputs)  # before loading the model: a wrong path fails at once
-    images = [Path(p) for p in resolved.df[schema.IMAGE]]
     seg = LungSegmenter.from_run(run, convention=convention)
     stems = _unique_stems(images)
     key_to_col = {mask_key(c): c for c in schema.MASK_COLUMNS}

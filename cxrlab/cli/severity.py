@@ -64,7 +64,7 @@ def predict_cmd(
     from cxrlab.data import schema
     from cxrlab.data.inputs import resolve_inputs
 
-    resolved = resolve_inputs(inputs)  # before loading the models: a wrong path fails at once
+    resolved = resolve_inputs(inputs)  # before the model libraries load: a wrong path fails at once
     pipe = _pipeline(run, lung_run, disease_run, backend)
     if any(p.is_dir() for p in inputs) or resolved.attrs["kind"] != "images":
         with progress() as bar:

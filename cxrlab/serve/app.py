@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
-from cxrlab.errors import CxrlabError, InputError
+from cxrlab.errors import CxrlabError, InputError, find_cxrlab_error
 from cxrlab.serve.batcher import MicroBatcher
 from cxrlab.serve.config import ServiceConfig
 from cxrlab.serve.pipeline import AnalysisPipeline
@@ -38,6 +38,16 @@ NOTICE = "Research use only, not for diagnosis."
 
 def _error(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "reason": reason}}, status_code=status)
+
+
+def _cxrlab_response(exc: CxrlabError) -> JSONResponse:
+    """A deliberate error as a 4xx JSON answer carrying its sentence."""
+    if isinstance(exc, UploadError):
+        return _error(exc.status, exc.reason)
+    if isinstance(exc, InputError):
+        # InputError names the source; uploads are named "upload", so no client file name is echoed or logged.
+        return _error(422, exc.reason)
+    return _error(422, str(exc))
 
 
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:
@@ -100,10 +110,9 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
     async def _upload_error(request: Request, exc: UploadError) -> JSONResponse:
         return _error(exc.status, exc.reason)
 
-    @app.exception_handler(InputError)
-    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-        # InputError names the source; uploads are named "upload", so no client file name is echoed or logged.
-        return _error(422, exc.reason)
+    @app.exception_handler(CxrlabError)
+    async def _cxrlab_error(request: Request, exc: CxrlabError) -> JSONResponse:
+        return _cxrlab_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -117,6 +126,9 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        original = find_cxrlab_error(exc)  # e.g. an InputError raised in a worker and wrapped on the way back
+        if original is not None:
+            return _cxrlab_response(original)
         log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
         return _error(500, "internal error")
 

@@ -8,12 +8,16 @@ one-by-one). The queue is bounded: beyond ``max_queue`` waiting requests the ser
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from fastapi.concurrency import run_in_threadpool
 
+from cxrlab.errors import find_cxrlab_error
 from cxrlab.serve.security import UploadError
+
+log = logging.getLogger("cxrlab.serve")
 
 
 @dataclass
@@ -50,7 +54,13 @@ class MicroBatcher:
             for heatmap in (True, False):
                 group = [j for j in jobs if j.heatmap is heatmap]
                 if group:
-                    await self._run_group(group, heatmap)
+                    try:
+                        await self._run_group(group, heatmap)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - the loop must outlive any one batch
+                        log.error("batch failed: %s", type(exc).__name__)
+                        self._fail(group, exc)
 
     async def _run_group(self, group: list[_Job], heatmap: bool) -> None:
         datas = [d for job in group for d in job.datas]
@@ -58,12 +68,18 @@ class MicroBatcher:
         try:
             results = await run_in_threadpool(self.analyze_many, datas, heatmap=heatmap)
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request, which answers with it
-            for job in group:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            self._fail(group, exc)
             return
         start = 0
         for job in group:
             if not job.future.done():  # a client that went away has cancelled its future
                 job.future.set_result(results[start:start + len(job.datas)])
             start += len(job.datas)
+
+    @staticmethod
+    def _fail(group: list[_Job], exc: Exception) -> None:
+        """Answer every waiting request of ``group`` with ``exc`` (the CxrlabError behind it, when there is one)."""
+        exc = find_cxrlab_error(exc) or exc
+        for job in group:
+            if not job.future.done():
+                job.future.set_exception(exc)
