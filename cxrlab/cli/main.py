@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-AREAS = ["data", "segment", "learn", "evaluate", "severity", "quality", "serve", "demo"]
+AREAS = ["data", "segment", "learn", "evaluate", "severity", "quality", "retrieval", "serve", "demo"]
 
 for _area in AREAS:
     try:
@@ -88,7 +88,7 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``cxrlab`` console script: exit 0 ok, 1 failed, 2 bad usage or input, 130 interrupted."""
     from rich.markup import escape
 
-    from cxrlab.errors import find_cxrlab_error
+    from cxrlab.errors import InputError, find_cxrlab_error
 
     click = _click_module()
     # typer >= 0.26 raises its own Exit/Abort; older typer re-exports click's (getattr: absent in the vendored copy)
@@ -107,12 +107,15 @@ def main(args: list[str] | None = None) -> None:
         err_console.print("aborted")
         sys.exit(130)
     except Exception as exc:
-        original = find_cxrlab_error(exc)  # also one raised in a DataLoader worker, a thread or a pool
-        if original is not None and os.environ.get("CXRLAB_DEBUG") != "1":
-            err_console.print(f"[bold red]error:[/] {escape(str(original))}", highlight=False, soft_wrap=True)
-            sys.exit(2)
         if os.environ.get("CXRLAB_DEBUG") == "1":
             raise
+        original = find_cxrlab_error(exc)  # also one raised in a DataLoader worker, a thread or a pool
+        if original is None and isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            # a path the user gave that the library did not check (no such folder, not a directory, no permission)
+            original = InputError(exc.filename, exc.strerror[:1].lower() + exc.strerror[1:])
+        if original is not None:
+            err_console.print(f"[bold red]error:[/] {escape(str(original))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         log = _write_traceback(exc)
         err_console.print(f"[bold red]internal error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
         err_console.print(f"full traceback in {log}" if log else "(set CXRLAB_DEBUG=1 to see the traceback)",
