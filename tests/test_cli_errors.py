@@ -67,6 +67,9 @@ def test_missing_inputs_are_named(tmp_path):
     assert_clean(*cxrlab("predict", tmp_path, tmp_path / "empty", "--out", tmp_path / "p.csv"), 2,
                  str(tmp_path / "empty"), "folder holds no images")
     assert_clean(*cxrlab("data", "validate", tmp_path / "no.csv"), 2, str(tmp_path / "no.csv"), "does not exist")
+    a_file = _text(tmp_path / "notes.csv", "x\n")  # an OSError naming a path the library did not check
+    assert_clean(*cxrlab("data", "import", "folder", a_file, "--out", tmp_path / "imp"), 2, f"error: {a_file}",
+                 "not a directory")
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()
 
 
