@@ -164,14 +164,14 @@ def test_train_killed_and_resumed_matches_uninterrupted(phantom_root: Path, env,
     full, cut = tmp_path / "full", tmp_path / "cut"
     no_resume_without_checkpoint(args(cut), env, tmp_path / "empty.log")
     run_ok(args(full), env, tmp_path / "full.log")
-    # kill in stage 2 (after its first epoch was logged): optimizer, scheduler and stage must carry over
-    run_and_kill(args(cut), env, cut,
-                 lambda: (cut / "checkpoints" / "last.pt").is_file() and lines(cut / "history.csv") >= 3,
-                 tmp_path / "cut.log")
+    # kill in stage 2: history.csv is written just before last.pt, so a 4th row means last.pt holds stage 2's
+    # first epoch at least (with its optimizer and scheduler state), and the kill lands in or after its next save
+    run_and_kill(args(cut), env, cut, lambda: lines(cut / "history.csv") >= 4, tmp_path / "cut.log")
     assert not (cut / "metrics.json").exists()
     check_files(cut, allow_temp=True)
-    state = torch.load(cut / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["state"]
-    assert 1 <= len(state["history"]) < TRAIN_EPOCHS, state
+    last = torch.load(cut / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert last["state"]["stage"] == 1 and 1 <= last["state"]["epoch"] < 4, last["state"]
+    assert last["optimizer"] is not None and last["scheduler"] is not None
     run_ok([*args(cut), "--resume"], env, tmp_path / "resume.log")
 
     check_files(cut, allow_temp=False)

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrlab.anatomy.predict import load_checkpoint
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest, load_manifest
 from cxrlab.data.splits import SPLIT, save_split
@@ -188,8 +189,10 @@ class Trainer:
                         out = self.model.features(x)
                     else:
                         out = self.model.boundary(x, plan.frozen)
-                # stored in half precision; uncached and resumed runs read the same rounded values
-                store.add([keys[j] for j in idx], out.float().contiguous().half())
+                # bf16 runs store half precision (no coarser than bf16's own rounding); fp32 runs keep fp32 so a
+                # cached run trains exactly like an uncached one (fp16 rounding grew to 5 % loss differences)
+                out = out.float().contiguous()
+                store.add([keys[j] for j in idx], out.half() if self.precision == "bf16" else out)
                 if task is not None:
                     progress.update(task, advance=len(idx))
             store.save()
@@ -413,7 +416,7 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
         if not last.is_file():
             raise InputError(run_dir, "nothing to resume: no checkpoints/last.pt")
         remove_stale_temps(run_dir)  # what a kill mid-write left; the files they were to replace are intact
-        payload = torch.load(last, map_location="cpu", weights_only=False)
+        payload = load_checkpoint(last, required=("model", "state", "rng", "recipe"))  # damaged: an InputError
         recipe = load_recipe(payload["recipe"])  # the run's own resolved recipe is authoritative
     else:
         if last.is_file():
