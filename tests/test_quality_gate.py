@@ -215,3 +215,29 @@ def test_service_without_gate_says_not_checked(service_runs):
     with TestClient(create_app(load_service_config(service_runs["config"]))) as client:
         rep = client.post("/v1/analyze", files={"file": ("a.png", encode_png(render_sample(size=128)["image"]))})
     assert rep.json()["quality"]["gate"].startswith("not checked")
+
+
+def test_batch_commands_write_quality_columns_and_skip_refused(service_runs, gate_run, tmp_path):
+    folder = tmp_path / "films"
+    write_png(folder / "a_frontal.png", render_sample(size=128, seed=31)["image"])
+    write_png(folder / "b_lateral.png", render_sample(view="L", size=128, seed=32)["image"])
+    seg = subprocess.run([CLI, "segment", "predict", str(folder), "--lung-model", str(service_runs["lung"]),
+                          "--out", str(tmp_path / "seg"), "--quality", str(gate_run), "--no-overlays"],
+                         capture_output=True, text=True, timeout=300)
+    assert seg.returncode == 0, seg.stdout + seg.stderr
+    assert "1 refused by the quality gate" in " ".join(seg.stdout.split())
+    table = load_manifest(tmp_path / "seg" / "manifest.csv").df.set_index(
+        load_manifest(tmp_path / "seg" / "manifest.csv").df[schema.IMAGE].map(lambda p: Path(p).name))
+    assert table.loc["b_lateral.png", "quality_verdict"] == "refuse"
+    assert pd.isna(table.loc["b_lateral.png", schema.MASK_RIGHT_LUNG])  # not segmented
+    assert table.loc["a_frontal.png", "quality_verdict"] == "ok"
+    assert Path(table.loc["a_frontal.png", schema.MASK_RIGHT_LUNG]).is_file()
+    out = tmp_path / "pred.csv"
+    pred = subprocess.run([CLI, "predict", str(service_runs["diagnosis"]), str(folder), "--out", str(out),
+                           "--quality", str(gate_run)], capture_output=True, text=True, timeout=300)
+    assert pred.returncode == 0, pred.stdout + pred.stderr
+    rows = pd.read_csv(out).set_index(schema.IMAGE)
+    prob = [c for c in rows.columns if c.startswith("prob")]
+    lateral = [i for i in rows.index if i.endswith("b_lateral.png")][0]
+    assert rows.loc[lateral, "quality_verdict"] == "refuse" and rows.loc[lateral, prob].isna().all()
+    assert rows.drop(index=lateral)[prob].notna().all().all()

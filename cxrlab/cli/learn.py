@@ -51,6 +51,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="output table (.csv or .parquet)"),
         lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="segmentation run giving lung masks "
                                                   "when the recipe's ROI needs them and the input has none"),
+        quality: Optional[Path] = typer.Option(None, "--quality", help="quality run (cxrlab quality train): adds "
+                                               "quality_* columns, skips refused images, corrects inverted ones"),
+        keep_failing: bool = typer.Option(False, "--keep-failing", help="predict images the gate refuses too"),
     ) -> None:
         """Predict with a trained run on new images."""
         from cxrlab.data.inputs import resolve_inputs
@@ -60,13 +63,16 @@ def register(app: typer.Typer) -> None:
         from cxrlab.train import load_run
         from cxrlab.utils import atomic_path
 
-        table = load_run(run).predict(images, lung_model=lung_model)
+        table = load_run(run).predict(images, lung_model=lung_model, quality=quality, keep_failing=keep_failing)
         with atomic_path(out) as tmp:
             if out.suffix == ".parquet":
                 table.to_parquet(tmp, index=False)
             else:
                 table.to_csv(tmp, index=False)
-        console.print(f"{len(table)} prediction(s) written to [bold]{out}[/]")
+        skipped = int((table["quality_verdict"] == "refuse").sum()) if quality and not keep_failing else 0
+        console.print(f"{len(table)} row(s) written to [bold]{out}[/]"
+                      + (f"; {skipped} refused by the quality gate, not predicted (see quality_reasons)"
+                         if skipped else ""))
 
     @recipes_app.command("list")
     def recipes_list() -> None:

@@ -52,7 +52,12 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders 
             overlays: bool = typer.Option(True, "--overlays/--no-overlays"),
             convention: Optional[str] = typer.Option(
                 None, "--convention", help="draw lungs as one annotation convention of the run's lung_conventions "
-                "does (default: the shared channels, trained on every source)")) -> None:
+                "does (default: the shared channels, trained on every source)"),
+            quality: Optional[Path] = typer.Option(None, "--quality", help="quality run (cxrlab quality train): "
+                                                   "adds quality_* columns, skips refused images (lateral, not a "
+                                                   "chest film), corrects inverted ones"),
+            keep_failing: bool = typer.Option(False, "--keep-failing", help="segment images the gate refuses too")
+            ) -> None:
     """Predict masks (PNG 0/255) and overlays; writes ``manifest.csv`` with mask columns and biomarkers."""
     from cxrlab.data import Manifest, save_manifest, schema
     from cxrlab.data.inputs import resolve_inputs
@@ -68,6 +73,15 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders 
     from cxrlab.io import read_image, write_png
 
     seg = LungSegmenter.from_run(run, convention=convention)
+    checks = None
+    if quality is not None:
+        from cxrlab.quality.batch import as_gate, check_frame, inverted_rows
+
+        checks = check_frame(as_gate(quality), resolved.df.reset_index(drop=True), batch_size)
+        checks.index = [str(Path(p).resolve()) for p in resolved.df[schema.IMAGE]]
+        inverted = inverted_rows(checks)
+        if not keep_failing:
+            images = [p for p in images if checks.at[str(p.resolve()), "quality_verdict"] != "refuse"]
     stems = _unique_stems(images)
     key_to_col = {mask_key(c): c for c in schema.MASK_COLUMNS}
     rows = []
@@ -76,6 +90,9 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders 
         for start in range(0, len(images), batch_size):
             chunk = list(range(start, min(start + batch_size, len(images))))
             arrays = [read_image(images[i])[0] for i in chunk]
+            if checks is not None:  # films the gate found inverted are segmented the right way up
+                arrays = [1.0 - a if inverted[str(images[i].resolve())] else a
+                          for i, a in zip(chunk, arrays)]
             for i, image, masks in zip(chunk, arrays, seg.predict_batch(arrays, batch_size=batch_size)):
                 row = {"image": str(images[i].resolve())}
                 for key, m in masks.items():
@@ -91,7 +108,9 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders 
                     row.update({f"bio_{k}": v for k, v in bio.items()})
                 rows.append(row)
             bar.update(task, completed=chunk[-1] + 1)
-    pred = pd.DataFrame(rows)
+    pred = pd.DataFrame(rows, columns=["image"]) if not rows else pd.DataFrame(rows)
+    if checks is not None:
+        pred = pred.merge(checks.rename_axis("image").reset_index(), on="image", how="right")
     base = resolved.df.drop(columns=[c for c in pred.columns if c != "image" and c in resolved.df.columns])
     base = base.assign(image=[str(Path(p).resolve()) for p in base["image"]])
     table = base.merge(pred.drop_duplicates("image"), on="image", how="left")
@@ -102,8 +121,11 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders 
         table[col] = given.where(given.notna(), pd.Series(fill, index=table.index, dtype=object))
     save_manifest(Manifest(table), out / "manifest.csv")
     flagged = int((pred.get("bio_plausible", pd.Series(dtype=bool)) == False).sum())  # noqa: E712
+    refused = len(resolved.df) - len(images)
     console.print(f"wrote masks for {len(images)} image(s) to {out}"
-                  + (f"; {flagged} flagged implausible (see bio_flags)" if flagged else ""))
+                  + (f"; {flagged} flagged implausible (see bio_flags)" if flagged else "")
+                  + (f"; {refused} refused by the quality gate, not segmented (see quality_reasons)"
+                     if refused else ""))
 
 
 @segment_app.command("evaluate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from cxrlab.data import schema
@@ -43,3 +44,8 @@ def check_frame(gate: QualityGate, df: pd.DataFrame, batch_size: int = 32,
         if progress is not None:
             progress(min(start + batch_size, len(index)), len(index))
     return pd.DataFrame.from_dict(rows, orient="index").reindex(index)[QUALITY_COLUMNS]
+
+
+def inverted_rows(checks: pd.DataFrame) -> pd.Series:
+    """True where the gate found the film inverted (False for unreadable rows, whose flag is missing)."""
+    return checks["quality_inverted"].map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v)).astype(bool)

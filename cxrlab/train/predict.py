@@ -132,13 +132,12 @@ class RunModel:
         df = _as_frame(data).reset_index(drop=True)
         checks = None
         if quality is not None:
-            from cxrlab.quality.batch import as_gate, check_frame
+            from cxrlab.quality.batch import as_gate, check_frame, inverted_rows
 
             checks = check_frame(as_gate(quality), df, batch_size)
         run_rows = np.flatnonzero((checks["quality_verdict"] != "refuse").to_numpy()) \
             if checks is not None and not keep_failing else np.arange(len(df))
-        inverted = checks["quality_inverted"].map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v)).to_numpy() \
-            if checks is not None else np.zeros(len(df), bool)
+        inverted = inverted_rows(checks).to_numpy() if checks is not None else np.zeros(len(df), bool)
         mask_cols = [c for c in df.columns if c.startswith("mask_") and df[c].notna().all()]
         decoded_parts = []
         for start in range(0, len(run_rows), batch_size):
