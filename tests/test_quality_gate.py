@@ -241,3 +241,18 @@ def test_batch_commands_write_quality_columns_and_skip_refused(service_runs, gat
     lateral = [i for i in rows.index if i.endswith("b_lateral.png")][0]
     assert rows.loc[lateral, "quality_verdict"] == "refuse" and rows.loc[lateral, prob].isna().all()
     assert rows.drop(index=lateral)[prob].notna().all().all()
+
+
+def test_training_drops_films_the_gate_refuses(quality_phantom, gate_run, tmp_path, monkeypatch):
+    from cxrlab.train import train
+
+    monkeypatch.setenv("CXRLAB_HOME", str(tmp_path / "home"))
+    run = train("phantom-diagnosis", [quality_phantom], tmp_path / "run", show_progress=False,
+                overrides=["train.num_workers=0", "input.size=32", f"data.quality={gate_run}",
+                           "train.stages=[{epochs: 1, train_blocks: 0, lr: 0.01}]"])
+    laterals = set(load_manifest(quality_phantom).df.query("view == 'L'")[schema.IMAGE])
+    trained_on = set(pd.read_csv(run / "split.csv")[schema.IMAGE])
+    assert laterals and not laterals & trained_on
+    report = pd.read_csv(run / "quality_exclusions.csv")
+    assert set(report.loc[report["criterion"] == "quality_gate", "image"]) == laterals
+    assert str(gate_run) in (run / "recipe.yaml").read_text()  # the run records which gate filtered it

@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
                                     "(default <out>/mlruns; needs: pip install 'cxrlab[mlflow]')"),
         mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", metavar="URI",
                                                  help="MLflow tracking store (implies --mlflow)"),
+        quality: Optional[Path] = typer.Option(None, "--quality", help="quality run (cxrlab quality train): drop "
+                                               "films it refuses or finds inverted before the split "
+                                               "(recipe key data.quality)"),
     ) -> None:
         """Train a recipe; writes a self-describing run directory."""
         from cxrlab.recipes import load_recipe
@@ -35,6 +38,8 @@ def register(app: typer.Typer) -> None:
             overrides.append("tracking.mlflow=true")
         if mlflow_uri:
             overrides.append(f"tracking.uri={json.dumps(mlflow_uri)}")  # quoted: the value is read as YAML
+        if quality is not None:
+            overrides.append(f"data.quality={json.dumps(str(quality.resolve()))}")
         # a wrong recipe name, key or value fails here, in a second, before the model libraries load
         resolved = recipe if resume else load_recipe(recipe, overrides)
 

@@ -24,6 +24,8 @@ class DataSpec(_Strict):
     filter: dict[str, list[Any]] = Field(default_factory=dict, description="keep rows whose column is in the list")
     rename: dict[str, str] = Field(default_factory=dict,
                                    description="column renames applied to the extra manifests (label fusion)")
+    quality: str | None = Field(None, description="a quality run (cxrlab quality train): films it refuses or finds "
+                                "inverted are dropped before the split, listed in the run's quality_exclusions.csv")
 
 
 class SplitSpec(_Strict):

@@ -396,6 +396,21 @@ def _as_manifests(data: Sequence[str | os.PathLike | Manifest] | str | os.PathLi
     return [d if isinstance(d, Manifest) else load_manifest(d) for d in items]
 
 
+def _quality_filtered(manifests: list[Manifest], quality_run: str, run_dir: Path) -> list[Manifest]:
+    """Drop the films the quality gate refuses, and inverted ones (training reads files as they are), from every
+    manifest; what went and why is written to ``quality_exclusions.csv`` in the run."""
+    from cxrlab.data.exclusions import ExclusionConfig, apply_exclusions
+
+    config = ExclusionConfig(first_per_accession=False, min_age=None, radiographs_only=False, frontal_only=False,
+                             drop_unreadable=False, drop_documents=False, flag_inverted=True, drop_inverted=True,
+                             quality_run=quality_run)
+    results = [apply_exclusions(m, config) for m in manifests]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / "quality_exclusions.csv") as tmp:
+        pd.concat([r.report.assign(manifest=i) for i, r in enumerate(results)]).to_csv(tmp, index=False)
+    return [r.kept for r in results]
+
+
 def _progress(show: bool):
     if not show:
         return None
@@ -425,6 +440,8 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
     if recipe.tracking.mlflow:
         require_mlflow()  # fail before any work when the optional dependency is missing
     manifests = _as_manifests(data)
+    if recipe.data.quality:
+        manifests = _quality_filtered(manifests, recipe.data.quality, run_dir)
     torch.set_num_threads(recipe.train.threads)
     pipeline = InputPipeline(recipe.input)
     tasks = build_tasks(recipe, pipeline)
