@@ -59,6 +59,23 @@ the earlier file exactly as it was, and the temporary file is removed. Checks th
 (`save_split` refusing a patient in two parts) run before anything is written. The `atomic-*` cases below
 prove it byte for byte, including a checkpoint write killed before its rename, after which the run still loads.
 
+## Interrupted runs resume to the same result
+
+`cxrlab train`, `cxrlab segment train` and `cxrlab severity train` checkpoint every epoch (atomically) with the
+model, optimizer and scheduler state, early-stopping counters, the best score and the random-number states of
+torch, numpy and Python; epoch order and augmentation are seeded per epoch. After `kill -9`, the same command
+with `--resume` removes the half-written temporary files the kill left, rewrites `history.csv` from the
+checkpoint and continues: `tests/test_crash_recovery.py` kills each command mid-run (the learning run inside its
+second stage) and checks that the resumed run's metrics, predictions, history and weights equal those of an
+uninterrupted run, and that every file in the run directory loads. `--resume` on a directory without a
+checkpoint says "nothing to resume" (exit 2).
+
+## Images that are not what they seem
+
+Lateral films, inverted grey levels and pictures that are not chest radiographs are caught by the learned
+image-quality gate ([quality.md](quality.md)), not by these input checks: a lateral PNG is a perfectly readable
+file. The service refuses them (422) when a gate is configured, and says "not checked" when none is.
+
 ## The sweep
 
 | case | surface | bad input | what cxrlab does | outcome | message (as observed) |
