@@ -223,3 +223,24 @@ def test_installed_cli_json_contract(tmp_path, tiny_phantom):
     assert CaseIndex.load(idx).search([q1, q2], k=3) == lines
     bad = run_cli("index", "search", str(tmp_path / "nope"), q1)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_benchmark_metrics_rank_patients_like_the_index(tmp_path):
+    from cxrlab.retrieval.evaluate import patient_neighbours, retrieval_benchmark, retrieval_scores
+
+    vectors = np.array([r[3] for r in ROWS] + [[1.0, 0.05, 0.0]], np.float32)
+    patients = [r[1] for r in ROWS] + ["Q"]
+    top = patient_neighbours(vectors, patients, queries=np.array([6, 0]), k=3)
+    assert [patients[i] for i in top[0]] == ["A", "B", "C"] and top[0][0] == 1  # best film of A is a2
+    assert [patients[i] for i in top[1] if i >= 0] == ["Q", "B", "C"]          # query a1: patient A excluded
+    # the same order as the index's search
+    index = CaseIndex.load(build_index(hand_made(tmp_path, "e.parquet", ROWS), tmp_path / "i"))
+    assert [h["patient_id"] for h in index.search_vectors(vectors[6:], k=3)[0]["results"]] == ["A", "B", "C"]
+    labels = np.array(["x", "x", "y", "y", "z", "y", "x"])
+    s = retrieval_scores(top[:1], labels, np.array([6]), n_relevant=np.array([1]), ks=(1, 3))
+    assert s["precision@1"][0] == 1 and s["precision@3"][0] == pytest.approx(1 / 3) and s["ap@3"][0] == 1
+    s = retrieval_scores(np.array([[2, 0, 4]]), labels, np.array([6]), n_relevant=np.array([2]), ks=(3,))
+    assert s["ap@3"][0] == pytest.approx((1 / 2) / 2)  # the relevant patient at rank 2 of 2 possible
+    est = retrieval_benchmark(vectors, labels, patients, sources=["s"] * 7, ks=(1,), n_boot=50)
+    assert 0 <= est["precision@1"].value <= 1 and est["n_queries"].value == 7
+    assert est["nn_same_source"].value == 1.0

@@ -54,8 +54,8 @@ def make_faiss_index(vectors: np.ndarray, kind: str = "flat", *, nlist: int | No
                      ef_construction: int = 80, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """A FAISS inner-product index over (already normalised) ``vectors`` and its search parameters.
 
-    ``flat``: exact. ``ivf``: inverted lists (``nlist`` default ~4 sqrt(N), at least 39 training points per
-    list), searched with ``nprobe`` lists. ``hnsw``: graph with ``m`` links per node, searched with ``efSearch``.
+    ``flat``: exact. ``ivf``: inverted lists (``nlist`` default sqrt(N), at least 39 training points per list;
+    k-means on 64 points per list), searched with ``nprobe`` = max(8, nlist / 16) lists. ``hnsw``: graph with ``m`` links per node, searched with ``efSearch``.
     """
     faiss = _faiss()
     n, dim = vectors.shape
@@ -65,13 +65,14 @@ def make_faiss_index(vectors: np.ndarray, kind: str = "flat", *, nlist: int | No
     elif kind == "ivf":
         if n < 39:
             raise InputError("index", f"an IVF index needs at least 39 vectors to train (got {n}); use --kind flat")
-        nlist = int(nlist or max(1, min(int(4 * math.sqrt(n)), n // 39)))
+        nlist = int(nlist or max(1, min(round(math.sqrt(n)), n // 39)))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         train = vectors
-        if n > 256 * nlist:  # k-means on a sample is as good and far faster
-            train = vectors[np.random.default_rng(seed).choice(n, 256 * nlist, replace=False)]
+        if n > 64 * nlist:  # k-means on a sample (64 points per list) is as good and far faster
+            train = vectors[np.sort(np.random.default_rng(seed).choice(n, 64 * nlist, replace=False))]
         index.cp.seed = seed
+        index.cp.niter = 10
         index.train(train)
         params = {"nlist": nlist, "nprobe": max(1, min(nlist, max(8, nlist // 16)))}
     elif kind == "hnsw":
