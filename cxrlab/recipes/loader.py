@@ -43,6 +43,13 @@ def _severity_schema() -> type[BaseModel]:
     return SeverityConfig
 
 
+@RECIPE_KINDS.register("sequence", command="cxrlab sequence cv")
+def _sequence_schema() -> type[BaseModel]:
+    from cxrlab.train.sequence import SequenceConfig
+
+    return SequenceConfig
+
+
 def recipe_kind(raw: dict[str, Any], source: object = "recipe") -> str:
     """The ``kind:`` a raw recipe declares (``learning`` when absent); unknown kinds are a ConfigError."""
     kind = raw.get("kind", DEFAULT_KIND)
