@@ -85,12 +85,15 @@ def test_c_index_and_cox_loss_on_hand_made_risks():
 def test_build_sequences_groups_orders_and_refuses_missing_outcomes():
     meta = pd.DataFrame({"image": ["b2", "a1", "b1", "a2", "c1"], "patient_id": ["B", "A", "B", "A", "C"],
                          "offset_days": [5.0, 0.0, 1.0, 3.0, np.nan], "survival": ["N", "Y", "N", "Y", "Y"]})
+    unknown = Embeddings(np.zeros((2, 2), np.float32), pd.DataFrame({"image": ["d1", "e1"], "patient_id": ["D", "E"],
+                                                                      "offset_days": [0, 0], "survival": ["?", "Y"]}))
     emb = Embeddings(np.arange(10, dtype=np.float32).reshape(5, 2), meta)
     cfg = load_sequence_config("cs230-survival")
     seqs = build_sequences(emb, cfg)
     assert [s.patient_id for s in seqs] == ["A", "B"]  # C has no dated film
     assert seqs[1].images == ["b1", "b2"] and seqs[1].label == 1.0 and seqs[0].label == 0.0
     assert np.array_equal(seqs[1].features, [[4, 5], [0, 1]])
+    assert [s.patient_id for s in build_sequences(unknown, cfg)] == ["E"]  # '?' is not a survivor
     with pytest.raises(InputError, match="survival_days"):
         build_sequences(emb, SequenceConfig(outcome={"kind": "survival"}))
 
@@ -121,3 +124,33 @@ def test_on_phantom_courses_the_sequence_model_beats_the_last_film(tmp_path):
                           train={"epochs": 30, "batch_size": 32, "folds": 3})
     cv = cross_validate_sequences(build_sequences(emb, surv), surv, modes=["lstm"], n_boot=0)
     assert cv["metric"] == "c_index" and cv["estimates"]["lstm"]["value"] > 0.7
+
+
+def test_cli_sequence_cv_writes_metrics_and_out_of_fold_predictions(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxrlab.cli.main import app
+    from cxrlab.retrieval import write_embeddings
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(30):
+        died = p % 3 == 0
+        for j in range(1 + p % 3):
+            rows.append({"image": f"{p}_{j}.png", "image_path": f"/x/{p}_{j}.png", "patient_id": f"P{p:02d}",
+                         "offset_days": 2 * j, "survival": "N" if died else "Y"})
+    meta = pd.DataFrame(rows)
+    x = rng.normal(size=(len(meta), 4)) + (meta["survival"] == "N").to_numpy()[:, None] * 2.0
+    emb = write_embeddings(tmp_path / "emb.parquet", x, meta)
+    result = CliRunner().invoke(app, ["sequence", "cv", "cs230-survival", str(emb), "--out", str(tmp_path / "cv"),
+                                      "--set", "train.epochs=15", "--set", "train.folds=3", "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "cv" / "metrics.json").read_text())
+    assert metrics["n_patients"] == 30 and metrics["n_positive"] == 10 and metrics["metric"] == "auc"
+    assert metrics["estimates"]["lstm"]["value"] > 0.8  # a separable signal is found
+    oof = pd.read_csv(tmp_path / "cv" / "predictions.csv")
+    assert {"pred_lstm", "pred_last", "pred_mean", "fold"} <= set(oof.columns) and len(oof) == 30
+    bad = CliRunner().invoke(app, ["sequence", "cv", "phantom-diagnosis", str(emb), "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "not 'sequence'" in str(bad.exception or bad.output)

@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-AREAS = ["data", "segment", "learn", "evaluate", "severity", "quality", "retrieval", "serve", "demo"]
+AREAS = ["data", "segment", "learn", "evaluate", "severity", "quality", "retrieval", "sequence", "serve", "demo"]
 
 for _area in AREAS:
     try:

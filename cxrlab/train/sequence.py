@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.special import expit
 
 from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
@@ -37,6 +38,8 @@ class OutcomeSpec(_Strict):
     column: str = Field(schema.DEATH_EVENT, description="binary: the 0/1 (or mapped) outcome column")
     positive: list[str] | None = Field(None, description="binary text column: the values meaning 1 (e.g. [N] "
                                                           "for survival=N, died)")
+    negative: list[str] | None = Field(None, description="with `positive`: the values meaning 0 (others, e.g. "
+                                                          "'?', are unknown); default: every other value")
     time_column: str = schema.SURVIVAL_DAYS
     event_column: str = schema.DEATH_EVENT
 
@@ -89,6 +92,8 @@ def _binary(values: pd.Series, spec: OutcomeSpec, source: str) -> np.ndarray:
     if spec.positive is not None:
         text = values.astype(str)
         out = np.array(text.isin([str(p) for p in spec.positive]), dtype=float)
+        if spec.negative is not None:
+            out[~(text.isin([str(n) for n in spec.negative]) | (out == 1)).to_numpy()] = np.nan
         out[values.isna().to_numpy()] = np.nan
         return out
     numbers = pd.to_numeric(values, errors="coerce")
@@ -218,9 +223,9 @@ def predict_sequences(model: torch.nn.Module, seqs: Sequence[PatientSequence], c
     if per_step:
         steps = model.per_step(batch["features"], batch["gaps"], batch["lengths"]).numpy()
         out = [steps[i, :len(s.offsets)] for i, s in enumerate(seqs)]
-        return [1 / (1 + np.exp(-o)) for o in out] if config.outcome.kind == "binary" else out
+        return [expit(o) for o in out] if config.outcome.kind == "binary" else out
     raw = model(batch["features"], batch["gaps"], batch["lengths"]).numpy()
-    return 1 / (1 + np.exp(-raw)) if config.outcome.kind == "binary" else raw
+    return expit(raw) if config.outcome.kind == "binary" else raw
 
 
 def _folds(seqs: Sequence[PatientSequence], config: SequenceConfig) -> np.ndarray:

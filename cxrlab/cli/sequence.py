@@ -1,0 +1,48 @@
+"""``cxrlab sequence cv``: outcome models over each patient's series of films (a thin layer over
+:mod:`cxrlab.train.sequence`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cxrlab.cli._common import console
+
+sequence_app = typer.Typer(help="Outcome prediction from a patient's series of films (CNN features -> LSTM).",
+                           no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sequence_app, name="sequence")
+
+
+@sequence_app.command("cv")
+def cv(recipe: str = typer.Argument(..., help="a `kind: sequence` recipe: shipped name (cs230-survival) or YAML"),
+       emb: Path = typer.Argument(..., help="embeddings of the films (cxrlab embed), with patient_id, offset_days "
+                                            "and the outcome columns"),
+       out: Path = typer.Option(..., "--out", help="folder for metrics.json and predictions.csv"),
+       set_: list[str] = typer.Option([], "--set", help="override a recipe key: key=value (repeatable)"),
+       min_films: int = typer.Option(1, "--min-films", min=1, help="only patients with at least this many films"),
+       n_boot: int = typer.Option(1000, "--n-boot", min=0, help="patient bootstrap resamples for the CIs")) -> None:
+    """Patient-level k-fold CV of the LSTM and its baselines (last film, mean of films) on the same folds."""
+    from cxrlab.retrieval import read_embeddings
+    from cxrlab.train.sequence import build_sequences, cross_validate_sequences, load_sequence_config
+    from cxrlab.utils import atomic_path, atomic_write_json, json_safe
+
+    config = load_sequence_config(recipe, set_)
+    seqs = [s for s in build_sequences(read_embeddings(emb), config, str(emb)) if len(s.offsets) >= min_films]
+    result = cross_validate_sequences(seqs, config, n_boot=n_boot)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "predictions.csv") as tmp:
+        result["predictions"].to_csv(tmp, index=False)
+    summary = {k: v for k, v in result.items() if k != "predictions"}
+    atomic_write_json(out / "metrics.json", json_safe({"recipe": config.model_dump(), **summary}))
+    console.print(f"{result['n_patients']} patients ({result['n_positive']} with the outcome), "
+                  f"{config.train.folds}-fold CV, {result['metric']} (95 % patient bootstrap CI):", highlight=False)
+    for name, est in result["estimates"].items():
+        low = "" if est["low"] != est["low"] else f" ({est['low']:.3f}-{est['high']:.3f})"
+        console.print(f"  {name:>12}  {est['value']:.3f}{low}", highlight=False)
+    console.print(f"written: {out / 'metrics.json'}, {out / 'predictions.csv'}", highlight=False)
