@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
 
 import yaml
 
@@ -65,3 +65,27 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         else:
             node[last] = value
     return raw
+
+
+Model = TypeVar("Model")
+
+
+def load_validated(model: type[Model], source: Any, overrides: Iterable[str] | None, what: str) -> Model:
+    """A pydantic config from a YAML path, a dict, an instance or None (defaults), plus ``key=value``
+    overrides; every invalid key or value is named in one ``ConfigError`` ("invalid <what>: key: reason")."""
+    from pydantic import BaseModel, ValidationError
+
+    if isinstance(source, BaseModel):
+        raw: dict[str, Any] = source.model_dump()
+    elif isinstance(source, dict):
+        raw = dict(source)
+    elif source is None:
+        raw = {}
+    else:
+        raw = read_yaml_mapping(source, what)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return model.model_validate(raw)  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid {what}: {msgs}") from None

@@ -22,7 +22,7 @@ from cxrlab.errors import ConfigError
 from cxrlab.serve import create_app, load_service_config, start_background, write_service_config
 from cxrlab.serve.config import LimitsConfig
 from cxrlab.serve.pipeline import AnalysisPipeline
-from cxrlab.serve.quality import mask_checks
+from cxrlab.quality.rules import mask_checks
 from cxrlab.serve.samples import (FAKE_PATIENT_ID, FAKE_PATIENT_NAME, encode_dicom, encode_jpeg, encode_png)
 from cxrlab.serve.security import UploadError, require_token_rule
 from cxrlab.serve.store import ResultStore

@@ -6,11 +6,10 @@ import fnmatch
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cxrlab.data import schema
-from cxrlab.config import apply_overrides, read_yaml_mapping
-from cxrlab.errors import ConfigError
+from cxrlab.config import load_validated
 
 LUNG_TARGETS = [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG, schema.MASK_HEART]
 
@@ -155,17 +154,4 @@ def convention_channel(column: str, convention: str) -> str:
 def load_config(source: str | Path | dict[str, Any] | SegmentationConfig | None = None,
                 overrides: list[str] | None = None) -> SegmentationConfig:
     """A YAML file, a dict or a config, plus ``key=value`` overrides → a validated config."""
-    if isinstance(source, SegmentationConfig):
-        data = source.model_dump()
-    elif isinstance(source, dict):
-        data = dict(source)
-    elif source is None:
-        data = {}
-    else:
-        data = read_yaml_mapping(source, "segmentation config")
-    data = apply_overrides(data, overrides or [])
-    try:
-        return SegmentationConfig(**data)
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid segmentation config: {msgs}") from None
+    return load_validated(SegmentationConfig, source, overrides, "segmentation config")

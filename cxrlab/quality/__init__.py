@@ -8,7 +8,8 @@ service (refuses laterals and non-chest images, corrects inverted ones). Without
 
 from cxrlab.quality.config import QualityConfig, load_quality_config
 from cxrlab.quality.gate import NOT_CHECKED, QualityGate, QualityResult
+from cxrlab.quality.rules import image_checks, mask_checks
 from cxrlab.quality.train import cross_validate, train_quality_gate, view_labels
 
-__all__ = ["NOT_CHECKED", "QualityConfig", "QualityGate", "QualityResult", "cross_validate", "load_quality_config",
-           "train_quality_gate", "view_labels"]
+__all__ = ["NOT_CHECKED", "QualityConfig", "QualityGate", "QualityResult", "cross_validate", "image_checks",
+           "load_quality_config", "mask_checks", "train_quality_gate", "view_labels"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from cxrlab.config import apply_overrides, read_yaml_mapping
-from cxrlab.errors import ConfigError
+from cxrlab.config import load_validated
 
 
 class QualityConfig(BaseModel):
@@ -39,18 +38,4 @@ class QualityConfig(BaseModel):
 
 def load_quality_config(source: str | Path | dict[str, Any] | QualityConfig | None = None,
                         overrides: list[str] | None = None) -> QualityConfig:
-    if isinstance(source, QualityConfig):
-        raw: dict[str, Any] = source.model_dump()
-    elif isinstance(source, dict):
-        raw = dict(source)
-    elif source is None:
-        raw = {}
-    else:
-        raw = read_yaml_mapping(source, "quality config")
-    raw = apply_overrides(raw, overrides or [])
-    try:
-        return QualityConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"quality config: {key}: {first['msg']}") from None
+    return load_validated(QualityConfig, source, overrides, "quality config")

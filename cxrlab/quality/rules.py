@@ -1,4 +1,7 @@
-"""Image quality / anatomy flags reported with every analysis.
+"""Rule-based quality flags that need no trained gate: the DICOM header's view and the lung masks' plausibility.
+
+The learned checks (view, polarity, not a chest film) are in :mod:`cxrlab.quality.gate`; these complement them
+wherever lung masks exist (the service runs them after its lung stage).
 
 - ``lateral_view``: from the DICOM ViewPosition when present; otherwise suspected when the two predicted lungs
   overlap horizontally (a lateral film shows one superimposed lung field).

@@ -57,10 +57,6 @@ class FeatureTable:
     lateral: np.ndarray
     skipped: list[str]               # "path: reason" of films that could not be read
 
-    def save(self, path: Path) -> None:
-        np.savez_compressed(path, features=self.features, inverted=self.inverted, lateral=self.lateral,
-                            images=self.rows[schema.IMAGE].astype(str).to_numpy())
-
 
 def load_training_rows(manifests: Sequence[str | os.PathLike], config: QualityConfig) -> pd.DataFrame:
     if not manifests:

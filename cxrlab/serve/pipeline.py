@@ -19,7 +19,7 @@ from cxrlab.errors import CxrlabError, InputError
 from cxrlab.io import ColorImageWarning, ImageHeader, read_image_bytes
 from cxrlab.serve import render
 from cxrlab.serve.config import ROLES, ServiceConfig
-from cxrlab.serve.quality import image_checks, mask_checks
+from cxrlab.quality.rules import image_checks, mask_checks
 from cxrlab.utils import json_safe
 
 

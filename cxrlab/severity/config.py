@@ -18,8 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cxrlab.anatomy.config import apply_overrides
-from cxrlab.config import read_yaml_mapping
+from cxrlab.config import apply_overrides, read_yaml_mapping
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.severity.scores import DEFAULT_BRIXIA_CUTPOINTS, DEFAULT_ZONE_THRESHOLD
 from cxrlab.utils import atomic_write_json
