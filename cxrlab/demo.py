@@ -10,6 +10,9 @@ Each step calls only the owning package's library API and writes under ``out_dir
 2. ``lung/``: a small lung segmentation model (:func:`cxrlab.anatomy.train_segmentation`) in ``lung/run/`` and
    mask overlays of the test images in ``lung/overlays/``.
 3. ``diagnosis/``: the learning engine's ``phantom-diagnosis`` recipe (:func:`cxrlab.train.train`).
+   ``similar/``: every film embedded with that run (:func:`cxrlab.retrieval.embed`), a FAISS index of them
+   (``similar/index/``) and one search of a test film (``similar/search.json``: top 3 other patients, each with
+   its films in time order), as ``cxrlab index search --json`` prints it.
 4. ``severity/``: the two-stage pipeline lungs → disease → scores (:func:`cxrlab.severity.train.train_severity`)
    in ``severity/run/``; scores, masks and overlays of the test images in ``severity/predict/``.
 5. ``evaluation/``: the report of the diagnosis run (:func:`cxrlab.evaluate.build_report`), ``report.html``.
@@ -214,6 +217,19 @@ def _diagnosis_step(out: Path, plan: DemoPlan, data: dict[str, Any], rep: _Repor
     return {"run": run, "metrics": metrics}
 
 
+def _similar_step(out: Path, plan: DemoPlan, data: dict[str, Any], diagnosis: dict[str, Any]) -> dict[str, Any]:
+    from cxrlab.retrieval import CaseIndex, build_index, embed
+
+    folder = _fresh(out / "similar")
+    emb = embed(diagnosis["run"], data["manifest"], folder / "embeddings.parquet", batch_size=plan.batch_size)
+    index = CaseIndex.load(build_index(emb, folder / "index"))
+    frame = data["frame"]
+    query = str(frame.loc[frame["split"] == "test", "image"].iloc[0])  # an indexed film: its patient is left out
+    result = index.search([query], k=3)[0]
+    atomic_write_json(folder / "search.json", result)
+    return {"index": folder / "index", "search": folder / "search.json", "result": result, "n": len(index)}
+
+
 def _severity_step(out: Path, plan: DemoPlan, data: dict[str, Any], lung: dict[str, Any],
                    rep: _Reporter) -> dict[str, Any]:
     from cxrlab.severity.evaluation import evaluate_severity
@@ -294,7 +310,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
     plan = DemoPlan.make(size=size, fast=fast, seed=seed)
     out = Path(out_dir)
     _prepare_out(out)
-    rep = _Reporter(console, n_steps=7)
+    rep = _Reporter(console, n_steps=8)
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -323,6 +339,15 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
         info["note"] = (f"test macro-F1 {_fmt(test.get('macro_f1'))}, accuracy {_fmt(test.get('accuracy'))} → "
                         f"{diagnosis['run']}")
     seconds["diagnosis"] = info["seconds"]
+
+    with rep.step("similar cases", "embed every film with the diagnosis run → FAISS index → one search (top 3 "
+                                   "patients with their timelines)") as info:
+        similar = _similar_step(out, plan, data, diagnosis)
+        hits = "; ".join(f"{h['patient_id']} {h['finding']} cos {h['similarity']:.2f}, films on days "
+                         f"{', '.join(str(s['offset_days']) for s in h['series'])}" for h in similar["result"]["results"])
+        info["note"] = (f"{similar['n']} films indexed; {Path(similar['result']['query']).name} → {hits} → "
+                        f"{similar['search']}")
+    seconds["similar"] = info["seconds"]
 
     with rep.step("severity", f"two-stage lungs → disease ({plan.disease_epochs} epoch(s)) → zone scores") as info:
         severity = _severity_step(out, plan, data, lung, rep)
@@ -355,7 +380,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, seed: int = 0, size: i
     outputs = {
         "data": out / "data", "manifest": data["manifest"], "split": data["split"], "stats": data["stats"],
         "lung_run": lung["run"], "lung_overlays": lung["overlays"], "diagnosis_run": diagnosis["run"],
-        "severity_run": severity["run"], "severity_predictions": severity["predictions"],
+        "similar_index": similar["index"], "similar_search": similar["search"], "severity_run": severity["run"], "severity_predictions": severity["predictions"],
         "severity_overlays": severity["overlays"], "severity_metrics": severity["metrics_file"],
         "report": evaluation["report"], "quality_run": quality["run"], "quality_examples": quality["examples_file"],
         "service_config": service["config"],
@@ -392,6 +417,7 @@ def _print_summary(console: Console, out: Path, outputs: dict[str, Path], second
         ("data", "phantom, manifest, split, stats", [outputs["data"], outputs["split"]]),
         ("lung", "lung model run + mask overlays", [outputs["lung_run"], outputs["lung_overlays"]]),
         ("diagnosis", f"{DIAGNOSIS_RECIPE} run", [outputs["diagnosis_run"]]),
+        ("similar", "similar-case index + one search", [outputs["similar_index"], outputs["similar_search"]]),
         ("severity", "two-stage run, test scores + overlays, metrics",
          [outputs["severity_run"], outputs["severity_overlays"], outputs["severity_metrics"]]),
         ("evaluation", "evaluation report", [outputs["report"]]),
