@@ -421,7 +421,9 @@ def _print_summary(console: Console, out: Path, outputs: dict[str, Path], second
         ("severity", "two-stage run, test scores + overlays, metrics",
          [outputs["severity_run"], outputs["severity_overlays"], outputs["severity_metrics"]]),
         ("evaluation", "evaluation report", [outputs["report"]]),
-        ("service", "viewer config", [outputs["service_config"]]),
+        ("quality", "image-quality gate + three example verdicts",
+         [outputs["quality_run"], outputs["quality_examples"]]),
+        ("service", "viewer config (with the gate)", [outputs["service_config"]]),
     ]
     table = Table(title=f"cxrlab demo outputs ({total:.0f} s)", title_justify="left")
     table.add_column("step", style="bold")
