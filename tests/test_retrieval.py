@@ -244,3 +244,30 @@ def test_benchmark_metrics_rank_patients_like_the_index(tmp_path):
     est = retrieval_benchmark(vectors, labels, patients, sources=["s"] * 7, ks=(1,), n_boot=50)
     assert 0 <= est["precision@1"].value <= 1 and est["n_queries"].value == 7
     assert est["nn_same_source"].value == 1.0
+
+
+def test_service_similar_endpoint_searches_an_upload(tmp_path, tiny_phantom):
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from cxrlab.serve.app import create_app
+    from cxrlab.serve.config import ServiceConfig
+
+    emb = embed("efficientnet_lite0", tiny_phantom, tmp_path / "emb.parquet", precision="fp32")
+    idx = build_index(emb, tmp_path / "cases")
+    stub = SimpleNamespace(analyze_many=lambda *a, **k: [], warmup=lambda: None, stage_names=[], backend="none")
+    manifest = pd.read_csv(tiny_phantom / "manifest.csv")
+    film = (tiny_phantom / manifest["image"][2]).read_bytes()
+    client = TestClient(create_app(ServiceConfig(similar={"index": str(idx), "k": 2}), pipeline=stub))
+    answer = client.post("/v1/similar", files={"file": ("x.png", film, "image/png")})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body) == {"query", "results", "notice"} and body["query"] == "upload" and len(body["results"]) == 2
+    top = body["results"][0]
+    assert set(top) == {"patient_id", "image", "similarity", "finding", "series"}
+    assert top["patient_id"] == manifest["patient_id"][2] and top["similarity"] > 0.99  # the same film, indexed
+    assert client.post("/v1/similar?k=0", files={"file": ("x.png", film, "image/png")}).status_code == 422
+    assert client.post("/v1/similar", files={"file": ("x.png", b"not an image", "image/png")}).status_code in (415, 422)
+    plain = TestClient(create_app(ServiceConfig(), pipeline=stub))
+    assert plain.post("/v1/similar", files={"file": ("x.png", film, "image/png")}).status_code == 404

@@ -1,5 +1,5 @@
 """The FastAPI application: ``/v1/analyze``, ``/v1/analyze/batch``, ``/v1/results``, ``/v1/health``,
-``/v1/models`` and the viewer at ``/``.
+``/v1/models``, ``/v1/similar`` (:mod:`cxrlab.serve.similar`) and the viewer at ``/``.
 
 Bad input is answered with a JSON error ``{"error": {"status", "reason"}}`` (413, 415, 422), never a 500.
 Inference runs in one worker (the model already uses every core); requests that arrive meanwhile are analysed
@@ -208,6 +208,10 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
     @app.get(f"/{API_VERSION}/models")
     async def models() -> dict[str, Any]:
         return {"models": pipeline.model_cards(), "backend": pipeline.backend}
+
+    from cxrlab.serve.similar import register_similar
+
+    register_similar(app, config, _read_limited, NOTICE)  # POST /v1/similar (404 without similar.index)
 
     static = files("cxrlab.serve") / "static"
 

@@ -55,11 +55,21 @@ class QualityGateConfig(BaseModel):
                                                  "without scores and a warning")
 
 
+class SimilarConfig(BaseModel):
+    """The similar-case index (``cxrlab index build``) behind ``POST /v1/similar``; none: the route answers 404."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: Path | None = Field(None, description="index folder")
+    k: int = Field(5, ge=1, le=50, description="patients returned per query")
+
+
 class ServiceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     quality: QualityGateConfig = Field(default_factory=QualityGateConfig)
+    similar: SimilarConfig = Field(default_factory=SimilarConfig)
     backend: str = "torch-fp32"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -99,7 +109,14 @@ def _resolve(cfg: ServiceConfig, base: Path) -> ServiceConfig:
         if not run.is_dir():
             raise ConfigError(f"service config: quality.run: run directory {run} does not exist")
         quality = quality.model_copy(update={"run": run})
-    return cfg.model_copy(update={"models": ModelsConfig(**models), "store_dir": store, "quality": quality})
+    similar = cfg.similar
+    if similar.index is not None:
+        index = similar.index if similar.index.is_absolute() else (base / similar.index).resolve()
+        if not index.is_dir():
+            raise ConfigError(f"service config: similar.index: index folder {index} does not exist")
+        similar = similar.model_copy(update={"index": index})
+    return cfg.model_copy(update={"models": ModelsConfig(**models), "store_dir": store, "quality": quality,
+                                  "similar": similar})
 
 
 def load_service_config(path: str | Path, **overrides: Any) -> ServiceConfig:
