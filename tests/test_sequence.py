@@ -154,3 +154,13 @@ def test_cli_sequence_cv_writes_metrics_and_out_of_fold_predictions(tmp_path):
     assert {"pred_lstm", "pred_last", "pred_mean", "fold"} <= set(oof.columns) and len(oof) == 30
     bad = CliRunner().invoke(app, ["sequence", "cv", "phantom-diagnosis", str(emb), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "not 'sequence'" in str(bad.exception or bad.output)
+
+
+def test_risk_groups_and_figures():
+    from cxrlab.evaluate.survival import km_figure, risk_groups, timeline_figure
+
+    assert risk_groups([0.1, 0.9, 0.5, 0.2]).tolist() == [0, 1, 1, 0]
+    png = km_figure([1, 2, 3, 4, 5, 6], [1, 0, 1, 1, 0, 1], [3, 1, 2, 5, 0, 4])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    png = timeline_figure([np.zeros((8, 8))] * 2, [0, 3], [0.2, 0.7], "P1")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
