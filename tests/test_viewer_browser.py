@@ -61,6 +61,13 @@ def test_viewer_upload_toggle_screenshot(service_runs, tmp_path):
             shot = tmp_path / "viewer.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+            # a refused upload must not leave the previous film's findings and scores on screen
+            bad = tmp_path / "not_an_xray.png"
+            bad.write_bytes(b"GIF89a not an x-ray")
+            page.set_input_files("#file", str(bad))
+            page.wait_for_selector("#status[data-state=error]", timeout=60_000)
+            assert page.locator("#findings tr").count() == 0 and page.locator("#zones rect").count() == 0
+            assert not page.locator("#viewer").is_visible()
             assert errors == []
             context.close()
     finally:

@@ -210,14 +210,15 @@ class QualityGate:
         lateral = view_prob > self.config.view_threshold
         m = self.models
         if ood > m.ood_refuse:
-            verdict = "refuse"
-            reasons.append(f"not a chest radiograph (feature distance {ood:.1f} > {m.ood_refuse:.1f})")
-        elif ood > m.ood_warn:
+            # view and polarity of something that is not a chest film mean nothing: one reason only
+            reasons.append(f"not a chest radiograph (feature distance {ood:.3g} > {m.ood_refuse:.3g})")
+            return QualityResult(name, "lateral" if lateral else "frontal", view_prob, False, inverted_prob, ood,
+                                 "refuse", reasons, corrected=image)
+        if ood > m.ood_warn:
             verdict = "warn"
-            reasons.append(f"unusual for a chest radiograph (feature distance {ood:.1f} > {m.ood_warn:.1f})")
+            reasons.append(f"unusual for a chest radiograph (feature distance {ood:.3g} > {m.ood_warn:.3g})")
         if lateral:
-            if verdict != "refuse":
-                verdict = "refuse" if self.lateral_policy == "refuse" else "warn"
+            verdict = "refuse" if self.lateral_policy == "refuse" else "warn"
             reasons.append(f"lateral view (p={view_prob:.2f}): lungs, zones and scores need a frontal film")
         if inverted:
             if verdict == "ok":

@@ -164,7 +164,18 @@ function applyHeatmapControls() {
   $("contours").style.display = $("contour-toggle").checked ? "block" : "none";
 }
 
+function clearResults() {
+  // a new upload (or its refusal) must never leave the previous film's findings and scores on screen
+  $("viewer").hidden = true;
+  for (const id of ["findings", "severity"]) $(id).querySelector("tbody").replaceChildren();
+  $("zones").replaceChildren();
+  $("quality").replaceChildren();
+  $("meta").textContent = "";
+  delete document.body.dataset.resultId;
+}
+
 async function analyze(file) {
+  clearResults();
   setStatus("Analysing…", "busy");
   while (blobUrls.length) URL.revokeObjectURL(blobUrls.pop());
   try {
