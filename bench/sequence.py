@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import time
 from pathlib import Path
@@ -120,6 +121,13 @@ def page(result: dict) -> str:
                      f"{r['films_median']:.0f} / {r['films_max']} / {r['single_film_share']:.2f} | {r['metric']} | "
                      f"{ci(e['lstm'])} | {ci(e['last'])} | {ci(e['mean'])} | {ci(e['lstm-last'])} | "
                      f"{ci(e['lstm-mean'])} |")
+    if result.get("figures"):
+        lines += ["", "## Figures (phantom)", "",
+                  "Kaplan–Meier curves of the phantom's patients split at the median of the out-of-fold LSTM Cox "
+                  "risk (the row 'time to death' above), and one phantom patient's course with the ICU probability "
+                  "after each film (an LSTM trained on all other patients; each value uses only the films up to "
+                  "it). No Grad-CAM: the features are frozen ImageNet features, not a network trained on films.",
+                  ""] + [f"![{name}]({name})" for name in result["figures"]]
     lines += ["", "## What these numbers can and cannot show", ""] + [f"- {c}" for c in CAVEATS] + [""]
     return "\n".join(lines)
 
@@ -139,13 +147,50 @@ CAVEATS = [
 ]
 
 
+def figures(result: dict, phantom: Embeddings, out_dir: Path) -> list[str]:
+    """Kaplan–Meier curves of the phantom by out-of-fold LSTM Cox risk (halves), and one phantom patient's
+    timeline with the ICU probability after each film from an LSTM that never saw the patient."""
+    from cxrlab.evaluate.survival import km_figure, timeline_figure
+    from cxrlab.io import read_image
+    from cxrlab.train.sequence import build_sequences, fit_sequence_model, load_sequence_config, predict_sequences
+
+    made = []
+    cox = [r for r in result["rows"] if r["metric"] == "c_index"]
+    if cox:
+        oof = pd.read_csv(RESULTS / f"oof_{cox[0]['name'].replace(' ', '_').replace('/', '-')}.csv")
+        png = km_figure(oof["time"], oof["event"], oof["pred_lstm"],
+                        title="Phantom: Kaplan–Meier by out-of-fold LSTM Cox risk (halves)")
+        (out_dir / "sequence_km.png").write_bytes(png)
+        made.append("sequence_km.png")
+    config = load_sequence_config("cs230-survival", ["outcome.column=went_icu", "outcome.positive=null",
+                                                     "outcome.negative=null"])
+    seqs = build_sequences(phantom, config, "phantom")
+    shown = next(s for s in seqs if len(s.offsets) >= 5 and s.label == 1)
+    model = fit_sequence_model([s for s in seqs if s.patient_id != shown.patient_id], config)
+    probs = predict_sequences(model, [shown], config, per_step=True)[0]
+    paths = dict(zip(phantom.meta["image"], phantom.meta["image_path"]))
+    images = [read_image(paths[i])[0] for i in shown.images]
+    png = timeline_figure(images, shown.offsets, probs, f"Phantom patient {shown.patient_id} (went to ICU): LSTM "
+                          "trained on the other patients, prediction after each film", label="P(ICU)")
+    (out_dir / "sequence_timeline.png").write_bytes(png)
+    made.append("sequence_timeline.png")
+    return made
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phantom-patients", type=int, default=400)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "sequence.md"))
+    ap.add_argument("--page-only", action="store_true", help="page and figures from the last results.json")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    if args.page_only:
+        result = json.loads((RESULTS / "results.json").read_text())
+        result["figures"] = figures(result, phantom_embeddings(args.phantom_patients), out.parent)
+        atomic_write_text(out, page(result))
+        return
     result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
               "load_start": load_average()}
     result["machine"].setdefault("cores", os.cpu_count())
@@ -165,7 +210,8 @@ def main() -> None:
     result["rows"] = rows
     result["load_end"] = load_average()
     atomic_write_json(RESULTS / "results.json", json_safe(result))
-    atomic_write_text(Path(args.out), page(result))
+    result["figures"] = figures(result, phantom, out.parent)
+    atomic_write_text(out, page(result))
     log(f"wrote {args.out}")
 
 

@@ -54,11 +54,13 @@ def test_cosine_ranking_best_image_per_patient_and_series_order(small_index):
     hits = result["results"]
     assert [h["patient_id"] for h in hits] == ["A", "B", "C"]
     # the best image of each patient, scored by cosine (length of the vectors does not matter)
-    assert hits[0]["image"] == "images/a2.png" and hits[0]["similarity"] == pytest.approx(cosine([5, 0, .1], [1, 0, 0]), abs=1e-5)
+    assert hits[0]["image"] == "images/a2.png"
+    assert hits[0]["similarity"] == pytest.approx(cosine([5, 0, .1], [1, 0, 0]), abs=1e-5)
     assert hits[1]["image"] == "images/b1.png" and hits[1]["similarity"] == pytest.approx(0.6, abs=1e-5)
     assert hits[2]["similarity"] == pytest.approx(-1.0, abs=1e-5)
     # series: every film of the patient, by offset; a film without offset last
-    assert hits[1]["series"] == [{"image": "images/b2.png", "offset_days": 0}, {"image": "images/b1.png", "offset_days": 1},
+    assert hits[1]["series"] == [{"image": "images/b2.png", "offset_days": 0},
+                                 {"image": "images/b1.png", "offset_days": 1},
                                  {"image": "images/b0.png", "offset_days": None}]
     assert [s["image"] for s in hits[0]["series"]] == ["images/a2.png", "images/a1.png"]
     assert set(hits[0]) == {"patient_id", "image", "similarity", "finding", "series"}
@@ -217,7 +219,8 @@ def test_installed_cli_json_contract(tmp_path, tiny_phantom):
             assert set(r) == {"patient_id", "image", "similarity", "finding", "series"}
             assert r["image"] in written  # as written in the indexed manifest
             films = manifest[manifest["patient_id"] == r["patient_id"]].sort_values("offset_days")
-            assert r["series"] == [{"image": i, "offset_days": int(o)} for i, o in zip(films["image"], films["offset_days"])]
+            assert r["series"] == [{"image": i, "offset_days": int(o)}
+                                   for i, o in zip(films["image"], films["offset_days"])]
             assert r["finding"] == films["finding"].iloc[0]
     # the Python API returns the same objects
     assert CaseIndex.load(idx).search([q1, q2], k=3) == lines

@@ -55,7 +55,8 @@ def make_faiss_index(vectors: np.ndarray, kind: str = "flat", *, nlist: int | No
     """A FAISS inner-product index over (already normalised) ``vectors`` and its search parameters.
 
     ``flat``: exact. ``ivf``: inverted lists (``nlist`` default sqrt(N), at least 39 training points per list;
-    k-means on 64 points per list), searched with ``nprobe`` = max(8, nlist / 16) lists. ``hnsw``: graph with ``m`` links per node, searched with ``efSearch``.
+    k-means on 64 points per list), searched with ``nprobe`` = max(8, nlist / 16) lists. ``hnsw``: graph with
+    ``m`` links per node, searched with ``efSearch``.
     """
     faiss = _faiss()
     n, dim = vectors.shape
@@ -135,7 +136,8 @@ class CaseIndex:
         vec_file, meta_file = path / info["vectors_file"], path / info["meta_file"]
         for f in (vec_file, meta_file):
             if not f.is_file():
-                raise InputError(path, f"index is incomplete: {f.name} is missing (rebuild it with `cxrlab index build`)")
+                raise InputError(path, f"index is incomplete: {f.name} is missing (rebuild it with "
+                                       "`cxrlab index build`)")
         try:
             index = faiss.read_index(str(vec_file))
         except RuntimeError as exc:
