@@ -172,7 +172,8 @@ def report(res: dict, timing: dict, config, machine: dict, out: Path, command: s
         "",
         "Both distance methods on the same folds (the gate's default is the first):",
         "",
-        "| method | AUROC | non-chest refused | non-chest warned or refused | chest films refused | chest films warned |",
+        "| method | AUROC | non-chest refused | non-chest warned or refused | chest films refused "
+        "| chest films warned |",
         "|---|---|---|---|---|---|",
         *[f"| {r['method']} | {r['auroc']:.4f} | {r['refused']:.3f} | {r['warned_or_refused']:.3f} | "
           f"{fmt(r['chest_refused'])} | {fmt(r['chest_warned'])} |"

@@ -256,3 +256,18 @@ def test_training_drops_films_the_gate_refuses(quality_phantom, gate_run, tmp_pa
     report = pd.read_csv(run / "quality_exclusions.csv")
     assert set(report.loc[report["criterion"] == "quality_gate", "image"]) == laterals
     assert str(gate_run) in (run / "recipe.yaml").read_text()  # the run records which gate filtered it
+
+
+def test_severity_batch_does_not_score_refused_films(service_runs, gate_run, tmp_path):
+    from cxrlab.data.inputs import resolve_inputs
+    from cxrlab.severity.pipeline import SeverityPipeline
+
+    write_png(tmp_path / "a_frontal.png", render_sample("covid19", severity=0.6, size=128, seed=51)["image"])
+    write_png(tmp_path / "b_lateral.png", render_sample(view="L", size=128, seed=52)["image"])
+    pipe = SeverityPipeline.from_run(service_runs["opacity"])
+    table = pipe.predict_manifest(resolve_inputs([tmp_path]), quality=gate_run).set_index(schema.IMAGE)
+    lateral = [i for i in table.index if str(i).endswith("b_lateral.png")][0]
+    assert table.loc[lateral, "error"].startswith("refused by the quality gate: lateral view")
+    scores = [c for c in table.columns if c.startswith("pred_")]
+    assert scores and table.loc[lateral, scores].isna().all()
+    assert table.drop(index=lateral)["quality_verdict"].eq("ok").all()

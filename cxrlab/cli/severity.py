@@ -59,10 +59,14 @@ def predict_cmd(
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="write overlay PNGs"),
     batch_size: int = typer.Option(8, help="images per forward pass"),
     backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
+    quality: Optional[Path] = typer.Option(None, "--quality", help="quality run (cxrlab quality train): adds "
+                                           "quality_* columns, does not score refused images, corrects inverted"),
+    keep_failing: bool = typer.Option(False, "--keep-failing", help="score images the gate refuses too"),
 ) -> None:
     """Masks, overlay PNG and a JSON record per image file; folders and manifests give one predictions.csv."""
     from cxrlab.data import schema
     from cxrlab.data.inputs import resolve_inputs
+    from cxrlab.io import read_image
 
     resolved = resolve_inputs(inputs)  # before the model libraries load: a wrong path fails at once
     pipe = _pipeline(run, lung_run, disease_run, backend)
@@ -70,15 +74,33 @@ def predict_cmd(
         with progress() as bar:
             task = bar.add_task("severity", total=len(resolved), status="")
             table = pipe.predict_manifest(resolved, out, overlays=overlay, save_masks=True, batch_size=batch_size,
-                                          on_batch=lambda done, total: bar.update(task, completed=done))
+                                          on_batch=lambda done, total: bar.update(task, completed=done),
+                                          quality=quality, keep_failing=keep_failing)
         failed = int(table["error"].notna().sum()) if "error" in table else 0
         console.print(f"{len(table)} images scored ({failed} failed): {out / 'predictions.csv'}")
         return
+    gate = None
+    if quality is not None:
+        from cxrlab.quality import QualityGate
+
+        gate = QualityGate.load(quality)
     for image in resolved.df[schema.IMAGE]:
         path = Path(image)
-        result, array = pipe.predict_path(path)
+        array = read_image(path)[0]
+        checked = gate.check(array, str(path)) if gate is not None else None
+        if checked is not None and checked.verdict == "refuse" and not keep_failing:
+            console.print(json.dumps({"image": str(path), "quality": checked.to_dict(),
+                                      "error": "refused by the quality gate: " + "; ".join(checked.reasons)},
+                                     indent=1))
+            continue
+        if checked is not None:
+            array = checked.corrected
+        result = pipe.predict(array, str(path))
         files = result.save(out, path.stem, array if overlay else None)
-        console.print(json.dumps({**result.to_json(), "files": files}, indent=1))
+        record = {**result.to_json(), "files": files}
+        if checked is not None:
+            record["quality"] = checked.to_dict()
+        console.print(json.dumps(record, indent=1))
 
 
 @severity_app.command("evaluate")

@@ -184,23 +184,40 @@ class SeverityPipeline:
         save_masks: bool = False,
         batch_size: int = 8,
         on_batch: Callable[[int, int], None] | None = None,
+        quality: Any | None = None,
+        keep_failing: bool = False,
     ) -> pd.DataFrame:
         """Score every image of a manifest → one table (``image, patient_id, pred_<score>..., error``).
 
         An image that cannot be scored (unreadable, no lung found) gets its reason in ``error`` and NaN scores,
         so one bad file does not stop a batch. With ``out_dir`` the table is written as ``predictions.csv``
-        (plus per-image records, masks and overlays when asked).
+        (plus per-image records, masks and overlays when asked). ``quality`` (a gate or its run directory) adds
+        the ``quality_*`` columns: refused images (lateral, not a chest film) are not scored unless
+        ``keep_failing``, inverted ones are corrected first.
         """
-        df = manifest.df if isinstance(manifest, Manifest) else manifest
+        df = (manifest.df if isinstance(manifest, Manifest) else manifest).reset_index(drop=True)
+        checks, inverted = None, None
+        if quality is not None:
+            from cxrlab.quality.batch import as_gate, check_frame, inverted_rows
+
+            checks = check_frame(as_gate(quality), df, batch_size)
+            inverted = inverted_rows(checks)
         rows: list[dict[str, Any]] = []
         n = len(df)
         for start in range(0, n, batch_size):
             chunk = df.iloc[start:start + batch_size]
             images, keep = [], []
-            for _, row in chunk.iterrows():
+            for i, row in chunk.iterrows():
                 base = {schema.IMAGE: row[schema.IMAGE], schema.PATIENT_ID: row.get(schema.PATIENT_ID)}
+                if checks is not None:
+                    base.update(checks.loc[i].to_dict())
+                    if checks.at[i, "quality_verdict"] == "refuse" and not keep_failing:
+                        reasons = checks.at[i, "quality_reasons"]
+                        rows.append({**base, "error": f"refused by the quality gate: {reasons}"})
+                        continue
                 try:
-                    images.append(read_image(row[schema.IMAGE])[0])
+                    image = read_image(row[schema.IMAGE])[0]
+                    images.append(1.0 - image if inverted is not None and inverted[i] else image)
                     keep.append(base)
                 except CxrlabError as exc:
                     rows.append({**base, "error": str(exc)})
