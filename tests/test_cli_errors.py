@@ -73,6 +73,14 @@ def test_missing_inputs_are_named(tmp_path):
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()
 
 
+def test_quality_errors_are_named(tmp_path):
+    assert_clean(*cxrlab("quality", "check", tmp_path, tmp_path), 2, f"error: {tmp_path}", "not a quality run")
+    assert_clean(*cxrlab("quality", "train", "--out", tmp_path / "q"), 2, "Missing option", "--data")
+    assert_clean(*cxrlab("quality", "train", "--data", tmp_path / "none.csv", "--out", tmp_path / "q"), 2,
+                 str(tmp_path / "none.csv"), "does not exist")
+    assert not (tmp_path / "q").exists()
+
+
 def test_recipe_errors_are_named(tmp_path):
     assert_clean(*cxrlab("train", "no-such-recipe", "--data", tmp_path, "--out", tmp_path / "r"), 2,
                  "unknown recipe 'no-such-recipe'")
