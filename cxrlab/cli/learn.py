@@ -29,6 +29,11 @@ def register(app: typer.Typer) -> None:
         quality: Optional[Path] = typer.Option(None, "--quality", help="quality run (cxrlab quality train): drop "
                                                "films it refuses or finds inverted before the split "
                                                "(recipe key data.quality)"),
+        split: Optional[Path] = typer.Option(None, "--split", help="split.csv from `cxrlab data split` to use "
+                                             "instead of the recipe's split (every image listed, patients disjoint)"),
+        lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="lung segmentation run: predicts the "
+                                                  "lung masks of images without them, once, cached in "
+                                                  "<out>/lung_masks/ (recorded in data_filter.json)"),
     ) -> None:
         """Train a recipe; writes a self-describing run directory."""
         from cxrlab.recipes import load_recipe
@@ -42,11 +47,21 @@ def register(app: typer.Typer) -> None:
             overrides.append(f"data.quality={json.dumps(str(quality.resolve()))}")
         # a wrong recipe name, key or value fails here, in a second, before the model libraries load
         resolved = recipe if resume else load_recipe(recipe, overrides)
+        if split is not None and resume:
+            from cxrlab.errors import ConfigError
+
+            raise ConfigError("--split with --resume: a resumed run keeps the split saved in its directory")
+        split_table = None
+        if split is not None:  # checked before the model libraries load: a bad split fails in a second
+            from cxrlab.data.splits import load_split
+
+            split_table = load_split(split)
 
         from cxrlab.train import train
 
-        run_dir = train(resolved, data, out, resume=resume, overrides=overrides)
-        console.print(f"run written to [bold]{run_dir}[/] (metrics.json, predictions.parquet)")
+        run_dir = train(resolved, data, out, resume=resume, overrides=overrides,
+                        split=split if split_table is not None else None, lung_model=lung_model)
+        console.print(f"run written to [bold]{run_dir}[/] (metrics.json, predictions.parquet, data_filter.json)")
 
     @app.command("predict")
     def predict_cmd(
@@ -68,7 +83,12 @@ def register(app: typer.Typer) -> None:
         from cxrlab.train import load_run
         from cxrlab.utils import atomic_path
 
-        table = load_run(run).predict(images, lung_model=lung_model, quality=quality, keep_failing=keep_failing)
+        model = load_run(run)
+        table = model.predict(images, lung_model=lung_model, quality=quality, keep_failing=keep_failing)
+        if model.lung_masks_report is not None:
+            r = model.lung_masks_report
+            console.print(f"lung masks: {r['predicted']} predicted, {r['from_cache']} from the cache "
+                          f"({r['cache']}), {r['given']} given")
         with atomic_path(out) as tmp:
             if out.suffix == ".parquet":
                 table.to_parquet(tmp, index=False)

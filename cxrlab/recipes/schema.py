@@ -18,14 +18,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+class BeforeEventSpec(_Strict):
+    """Keep only images acquired before the event a model predicts (an ICU film shows the answer: tubes, lines,
+    supine bedside view). A row is removed when ``flag`` is true (1/true/yes/y) or when ``offset`` >= the row's
+    ``event_offset`` (same day counts as after: a same-day film may already be an ICU film). Rows without an
+    event offset (never admitted) and rows with an empty flag are kept."""
+
+    flag: str | None = Field(None, description="column that is true for images taken at/after the event (in_icu)")
+    event_offset: str | None = Field(None, description="column with the event's day offset "
+                                     "(icu_admission_offset_days), compared with `offset`")
+    offset: str = Field("offset_days", description="the image's day offset column")
+    unknown_flag: Literal["keep", "drop"] = Field(
+        "keep", description="rows whose flag is neither true nor false (empty, '?'): keep or drop")
+    required: bool = Field(False, description="a missing column is an error (default: recorded, not filtered)")
+
+    @model_validator(mode="after")
+    def _something(self) -> "BeforeEventSpec":
+        if not self.flag and not self.event_offset:
+            raise ValueError("before_event needs `flag` and/or `event_offset` (or set data.before_event: null)")
+        return self
+
+
 class DataSpec(_Strict):
     extra: Literal["train_only", "pooled"] = Field(
         "train_only", description="manifests after the first: label fusion into training only, or pooled and split")
     filter: dict[str, list[Any]] = Field(default_factory=dict, description="keep rows whose column is in the list")
     rename: dict[str, str] = Field(default_factory=dict,
                                    description="column renames applied to the extra manifests (label fusion)")
+    label_map: dict[str, dict[Any, Any]] = Field(
+        default_factory=dict, description="{column: {from_value: to_value}}: label values mapped (in every manifest "
+        "holding the column, before data.rename), e.g. {grade: {negative: 0, mild: 0, moderate: 0, severe: 1}}")
+    before_event: BeforeEventSpec | None = Field(None, description="keep only images taken before the event")
     quality: str | None = Field(None, description="a quality run (cxrlab quality train): films it refuses or finds "
                                 "inverted are dropped before the split, listed in the run's quality_exclusions.csv")
+
+
+    @field_validator("label_map")
+    @classmethod
+    def _maps_not_empty(cls, v: dict[str, dict[Any, Any]]) -> dict[str, dict[Any, Any]]:
+        for column, table in v.items():
+            if not table:
+                raise ValueError(f"label_map.{column} maps no value")
+        return v
 
 
 class SplitSpec(_Strict):
@@ -49,7 +83,9 @@ class InputSpec(_Strict):
     size: int = Field(224, ge=16, le=2048, description="square model input after resize-and-pad")
     roi: str = Field("none", description="ROI scheme of cxrlab.anatomy (none, lung, midline, lungs, image+mask)")
     roi_options: dict[str, Any] = Field(default_factory=dict)
-    clahe: str | bool = Field(False, description="False or 'True_<clip>_<grid>' (applied before the ROI)")
+    clahe: str | bool = Field(False, description="False, True (= 'True_.04_8') or 'True_<cl>_<gs>': the ICU paper's "
+                              "histeq, cv2 CLAHE with clipLimit = cl·gs·gs on a gs×gs tile grid (applied before the "
+                              "ROI)")
     sharpen: bool = Field(False, description="unsharp masking before the ROI")
     augment: list[str | dict[str, Any]] = Field(
         default_factory=list, description="random training transforms (cxrlab.transforms specs)")

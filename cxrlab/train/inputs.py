@@ -32,6 +32,10 @@ DEFAULT_AUGMENT: list[dict[str, Any]] = [{"name": "rand_affine", "rotate": 10, "
 _LUNG_MASK_COLUMNS = [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG, schema.MASK_LUNGS]
 
 
+# ``clahe: true``: the ICU paper's example ``histeq='True_.04_8'`` (cv2 clipLimit 0.04·8·8 = 2.56, 8×8 tiles).
+PAPER_CLAHE = "True_.04_8"
+
+
 def spec_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
@@ -47,7 +51,7 @@ class InputPipeline:
         self.in_chans: int = int(meta.get("in_channels", 1))
         self.pre = []
         if spec.clahe not in (False, "False", None):
-            self.pre.append(CLAHEd(histeq=spec.clahe if isinstance(spec.clahe, str) else "True_2_8"))
+            self.pre.append(CLAHEd(histeq=spec.clahe if isinstance(spec.clahe, str) else PAPER_CLAHE))
         if spec.sharpen:
             self.pre.append(UnsharpMaskd())
         self.resize = ResizePadd(spec.size)

@@ -37,6 +37,7 @@ class RunModel:
         self.run_dir, self.recipe, self.model, self.tasks, self.pipeline = run_dir, recipe, model, tasks, pipeline
         self.precision = resolve_precision(recipe.train.precision)
         self._segmenter: Any = None
+        self.lung_masks_report: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best") -> "RunModel":
@@ -122,14 +123,26 @@ class RunModel:
 
     def predict(self, data: pd.DataFrame | Manifest | str | os.PathLike | Sequence[str | os.PathLike],
                 lung_model: str | os.PathLike | None = None, batch_size: int = 32,
-                quality: Any | None = None, keep_failing: bool = False) -> pd.DataFrame:
+                quality: Any | None = None, keep_failing: bool = False,
+                mask_cache: str | os.PathLike | None = None) -> pd.DataFrame:
         """One row per image: ``image`` (+ ``patient_id``/targets when given a manifest) and prediction columns.
 
         ``quality`` (a :class:`cxrlab.quality.QualityGate` or its run directory) adds the ``quality_*`` columns;
         images it refuses (lateral, not a chest film, unreadable) get no prediction unless ``keep_failing``,
         and images it finds inverted are corrected before prediction.
+
+        ``lung_model``: lung masks of images without them are predicted once and cached by image content and
+        lung run (:func:`cxrlab.train.masks.fill_lung_masks`, the same cache training uses) in ``mask_cache``
+        (default ``$CXRLAB_HOME/lung_masks``); ``self.lung_masks_report`` says how many were predicted.
         """
         df = _as_frame(data).reset_index(drop=True)
+        self.lung_masks_report = None
+        if lung_model is not None and self.pipeline.needs_masks:
+            from cxrlab.train.masks import fill_lung_masks
+            from cxrlab.utils import cxrlab_home
+
+            df, self.lung_masks_report = fill_lung_masks(
+                df, lung_model, Path(mask_cache) if mask_cache is not None else cxrlab_home() / "lung_masks")
         checks = None
         if quality is not None:
             from cxrlab.quality.batch import as_gate, check_frame, inverted_rows

@@ -30,7 +30,7 @@ from torch import nn
 from cxrlab.anatomy.predict import load_checkpoint
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest, load_manifest
-from cxrlab.data.splits import SPLIT, save_split
+from cxrlab.data.splits import SPLIT, load_split, save_split
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.models import CxrNet, create_model, get_backbone_entry
 from cxrlab.models.weights import WeightSource
@@ -421,9 +421,14 @@ def _progress(show: bool):
 
 def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike | Manifest] | str | Manifest,
           out: str | os.PathLike, resume: bool = False, overrides: Sequence[str] = (), show_progress: bool = True,
-          on_epoch_end: EpochCallback | None = None) -> Path:
+          on_epoch_end: EpochCallback | None = None, split: str | os.PathLike | None = None,
+          lung_model: str | os.PathLike | None = None) -> Path:
     """Train ``recipe`` on ``data`` (manifest paths or Manifests; the first is split, see ``data.extra``) into
-    the run directory ``out``; ``resume=True`` continues an interrupted run from ``checkpoints/last.pt``."""
+    the run directory ``out``; ``resume=True`` continues an interrupted run from ``checkpoints/last.pt``.
+
+    ``split``: a split table (``cxrlab data split``) to use instead of the recipe's split: every primary image
+    must be in it, patients disjoint. ``lung_model``: a lung segmentation run that predicts the lung masks of
+    images without them, once, cached in ``RUN/lung_masks/`` (see :mod:`cxrlab.train.masks`)."""
     run_dir = Path(out)
     last = run_dir / "checkpoints" / "last.pt"
     payload = None
@@ -445,9 +450,27 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
     torch.set_num_threads(recipe.train.threads)
     pipeline = InputPipeline(recipe.input)
     tasks = build_tasks(recipe, pipeline)
-    saved_split = pd.read_csv(run_dir / "split.csv", dtype={schema.PATIENT_ID: str}) if resume else None
-    table, dropped = build_table(recipe, manifests, tasks, pipeline.per_image, saved_split)
+    if resume:
+        split_file: Path | None = run_dir / "split.csv"
+        given_split = pd.read_csv(split_file, dtype={schema.PATIENT_ID: str})
+    else:
+        split_file = Path(split) if split is not None else None
+        given_split = load_split(split_file) if split_file is not None else None
+    table, data_report = build_table(recipe, manifests, tasks, pipeline.per_image, given_split,
+                                     split_source=split_file or "split.csv")
     run_dir.mkdir(parents=True, exist_ok=True)
+    lung_report = None
+    if lung_model is not None and pipeline.needs_masks:
+        from cxrlab.train.masks import fill_lung_masks
+
+        filled, lung_report = fill_lung_masks(table.df, lung_model, run_dir / "lung_masks")
+        table.df = filled
+    if not resume:
+        data_report["split_source"] = str(split_file.resolve()) if split_file is not None else "recipe"
+        data_report["lung_masks"] = lung_report
+        atomic_write_json(run_dir / "data_filter.json", _finite(data_report))
+    elif lung_report is not None:
+        atomic_write_json(run_dir / "lung_masks" / "resume_report.json", lung_report)
     if not resume:
         save_recipe(recipe, run_dir / "recipe.yaml")
         save_split(table.df, run_dir / "split.csv")
@@ -480,11 +503,12 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
         t0 = time.perf_counter()
         plan = trainer.fit(state, payload, progress)
         train_seconds = time.perf_counter() - t0
-        _finish(trainer, plan, dropped, train_seconds)
+        _finish(trainer, plan, data_report, train_seconds, lung_report)
     return run_dir
 
 
-def _finish(trainer: Trainer, plan: StagePlan | None, dropped: int, train_seconds: float) -> None:
+def _finish(trainer: Trainer, plan: StagePlan | None, data_report: dict[str, Any], train_seconds: float,
+            lung_report: dict[str, Any] | None = None) -> None:
     """Predictions for every item with the best weights; metrics per split; written atomically."""
     table, tasks = trainer.table, trainer.tasks
     all_items = np.arange(len(table.item_row))
@@ -511,7 +535,13 @@ def _finish(trainer: Trainer, plan: StagePlan | None, dropped: int, train_second
     hist = pd.read_csv(history) if history.is_file() else pd.DataFrame()
     metrics["run"] = {
         "epochs": int(len(hist)), "best_val_loss": float(hist["val_loss"].min()) if len(hist) else None,
-        "rows": int(len(df)), "rows_without_target": dropped, "items": int(len(all_items)),
+        "rows": int(len(df)), "rows_without_target": data_report["rows_without_target"],
+        "rows_removed_by_event_filter": data_report.get("rows_removed", 0),
+        "before_event": {k: data_report.get(k) for k in ("removed", "not_applied") if k in data_report} or None,
+        "train_only_dropped": data_report["train_only_dropped"],
+        "lung_masks": None if lung_report is None else {k: lung_report[k] for k in
+                                                        ("lung_run", "predicted", "from_cache", "given")},
+        "items": int(len(all_items)),
         "precision": trainer.precision, "channels_last": trainer.channels_last,
         "train_seconds_this_call": round(train_seconds, 2), "seed": trainer.recipe.seed,
     }

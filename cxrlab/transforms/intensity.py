@@ -91,7 +91,11 @@ class ZScored(Transform):
 
 
 def parse_histeq(spec: str | bool | None) -> tuple[float, int] | None:
-    """``"True_{cl}_{gs}"`` → ``(cl, gs)``; ``"False"``/``False``/``None`` → no CLAHE."""
+    """``"True_{cl}_{gs}"`` → ``(cl, gs)``; ``"False"``/``False``/``None`` → no CLAHE.
+
+    The ICU paper's convention: ``cl`` is the clip limit *per tile pixel*, OpenCV gets ``clipLimit=cl·gs·gs``
+    and ``tileGridSize=(gs, gs)``. ``True_.04_8`` (the paper's example) → clipLimit 2.56; ``True_2_8`` → 128,
+    which barely clips at all (close to plain adaptive equalisation)."""
     if spec is None or spec is False or str(spec).lower() == "false":
         return None
     parts = str(spec).split("_")

@@ -1,0 +1,270 @@
+"""The ICU-admission study's correctness parts (issue #17): fused (train-only) rows never reach val/test in any
+split or fold, a patient with primary and fused rows never straddles, ``data.label_map``, ``--split``,
+``data.before_event``, lung masks predicted once with ``--lung-model``, and the paper's CLAHE default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlab.data import schema
+from cxrlab.data.fusion import fuse_manifests as data_fuse
+from cxrlab.data.manifest import Manifest, load_manifest, save_manifest
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.recipes import load_recipe
+from cxrlab.train.data import TRAIN_ONLY, before_event_filter, build_table, split_from_table
+from cxrlab.train.inputs import InputPipeline
+from cxrlab.train.trainer import build_tasks
+
+CLI = Path(sys.executable).parent / "cxrlab"
+FAST = ["train.num_workers=0", "input.size=32", "train.stages.0.epochs=1"]
+
+
+def _table(recipe, manifests, split=None):
+    pipeline = InputPipeline(recipe.input)
+    return build_table(recipe, manifests, build_tasks(recipe, pipeline), pipeline.per_image, split)
+
+
+@pytest.fixture(scope="module")
+def fused(phantom_manifest) -> Manifest:
+    """The phantom as primary data plus a second copy of it as fused phantom rows (``cxrlab data fuse``)."""
+    secondary = phantom_manifest.df.copy()
+    secondary[schema.PATIENT_ID] = "FUSED-" + secondary[schema.PATIENT_ID].astype(str)
+    secondary[schema.SOURCE_DATASET] = "phantom-fused"
+    secondary[schema.IMAGE] = secondary[schema.IMAGE].astype(str) + "#fused"  # other films (never read here)
+    return data_fuse(phantom_manifest, [(Manifest(secondary, None), None)]).manifest
+
+
+@pytest.mark.parametrize("split", ["ratios", *[f"fold{k}" for k in range(5)]])
+def test_fused_rows_never_reach_val_or_test(fused, split):
+    sets = [] if split == "ratios" else ["split.folds=5", f"split.fold={split[-1]}"]
+    recipe = load_recipe("phantom-diagnosis", sets)
+    table, report = _table(recipe, [fused])
+    df = table.df
+    fused_rows = df[schema.PATIENT_ID].str.startswith("FUSED-")
+    assert fused_rows.sum() == (fused.df["train_only"] == 1).sum()  # none dropped: no fused patient is primary
+    assert set(df.loc[fused_rows, "split"]) == {"train"}
+    assert {"train", "val", "test"} <= set(df.loc[~fused_rows, "split"])
+    assert df[TRAIN_ONLY].sum() == fused_rows.sum() and report["train_only_dropped"] == 0
+
+
+def test_every_fold_tests_each_primary_patient_once(fused):
+    tested = []
+    for k in range(5):
+        df = _table(load_recipe("phantom-diagnosis", ["split.folds=5", f"split.fold={k}"]), [fused])[0].df
+        tested += list(df.loc[df["split"] == "test", schema.PATIENT_ID].unique())
+    assert len(tested) == len(set(tested)) == fused.df.loc[fused.df["train_only"] == 0, schema.PATIENT_ID].nunique()
+
+
+def test_patient_with_primary_and_fused_rows_does_not_straddle(phantom_manifest):
+    # fused rows for the *same* patients (a second dataset that shares some patients): image copies of every
+    # patient's films, marked train-only; the primary rows decide the patient's part
+    primary = phantom_manifest.df.copy()
+    extra = primary.copy()
+    extra[schema.IMAGE] = extra[schema.IMAGE].astype(str) + "#fused"
+    extra["train_only"] = 1
+    both = Manifest(pd.concat([primary.assign(train_only=0), extra], ignore_index=True), None)
+    for sets in ([], ["split.folds=4", "split.fold=2"]):
+        table, report = _table(load_recipe("phantom-diagnosis", sets), [both])
+        df = table.df
+        fused_rows = df[schema.IMAGE].str.endswith("#fused")
+        part_of = df[~fused_rows].groupby(schema.PATIENT_ID)["split"].first()
+        held_out = set(part_of[part_of != "train"].index)
+        assert held_out and set(df.loc[fused_rows, "split"]) == {"train"}
+        assert not set(df.loc[fused_rows, schema.PATIENT_ID]) & held_out  # dropped for held-out patients
+        expected = extra[schema.PATIENT_ID].isin(held_out).sum()
+        assert report["train_only_dropped"] == expected == len(extra) - fused_rows.sum()
+
+
+def test_extra_manifest_marked_train_only_by_recipe_follows_the_same_rule(phantom_manifest, tmp_path):
+    extra = phantom_manifest.df.copy()  # the same patients again through data.extra: train_only
+    extra[schema.IMAGE] = extra[schema.IMAGE].astype(str) + "#extra"
+    table, report = _table(load_recipe("phantom-diagnosis"), [phantom_manifest, Manifest(extra, None)])
+    df = table.df
+    rows = df[schema.IMAGE].str.endswith("#extra")
+    assert set(df.loc[rows, "split"]) == {"train"} and report["train_only_dropped"] > 0
+    pooled, _ = _table(load_recipe("phantom-diagnosis", ["data.extra=pooled"]),
+                       [phantom_manifest, Manifest(extra.assign(patient_id="P2-" + extra["patient_id"]), None)])
+    assert set(pooled.df.loc[pooled.df[schema.IMAGE].str.endswith("#extra"), "split"]) > {"train"}
+
+
+def test_given_split_is_checked(fused, phantom_manifest):
+    recipe = load_recipe("phantom-diagnosis")
+    df = phantom_manifest.df
+    split = df[[schema.IMAGE, schema.PATIENT_ID]].copy()
+    patients = sorted(df[schema.PATIENT_ID].unique())
+    split["split"] = df[schema.PATIENT_ID].map(
+        {p: ("train", "train", "train", "val", "test")[i % 5] for i, p in enumerate(patients)})
+    table, _ = _table(recipe, [fused], split)  # fused rows absent from the split: they train
+    mine = table.df[~table.df[TRAIN_ONLY]].set_index(schema.IMAGE)["split"]
+    assert (mine == split.set_index(schema.IMAGE)["split"].reindex(mine.index)).all()
+    with pytest.raises(InputError, match="not in the split"):
+        _table(recipe, [fused], split.iloc[1:])
+    leaky = pd.concat([split, fused.df.loc[fused.df["train_only"] == 1, [schema.IMAGE, schema.PATIENT_ID]]
+                       .head(3).assign(split="test")])
+    with pytest.raises(InputError, match="train-only"):
+        split_from_table(_table(recipe, [fused])[0].df, leaky)
+
+
+def test_label_map_maps_values_before_targets(phantom_manifest):
+    extra = phantom_manifest.df.copy().drop(columns=["went_icu"])
+    extra[schema.PATIENT_ID] = "R-" + extra[schema.PATIENT_ID].astype(str)
+    grades = np.array(["negative", "Mild", "moderate", "SEVERE"])
+    extra["grade"] = grades[np.arange(len(extra)) % 4]
+    recipe = load_recipe("phantom-diagnosis", [
+        "tasks=[{kind: binary, column: went_icu}]", "split.stratify=null", "data.rename={grade: went_icu}",
+        "data.label_map={grade: {negative: 0, mild: 0, moderate: 0, severe: 1}}"])
+    table, _ = _table(recipe, [phantom_manifest, Manifest(extra, None)])
+    mapped = table.df[table.df[schema.PATIENT_ID].str.startswith("R-")]
+    expected = (extra.set_index(schema.IMAGE)["grade"].str.lower() == "severe").astype(float)
+    assert (mapped.set_index(schema.IMAGE)["went_icu"].astype(float) == expected.reindex(mapped[schema.IMAGE])).all()
+    primary = table.df[~table.df[schema.PATIENT_ID].str.startswith("R-")]
+    assert set(primary["went_icu"].astype(float)) <= {0.0, 1.0}  # the primary labels are untouched
+    numeric = load_recipe("phantom-diagnosis", ["data.label_map={went_icu: {0: 0, 1: 0}}",
+                                                "tasks=[{kind: binary, column: went_icu}]", "split.stratify=null"])
+    assert set(_table(numeric, [phantom_manifest])[0].df["went_icu"].astype(float)) == {0.0}
+    bad_value = load_recipe("phantom-diagnosis", ["data.label_map={grade: {negative: 0, mild: 0, moderate: 0}}",
+                                                  "data.rename={grade: went_icu}",
+                                                  "tasks=[{kind: binary, column: went_icu}]"])
+    with pytest.raises(InputError, match="'SEVERE'"):
+        _table(bad_value, [phantom_manifest, Manifest(extra, None)])
+    bad_column = load_recipe("phantom-diagnosis", ["data.label_map={gradee: {a: 1}}"])
+    with pytest.raises(InputError, match="no manifest has") as exc:
+        _table(bad_column, [phantom_manifest])
+    assert exc.value.field == "gradee"
+    with pytest.raises(ConfigError, match="maps no value"):
+        load_recipe("phantom-diagnosis", ["data.label_map={grade: {}}"])
+
+
+def test_before_event_filter_on_a_hand_made_manifest():
+    df = pd.DataFrame({
+        schema.PATIENT_ID: ["a", "a", "a", "b", "b", "c", "d"],
+        schema.OFFSET_DAYS: [0, 3, 5, 1, 2, 4, None],
+        "in_icu": ["N", "N", "Y", "n", None, "?", "no"],
+        "icu_admission_offset_days": [3, 3, 3, None, None, 10, 2],
+    })
+    recipe = load_recipe("covid-icu")
+    assert recipe.data.before_event.flag == "in_icu"  # on by default in the ICU recipe
+    kept, report = before_event_filter(df, recipe.data.before_event)
+    assert len(kept) == 6 and report["removed"] == {"in_icu is true": 1}
+    assert report["kept_with_unknown_flag"] == 2
+    both = load_recipe("covid-icu", ["data.before_event.event_offset=icu_admission_offset_days",
+                                     "data.before_event.unknown_flag=drop"]).data.before_event
+    kept, report = before_event_filter(df, both)
+    # a@3 is on the admission day (removed), a@5 flagged, b@None-flag and c@'?' unknown, d has no film date
+    assert sorted(zip(kept[schema.PATIENT_ID], kept[schema.OFFSET_DAYS])) == [("a", 0.0), ("b", 1.0)]
+    assert report["rows_removed"] == 5 and report["patients_kept"] == 2
+    assert sum(report["removed"].values()) == 5
+    absent = before_event_filter(df.drop(columns=["in_icu"]), recipe.data.before_event)[1]
+    assert absent["rows_removed"] == 0 and absent["not_applied"] == ["no column 'in_icu'"]
+    strict = load_recipe("covid-icu", ["data.before_event.required=true"]).data.before_event
+    with pytest.raises(InputError, match="missing column"):
+        before_event_filter(df.drop(columns=["in_icu"]), strict)
+    with pytest.raises(ConfigError, match="flag"):
+        load_recipe("covid-icu", ["data.before_event={offset: offset_days}"])
+
+
+def test_covid_icu_clahe_follows_the_paper():
+    from cxrlab.transforms.intensity import parse_histeq
+
+    recipe = load_recipe("covid-icu")
+    cl, gs = parse_histeq(recipe.input.clahe)
+    assert (cl, gs) == (0.04, 8) and cl * gs * gs == pytest.approx(2.56)
+    pipe = InputPipeline(load_recipe("covid-icu", ["input.clahe=true"]).input)
+    assert (pipe.pre[0].clip, pipe.pre[0].grid) == (0.04, 8)
+
+
+# --- end to end: lung masks predicted once, the event filter recorded, a given split via the installed CLI ---
+
+@pytest.fixture(scope="module")
+def lung_run(phantom_root, tmp_path_factory) -> Path:
+    from cxrlab.anatomy.train import train_segmentation
+
+    seg = {"arch": "unet", "encoder": "resnet18", "weights": "none", "size": 64, "epochs": 1, "batch_size": 8,
+           "samples_per_epoch": 8, "val_max_images": 4, "evaluate_test": False, "seed": 0,
+           "manifests": [str(phantom_root / "manifest.csv")]}
+    return train_segmentation(seg, out=tmp_path_factory.mktemp("lung") / "lung")
+
+
+@pytest.fixture(scope="module")
+def small_home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("home")
+    old = os.environ.get("CXRLAB_HOME")
+    os.environ["CXRLAB_HOME"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["CXRLAB_HOME"]
+    else:
+        os.environ["CXRLAB_HOME"] = old
+
+
+def test_train_with_lung_model_predicts_missing_masks_once(phantom_root, lung_run, small_home, tmp_path,
+                                                          one_torch_thread):
+    from cxrlab.train import load_run, train
+
+    df = load_manifest(phantom_root / "manifest.csv").df.copy()
+    blank = np.arange(len(df)) % 2 == 0
+    for col in ("mask_lungs", "mask_right_lung", "mask_left_lung"):
+        df[col] = df[col].astype(object)
+        df.loc[blank, col] = None
+    df["in_icu"] = np.where(np.arange(len(df)) % 7 == 3, "Y", "N")
+    save_manifest(df, tmp_path / "blank.csv")
+    recipe = load_recipe("phantom-diagnosis", FAST + ["input.roi=image+mask",
+                                                      "data.before_event={flag: in_icu}"])
+    run = train(recipe, [tmp_path / "blank.csv"], tmp_path / "run", show_progress=False, lung_model=lung_run)
+    report = json.loads((run / "data_filter.json").read_text())
+    removed = int((df["in_icu"] == "Y").sum())
+    assert report["rows_removed"] == removed and report["removed"] == {"in_icu is true": removed}
+    kept = df[df["in_icu"] != "Y"]
+    n_blank = int(blank[kept.index].sum())
+    masks = report["lung_masks"]
+    assert masks["predicted"] == n_blank and masks["from_cache"] == 0 and masks["given"] == len(kept) - n_blank
+    assert masks["lung_run"] == str(Path(lung_run).resolve())
+    assert len(list((run / "lung_masks" / masks["lung_run_id"]).glob("*.png"))) == 3 * n_blank
+    metrics = json.loads((run / "metrics.json").read_text())["run"]
+    assert metrics["lung_masks"]["predicted"] == n_blank and metrics["rows_removed_by_event_filter"] == removed
+    # prediction uses the same cache: the same films (by content) are not segmented again
+    model = load_run(run)
+    films = kept.loc[blank[kept.index], schema.IMAGE].head(3).tolist()
+    out = model.predict(films, lung_model=lung_run, mask_cache=run / "lung_masks")
+    assert len(out) == 3 and model.lung_masks_report["from_cache"] == 3
+    assert model.lung_masks_report["predicted"] == 0
+    with pytest.raises(InputError, match="lung mask|mask"):
+        train(recipe, [tmp_path / "blank.csv"], tmp_path / "no_lungs", show_progress=False)
+
+
+def test_cli_train_takes_a_split_from_data_split(phantom_root, tmp_path):
+    env = {**os.environ, "CXRLAB_HOME": str(tmp_path / "home"), "OMP_WAIT_POLICY": "PASSIVE"}
+    manifest = str(phantom_root / "manifest.csv")
+    made = subprocess.run([str(CLI), "data", "split", manifest, "--out", str(tmp_path / "split.csv"), "--seed", "3"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    split = pd.read_csv(tmp_path / "split.csv", dtype={"patient_id": str})
+    sets = sum((["--set", s] for s in FAST), [])
+    ran = subprocess.run([str(CLI), "train", "phantom-diagnosis", "--data", manifest, "--split",
+                          str(tmp_path / "split.csv"), "--out", str(tmp_path / "run"), *sets],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    used = pd.read_csv(tmp_path / "run" / "split.csv", dtype={"patient_id": str})
+    assert used.set_index("image")["split"].sort_index().equals(split.set_index("image")["split"].sort_index())
+    assert json.loads((tmp_path / "run" / "data_filter.json").read_text())["split_source"] == \
+        str((tmp_path / "split.csv").resolve())
+    leaky = split.copy()
+    first = leaky["patient_id"].iloc[0]
+    rows = leaky.index[leaky["patient_id"] == first]
+    leaky.loc[rows, "split"] = ["train", "test"] * (len(rows) // 2) + ["train"] * (len(rows) % 2)
+    if len(rows) < 2:  # a patient with one film cannot straddle: give it a second row in another part
+        leaky = pd.concat([leaky, leaky.loc[rows].assign(image="other.png", split="test")])
+    leaky.to_csv(tmp_path / "leaky.csv", index=False)
+    bad = subprocess.run([str(CLI), "train", "phantom-diagnosis", "--data", manifest, "--split",
+                          str(tmp_path / "leaky.csv"), "--out", str(tmp_path / "bad"), *sets],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "more than one part" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
