@@ -427,8 +427,9 @@ def _table(findings: list[str], column: str = "finding") -> Callable[[Ctx], Any]
         path = ctx.manifest(f"image,patient_id,source_dataset,{column}\n" + "\n".join(rows) + "\n")
         recipe = load_recipe("phantom-diagnosis", ["split.stratify=null"])
         pipeline = InputPipeline(recipe.input)
-        table, dropped = build_table(recipe, [load_manifest(path)], build_tasks(recipe, pipeline),
-                                     pipeline.per_image)
+        table, report = build_table(recipe, [load_manifest(path)], build_tasks(recipe, pipeline),
+                                    pipeline.per_image)
+        dropped = report["rows_without_target"]
         assert dropped == sum(1 for v in findings if v not in ("normal", "bacterial", "viral", "covid19"))
         assert len(table.df) == len(findings) - dropped
         return f"{len(table.df)} labelled rows kept, {dropped} without a target skipped (metrics.json " \
