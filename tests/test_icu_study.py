@@ -268,3 +268,88 @@ def test_cli_train_takes_a_split_from_data_split(phantom_root, tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "more than one part" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+# --- the view confound (view-only baseline and within-view AUCs) on hand-made data ---
+
+VIEW_CASES = [("PA", "pa"), (" pa ", "pa"), ("AP", "ap_supine"), ("AP Supine", "ap_supine"), ("AP_ERECT", "ap_supine"),
+              ("supine", "ap_supine"), ("L", None), ("lateral", None), (None, None), (float("nan"), None)]
+
+
+@pytest.mark.parametrize("view, expected", VIEW_CASES)
+def test_view_groups(view, expected):
+    from cxrlab.evaluate.confound import view_group
+
+    assert view_group(view) == expected
+
+
+def _confounded(n_patients: int = 60, seed: int = 0) -> pd.DataFrame:
+    """ICU patients filmed mostly AP/supine, others mostly PA; the model score carries signal within each view."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_patients):
+        icu = int(i % 3 == 0)
+        for j in range(2):
+            view = "AP Supine" if rng.random() < (0.85 if icu else 0.25) else "PA"
+            rows.append({"image": f"p{i}_{j}.png", "patient_id": f"p{i}", "split": "test", "went_icu": icu,
+                         "view": view, "prob_went_icu": float(np.clip(0.5 * icu + 0.2 * (view != "PA")
+                                                                      + rng.normal(0, 0.25), 0, 1))})
+    rows.append({"image": "lat.png", "patient_id": "p0", "split": "test", "went_icu": 1, "view": "LL",
+                 "prob_went_icu": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_view_confound_against_sklearn_on_the_same_films():
+    from sklearn.metrics import roc_auc_score
+
+    from cxrlab.evaluate.confound import view_confound
+
+    df = _confounded()
+    res = view_confound(df["went_icu"], df["prob_went_icu"], df["view"], df["patient_id"], n_boot=200, seed=1)
+    known = df[df["view"] != "LL"]
+    assert res["left_out"] == 1 and res["n_images"] == len(known) and res["n_patients"] == 60
+    bedside = (known["view"] != "PA").astype(int)
+    assert res["view_only_auc"]["value"] == pytest.approx(roc_auc_score(known["went_icu"], bedside))
+    assert res["model_auc"]["value"] == pytest.approx(roc_auc_score(known["went_icu"], known["prob_went_icu"]))
+    assert res["model_minus_view_auc"]["value"] == pytest.approx(
+        res["model_auc"]["value"] - res["view_only_auc"]["value"])
+    for group, rows in (("ap_supine", known["view"] != "PA"), ("pa", known["view"] == "PA")):
+        sub = known[rows]
+        est = res["within_view"][group]
+        assert est["value"] == pytest.approx(roc_auc_score(sub["went_icu"], sub["prob_went_icu"]))
+        assert est["low"] <= est["value"] <= est["high"] and est["n_boot"] > 100
+        assert res["views"][group] == {"images": len(sub), "patients": sub["patient_id"].nunique(),
+                                       "positives": int(sub["went_icu"].sum())}
+    assert res["view_only_auc"]["value"] > 0.7  # the view alone separates the groups: the point of the check
+    est = res["view_only_auc"]
+    assert est["low"] < est["value"] < est["high"]
+
+
+def test_view_confound_in_the_evaluation_of_binary_runs():
+    from cxrlab.evaluate.evaluation import evaluate_predictions
+    from cxrlab.evaluate.run import Target
+
+    target = Target(name="went_icu", kind="binary", column="went_icu", prob_columns=["prob_went_icu"])
+    df = _confounded()
+    entry = evaluate_predictions(df, [target], n_boot=50)["targets"]["went_icu"]
+    assert entry["view_confound"]["n_images"] == len(df) - 1
+    assert set(entry["view_confound"]["within_view"]) == {"ap_supine", "pa"}
+    assert "view_confound" not in evaluate_predictions(df.drop(columns=["view"]), [target],
+                                                       n_boot=50)["targets"]["went_icu"]
+
+
+def test_view_confound_in_the_report(tmp_path):
+    from cxrlab.evaluate.report import build_report
+
+    df = _confounded()
+    df.loc[df.index % 4 == 1, "split"] = "val"
+    df.to_parquet(tmp_path / "predictions.parquet")
+    (tmp_path / "model.json").write_text(json.dumps({"tasks": [{"kind": "binary", "name": "icu",
+                                                                  "column": "went_icu"}]}))
+    (tmp_path / "recipe.yaml").write_text("name: sim\nseed: 0\n")
+    report = build_report(tmp_path, n_boot=50, gallery=False)
+    m = json.loads((report.parent / "metrics.json").read_text())["targets"]["went_icu"]["view_confound"]
+    test = df[(df["split"] == "test") & (df["view"] != "LL")]
+    assert m["n_images"] == len(test)
+    html = report.read_text()
+    assert "View confound" in html and "model within pa films" in html and "view only (AP/supine" in html

@@ -16,6 +16,7 @@ from cxrlab.evaluate.agreement import agreement_table
 from cxrlab.evaluate.binary import binary_metrics, pr_points, roc_points, validation_threshold
 from cxrlab.evaluate.bootstrap import DEFAULT_N_BOOT
 from cxrlab.evaluate.calibration import calibration, top_label
+from cxrlab.evaluate.confound import frame_view_confound
 from cxrlab.evaluate.multiclass import multiclass_metrics
 from cxrlab.evaluate.ordinal import ordinal_metrics
 from cxrlab.evaluate.regression import regression_metrics
@@ -183,6 +184,11 @@ def evaluate_predictions(df: pd.DataFrame, targets: Sequence[Target], *, readers
             if len(labelled(part, t)):
                 entry["splits"][split] = target_metrics(t, part, threshold=threshold, n_boot=n_boot, seed=seed)
         entry["subgroups"] = subgroups(t, _rows(df, headline), threshold, n_boot, seed, min_patients=min_patients)
+        if t.kind == "binary":  # view-only baseline and within-view AUCs (AP/supine vs PA), when views are known
+            part = labelled(_rows(df, headline), t)
+            confound = frame_view_confound(part, t.truth(part), t.predicted(part), n_boot=n_boot, seed=seed)
+            if confound is not None:
+                entry["view_confound"] = confound
         result["targets"][t.name] = entry
     if readers is not None:
         if "image" not in readers.columns:

@@ -62,6 +62,15 @@ bootstrap ({{ m.n_boot }} resamples of patients, seed {{ m.seed }}). Generated {
 {% for fig in figs.get((name, split), []) %}<figure><img alt="{{ fig.caption }}" src="data:image/png;base64,{{ fig.b64 }}"><figcaption>{{ fig.caption }}</figcaption></figure>{% endfor %}
 {% endfor %}
 
+{% if t.view_confound is defined and t.view_confound.model_auc is defined %}{% set vc = t.view_confound %}
+<h3>View confound ({{ m.eval_split }}: {{ vc.n_images }} films, {{ vc.n_patients }} patients with a known view)</h3>
+<table><tr><th></th><th>AUC (patient-level 95 % CI)</th></tr>
+<tr><td>model, all films</td><td>{{ est(vc.model_auc) }}</td></tr>
+<tr><td>view only (AP/supine = 1, PA = 0)</td><td>{{ est(vc.view_only_auc) }}</td></tr>
+<tr><td>model minus view only (paired)</td><td>{{ est(vc.model_minus_view_auc) }}</td></tr>
+{% for g, e in vc.within_view.items() %}<tr><td>model within {{ g }} films ({{ vc.views[g].images }} films, {{ vc.views[g].positives }} positive)</td><td>{{ est(e) }}</td></tr>{% endfor %}
+</table>
+{% endif %}
 {% if t.subgroups %}
 <h3>Subgroups ({{ m.eval_split }})</h3>
 {% for col, rows in t.subgroups.items() %}
