@@ -238,6 +238,15 @@ def test_train_with_lung_model_predicts_missing_masks_once(phantom_root, lung_ru
     assert model.lung_masks_report["predicted"] == 0
     with pytest.raises(InputError, match="lung mask|mask"):
         train(recipe, [tmp_path / "blank.csv"], tmp_path / "no_lungs", show_progress=False)
+    # another fold of a cross-validation sharing the cache segments nothing again
+    fold = load_recipe("phantom-diagnosis", FAST + ["input.roi=image+mask", "split.folds=3", "split.fold=1",
+                                                    "split.stratify=null"])
+    other = train(fold, [tmp_path / "blank.csv"], tmp_path / "fold1", show_progress=False, lung_model=lung_run,
+                  mask_cache=run / "lung_masks")
+    shared = json.loads((other / "data_filter.json").read_text())["lung_masks"]
+    # no event filter in this recipe: only the ICU films the first run had filtered out are new
+    assert shared["from_cache"] == n_blank and shared["predicted"] == int(blank.sum()) - n_blank > 0
+    assert not (other / "lung_masks").exists()
 
 
 def test_cli_train_takes_a_split_from_data_split(phantom_root, tmp_path):

@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
         lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="lung segmentation run: predicts the "
                                                   "lung masks of images without them, once, cached in "
                                                   "<out>/lung_masks/ (recorded in data_filter.json)"),
+        mask_cache: Optional[Path] = typer.Option(None, "--mask-cache", help="folder for the predicted lung masks "
+                                                  "instead of <out>/lung_masks (share one across the folds of a "
+                                                  "cross-validation)"),
     ) -> None:
         """Train a recipe; writes a self-describing run directory."""
         from cxrlab.recipes import load_recipe
@@ -60,7 +63,8 @@ def register(app: typer.Typer) -> None:
         from cxrlab.train import train
 
         run_dir = train(resolved, data, out, resume=resume, overrides=overrides,
-                        split=split if split_table is not None else None, lung_model=lung_model)
+                        split=split if split_table is not None else None, lung_model=lung_model,
+                        mask_cache=mask_cache)
         console.print(f"run written to [bold]{run_dir}[/] (metrics.json, predictions.parquet, data_filter.json)")
 
     @app.command("predict")

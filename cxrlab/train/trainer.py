@@ -14,6 +14,7 @@ MLflow store (``mlruns/`` unless ``tracking.uri`` says otherwise; see cxrlab.tra
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -422,13 +423,14 @@ def _progress(show: bool):
 def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike | Manifest] | str | Manifest,
           out: str | os.PathLike, resume: bool = False, overrides: Sequence[str] = (), show_progress: bool = True,
           on_epoch_end: EpochCallback | None = None, split: str | os.PathLike | None = None,
-          lung_model: str | os.PathLike | None = None) -> Path:
+          lung_model: str | os.PathLike | None = None, mask_cache: str | os.PathLike | None = None) -> Path:
     """Train ``recipe`` on ``data`` (manifest paths or Manifests; the first is split, see ``data.extra``) into
     the run directory ``out``; ``resume=True`` continues an interrupted run from ``checkpoints/last.pt``.
 
     ``split``: a split table (``cxrlab data split``) to use instead of the recipe's split: every primary image
     must be in it, patients disjoint. ``lung_model``: a lung segmentation run that predicts the lung masks of
-    images without them, once, cached in ``RUN/lung_masks/`` (see :mod:`cxrlab.train.masks`)."""
+    images without them, once, cached in ``mask_cache`` (default ``RUN/lung_masks/``; give the folds of a
+    cross-validation one shared folder so each film is segmented once; see :mod:`cxrlab.train.masks`)."""
     run_dir = Path(out)
     last = run_dir / "checkpoints" / "last.pt"
     payload = None
@@ -460,10 +462,15 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
                                      split_source=split_file or "split.csv")
     run_dir.mkdir(parents=True, exist_ok=True)
     lung_report = None
+    if resume and lung_model is None and (run_dir / "data_filter.json").is_file():  # the run's own lung model
+        recorded = json.loads((run_dir / "data_filter.json").read_text()).get("lung_masks") or {}
+        if recorded.get("lung_run"):
+            lung_model, mask_cache = recorded["lung_run"], Path(recorded["cache"]).parent
     if lung_model is not None and pipeline.needs_masks:
         from cxrlab.train.masks import fill_lung_masks
 
-        filled, lung_report = fill_lung_masks(table.df, lung_model, run_dir / "lung_masks")
+        filled, lung_report = fill_lung_masks(table.df, lung_model,
+                                              Path(mask_cache) if mask_cache is not None else run_dir / "lung_masks")
         table.df = filled
     if not resume:
         data_report["split_source"] = str(split_file.resolve()) if split_file is not None else "recipe"
