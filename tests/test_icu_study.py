@@ -362,3 +362,27 @@ def test_view_confound_in_the_report(tmp_path):
     assert m["n_images"] == len(test)
     html = report.read_text()
     assert "View confound" in html and "model within pa films" in html and "view only (AP/supine" in html
+
+
+def test_resumed_run_reuses_its_lung_model_and_mask_cache(phantom_root, lung_run, small_home, tmp_path,
+                                                          one_torch_thread):
+    from cxrlab.train import train
+
+    df = load_manifest(phantom_root / "manifest.csv").df.copy()
+    df["mask_right_lung"] = None  # no patient-right masks anywhere: every film needs the lung model
+    save_manifest(df, tmp_path / "blank.csv")
+    recipe = load_recipe("phantom-diagnosis", ["train.num_workers=0", "input.size=32", "train.stages.0.epochs=2",
+                                               "input.roi=image+mask"])
+
+    def kill(row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, [tmp_path / "blank.csv"], tmp_path / "cut", show_progress=False, lung_model=lung_run,
+              on_epoch_end=kill)
+    first = json.loads((tmp_path / "cut" / "data_filter.json").read_text())["lung_masks"]
+    assert first["predicted"] == len(df) and first["given"] == 0
+    run = train(recipe, [tmp_path / "blank.csv"], tmp_path / "cut", resume=True, show_progress=False)  # no lung run
+    again = json.loads((run / "lung_masks" / "resume_report.json").read_text())
+    assert again["predicted"] == 0 and again["from_cache"] == len(df)
+    assert json.loads((run / "metrics.json").read_text())["run"]["epochs"] == 2
