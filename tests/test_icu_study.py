@@ -386,3 +386,49 @@ def test_resumed_run_reuses_its_lung_model_and_mask_cache(phantom_root, lung_run
     again = json.loads((run / "lung_masks" / "resume_report.json").read_text())
     assert again["predicted"] == 0 and again["from_cache"] == len(df)
     assert json.loads((run / "metrics.json").read_text())["run"]["epochs"] == 2
+
+
+# --- paired comparison of an arm against the baseline ---
+
+def _delong_brute_force(y, a, b):
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+
+    def psi(p):
+        d = p[pos][:, None] - p[neg][None, :]
+        return (d > 0) + 0.5 * (d == 0)
+
+    comps = [psi(p) for p in (a, b)]
+    v10 = np.stack([c.mean(axis=1) for c in comps])
+    v01 = np.stack([c.mean(axis=0) for c in comps])
+    cov = np.cov(v10) / len(pos) + np.cov(v01) / len(neg)
+    diff = v10[1].mean() - v10[0].mean()
+    return diff / np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+
+
+def test_paired_auc_comparison():
+    from scipy.stats import norm
+    from sklearn.metrics import roc_auc_score
+
+    from cxrlab.evaluate.compare import compare_aucs, delong_test
+
+    rng = np.random.default_rng(0)
+    n = 240
+    y = (rng.random(n) < 0.35).astype(int)
+    weak = np.round((0.3 * y + rng.random(n)) / 1.3, 2)  # rounded: ties are counted half, as in the AUC
+    strong = np.round((1.2 * y + rng.random(n)) / 2.2, 2)
+    res = delong_test(y, weak, strong)
+    assert res["auc_a"] == pytest.approx(roc_auc_score(y, weak)) and res["auc_b"] == pytest.approx(
+        roc_auc_score(y, strong))
+    z = _delong_brute_force(y, weak, strong)
+    assert res["z"] == pytest.approx(z) and res["p"] == pytest.approx(2 * norm.sf(abs(z)))
+    same = delong_test(y, weak, weak)
+    assert same["z"] == 0 and same["p"] == 1
+    pid = [f"p{i // 2}" for i in range(n)]
+    cmp = compare_aucs(y, weak, strong, pid, n_boot=300, seed=0)
+    assert cmp["n_patients"] == n // 2 and cmp["difference"]["value"] == pytest.approx(res["auc_b"] - res["auc_a"])
+    assert 0 < cmp["difference"]["low"] < cmp["difference"]["value"] < cmp["difference"]["high"]
+    assert cmp["bootstrap_p"] < 0.01 and cmp["delong"]["p"] < 0.01
+    close = compare_aucs(y, weak, np.clip(np.round(weak + rng.normal(0, 0.01, n), 3), 0, 1), pid, n_boot=300, seed=0)
+    assert close["difference"]["low"] < 0 < close["difference"]["high"] and close["bootstrap_p"] > 0.05
+    with pytest.raises(InputError, match="both classes"):
+        compare_aucs(np.zeros(10), weak[:10], strong[:10], pid[:10])
