@@ -164,3 +164,13 @@ def test_risk_groups_and_figures():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     png = timeline_figure([np.zeros((8, 8))] * 2, [0, 3], [0.2, 0.7], "P1")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_dependent_auc_separates_early_deaths():
+    from cxrlab.evaluate.survival import time_dependent_auc
+
+    time = np.array([2, 3, 5, 8, 10, 12, 15, 20, 25, 30], float)
+    event = np.array([1, 1, 1, 0, 1, 0, 1, 0, 0, 0])
+    perfect = time_dependent_auc(time, event, -time, times=[6, 14])   # risk falls with time to event
+    reversed_ = time_dependent_auc(time, event, time, times=[6, 14])
+    assert np.allclose(perfect, 1.0) and np.allclose(reversed_, 0.0)
