@@ -432,3 +432,24 @@ def test_paired_auc_comparison():
     assert close["difference"]["low"] < 0 < close["difference"]["high"] and close["bootstrap_p"] > 0.05
     with pytest.raises(InputError, match="both classes"):
         compare_aucs(np.zeros(10), weak[:10], strong[:10], pid[:10])
+
+
+def test_data_split_leaves_out_fused_rows_of_held_out_patients(phantom_manifest):
+    from cxrlab.data.fusion import kfold_fused, split_fused
+
+    primary = phantom_manifest.df.copy()
+    extra = primary.copy()
+    extra[schema.IMAGE] = extra[schema.IMAGE].astype(str) + "#fused"
+    df = pd.concat([primary.assign(train_only=0), extra.assign(train_only=1)], ignore_index=True)
+    parts = split_fused(df, seed=0, stratify="finding")
+    fused = df["train_only"] == 1
+    prim_part = pd.Series(parts[~fused].to_numpy(), index=df.loc[~fused, schema.PATIENT_ID]).groupby(level=0).first()
+    held = prim_part.index[prim_part != "train"]
+    assert len(held) and parts[fused & df[schema.PATIENT_ID].isin(held)].isna().all()
+    assert (parts[fused & ~df[schema.PATIENT_ID].isin(held)] == "train").all() and parts[~fused].notna().all()
+    # the split it makes trains the same way through --split: nothing listed is dropped, nothing missing fails
+    kept = df[parts.notna()].assign(split=parts[parts.notna()])
+    table, report = _table(load_recipe("phantom-diagnosis"), [Manifest(df, None)], kept)
+    assert report["train_only_dropped"] == int(parts.isna().sum())
+    with pytest.raises(InputError, match="both primary and fused"):
+        kfold_fused(df, k=5)

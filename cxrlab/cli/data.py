@@ -225,9 +225,14 @@ def split_cmd(
         except ValueError:
             raise ConfigError(f"--ratios {ratios!r}: expected numbers like 0.7,0.15,0.15") from None
         parts = split_fused(df, ratios=parts_ratio, seed=seed, stratify=strat)
+        left_out = parts.isna()
+        df, parts = df[~left_out], parts[~left_out]
         save_split(df.assign(split=parts.to_numpy()), out)
         console.print(_table(class_counts(df.assign(split=parts.to_numpy()), strat or "source_dataset", "split"),
                              "split"))
+        if left_out.any():
+            console.print(f"left out {int(left_out.sum())} fused (train-only) image(s) of patients whose primary "
+                          "images are in val/test")
     console.print(f"wrote {out}")
 
 

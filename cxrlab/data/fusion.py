@@ -135,22 +135,37 @@ def train_only_rows(df: pd.DataFrame) -> np.ndarray:
 
 def split_fused(df: pd.DataFrame, ratios: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                 stratify: str | None = None) -> pd.Series:
-    """Patient-level split of the primary rows; fused (train-only) rows all go to 'train'."""
+    """Patient-level split of the primary rows; fused (train-only) rows all go to 'train', except those of a
+    patient whose primary rows are in val/test: they get no part (NaN) and must be left out of the split (the
+    same rule as ``cxrlab train``), so neither a fused film nor its patient reaches evaluation."""
     from cxrlab.data.splits import SPLIT, assert_patient_disjoint, split_patients
 
     fused = train_only_rows(df)
     parts = pd.Series("train", index=df.index, name=SPLIT, dtype=object)
     if (~fused).any():
         parts[~fused] = split_patients(df[~fused], ratios=ratios, seed=seed, stratify=stratify)
-    assert_patient_disjoint(df.assign(**{SPLIT: parts}))
+    pids = df[schema.PATIENT_ID].astype(str)
+    held_out = set(pids[~fused & (parts != "train").to_numpy()])
+    parts[fused & pids.isin(held_out).to_numpy()] = None
+    kept = parts.notna()
+    assert_patient_disjoint(df[kept].assign(**{SPLIT: parts[kept]}))
     return parts
 
 
 def kfold_fused(df: pd.DataFrame, k: int = 5, seed: int = 0, stratify: str | None = None) -> pd.Series:
-    """Patient-level folds of the primary rows; fused rows get fold -1 (in the training part of every fold)."""
+    """Patient-level folds of the primary rows; fused rows get fold -1 (in the training part of every fold).
+
+    A patient with both primary and fused rows is refused: fold -1 would train on its fused films in the fold
+    that tests it (``cxrlab train`` with ``split.folds`` handles such patients by dropping those films)."""
     from cxrlab.data.splits import FOLD, kfold_patients
 
     fused = train_only_rows(df)
+    pids = df[schema.PATIENT_ID].astype(str)
+    both = sorted(set(pids[fused]) & set(pids[~fused]))
+    if both:
+        raise InputError(schema.PATIENT_ID, f"{len(both)} patient(s) have both primary and fused (train-only) rows, "
+                         f"first: {both[0]}; a fold file cannot keep their fused films out of the fold that tests "
+                         "them (use `cxrlab train` with split.folds, which drops them there)")
     folds = pd.Series(-1, index=df.index, name=FOLD, dtype=int)
     if (~fused).any():
         folds[~fused] = kfold_patients(df[~fused], k=k, seed=seed, stratify=stratify)
