@@ -31,10 +31,12 @@ def embed(source: str = typer.Argument(..., metavar="RUN_OR_BACKBONE",
     from cxrlab.retrieval import embed as embed_images, read_embeddings
 
     with progress() as bar:
-        task = bar.add_task("embedding", total=None, status="")
+        tasks: list = []  # the bar appears once the inputs are resolved and the model is loaded
 
         def report(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            if not tasks:
+                tasks.append(bar.add_task("embedding", total=total, status=""))
+            bar.update(tasks[0], completed=done, total=total)
 
         path = embed_images(source, data, out, batch_size=batch_size, precision=precision, lung_model=lung_model,
                             progress=report)
