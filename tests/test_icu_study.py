@@ -453,3 +453,38 @@ def test_data_split_leaves_out_fused_rows_of_held_out_patients(phantom_manifest)
     assert report["train_only_dropped"] == int(parts.isna().sum())
     with pytest.raises(InputError, match="both primary and fused"):
         kfold_fused(df, k=5)
+
+
+# --- the embedding + small classifier arm ---
+
+def test_embedding_head_cross_validation_keeps_fused_rows_in_training(one_torch_thread):
+    from sklearn.metrics import roc_auc_score
+
+    from cxrlab.train.embedding_head import HeadConfig, cross_validate_head
+
+    rng = np.random.default_rng(0)
+    rows, vecs = [], []
+    for i in range(80):
+        icu = int(i % 4 == 0)  # imbalanced: class weights matter
+        for j in range(2):
+            rows.append({"image": f"p{i}_{j}.png", "patient_id": f"p{i}", "went_icu": icu, "train_only": 0})
+            vecs.append(rng.normal(0, 1, 16) + 2.0 * icu * np.eye(16)[0])
+    for i in range(30):  # fused rows: 10 of new patients, 20 of primary patients (dropped where those are tested)
+        pid = f"f{i}" if i < 10 else f"p{i}"
+        rows.append({"image": f"fused{i}.png", "patient_id": pid, "went_icu": int(i % 2), "train_only": 1})
+        vecs.append(rng.normal(0, 1, 16) + 2.0 * (i % 2) * np.eye(16)[0])
+    meta = pd.DataFrame(rows)
+    meta.loc[3, "went_icu"] = np.nan  # unlabelled: never tested
+    oof = cross_validate_head(np.array(vecs, np.float32), meta, "went_icu", k=4, seed=0,
+                              cfg=HeadConfig(hidden=16, epochs=60, patience=10))
+    assert len(oof) == 159 and not oof["image"].str.startswith("fused").any()
+    assert oof.groupby("patient_id")["fold"].nunique().max() == 1 and sorted(oof["fold"].unique()) == [0, 1, 2, 3]
+    assert roc_auc_score(oof["went_icu"], oof["prob_went_icu"]) > 0.8
+    folds = oof.attrs["folds"]
+    assert all(f["pos_weight"] == pytest.approx(3.0, rel=0.3) for f in folds)
+    for f in folds:
+        tested = set(oof.loc[oof["fold"] == f["fold"], "patient_id"])
+        fused_of_tested = sum(1 for i in range(10, 30) if f"p{i}" in tested)
+        assert f["train_only_dropped"] >= fused_of_tested and f["train_only_used"] + f["train_only_dropped"] == 30
+    with pytest.raises(InputError, match="0/1"):
+        cross_validate_head(np.zeros((4, 2), np.float32), meta.head(4).assign(went_icu=2), "went_icu", k=2)
