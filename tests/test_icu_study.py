@@ -135,6 +135,9 @@ def test_label_map_maps_values_before_targets(phantom_manifest):
                                                   "tasks=[{kind: binary, column: went_icu}]"])
     with pytest.raises(InputError, match="'SEVERE'"):
         _table(bad_value, [phantom_manifest, Manifest(extra, None)])
+    clash = load_recipe("phantom-diagnosis", ["data.rename={grade: went_icu}"])
+    with pytest.raises(InputError, match="already has the target column"):
+        _table(clash, [phantom_manifest, Manifest(extra.assign(went_icu=0), None)])
     bad_column = load_recipe("phantom-diagnosis", ["data.label_map={gradee: {a: 1}}"])
     with pytest.raises(InputError, match="no manifest has") as exc:
         _table(bad_column, [phantom_manifest])

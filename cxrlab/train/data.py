@@ -37,6 +37,11 @@ def fuse_manifests(recipe: Recipe, manifests: list[Manifest]) -> pd.DataFrame:
             if column in df.columns:
                 df[column] = map_values(df[column], table, m.source or f"manifest {i + 1}", column)
         if i > 0:
+            clash = [f"{a} -> {b}" for a, b in recipe.data.rename.items() if a in df.columns and b in df.columns
+                     and a != b]
+            if clash:  # two columns of one name: pandas would keep both and the labels would be ambiguous
+                raise InputError(m.source or f"manifest {i + 1}", f"data.rename {', '.join(clash)}: the manifest "
+                                 "already has the target column (drop or rename it first)", field=clash[0])
             df = df.rename(columns=recipe.data.rename)
         df[TRAIN_ONLY] = train_only_rows(df) | (i > 0 and recipe.data.extra == "train_only")
         frames.append(df)
