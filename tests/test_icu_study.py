@@ -491,3 +491,41 @@ def test_embedding_head_cross_validation_keeps_fused_rows_in_training(one_torch_
         assert f["train_only_dropped"] >= fused_of_tested and f["train_only_used"] + f["train_only_dropped"] == 30
     with pytest.raises(InputError, match="0/1"):
         cross_validate_head(np.zeros((4, 2), np.float32), meta.head(4).assign(went_icu=2), "went_icu", k=2)
+
+
+BIN_CASES = [  # (value, expected label) for edges [3, 6] and labels [none, moderate, severe]
+    (0, "none"), (2.99, "none"), (3, "moderate"), (5.5, "moderate"), (6, "severe"), (8, "severe"), (None, None),
+    ("4", "moderate"),
+]
+
+
+def test_label_bins_cut_a_severity_score():
+    from cxrlab.train.data import bin_values
+
+    values = pd.Series([v for v, _ in BIN_CASES], dtype=object)
+    out = bin_values(values, [3, 6], ["none", "moderate", "severe"], "m", "score")
+    assert out.tolist() == [e for _, e in BIN_CASES]
+    with pytest.raises(InputError, match="'high'"):
+        bin_values(pd.Series([1, "high"]), [3], [0, 1], "m", "score")
+    with pytest.raises(ConfigError, match="need 2 labels"):
+        load_recipe("phantom-diagnosis", ["data.label_bins={score: {edges: [3], labels: [0]}}"])
+    with pytest.raises(ConfigError, match="increase"):
+        load_recipe("phantom-diagnosis", ["data.label_bins={score: {edges: [3, 2], labels: [0, 1, 2]}}"])
+
+
+def test_label_bins_turn_a_fused_severity_score_into_icu_labels(phantom_manifest):
+    extra = phantom_manifest.df.drop(columns=["went_icu"]).copy()
+    extra[schema.PATIENT_ID] = "S-" + extra[schema.PATIENT_ID].astype(str)
+    extra[schema.IMAGE] = extra[schema.IMAGE].astype(str) + "#sev"
+    recipe = load_recipe("phantom-diagnosis", [
+        "tasks=[{kind: binary, column: went_icu}]", "split.stratify=null",
+        "data.label_bins={geographic_extent: {edges: [4], labels: [0, 1]}}",
+        "data.rename={geographic_extent: went_icu}"])
+    table, _ = _table(recipe, [phantom_manifest, Manifest(extra, None)])
+    fused = table.df[table.df[schema.PATIENT_ID].str.startswith("S-")].set_index(schema.IMAGE)
+    expected = (extra.set_index(schema.IMAGE)["geographic_extent"] >= 4).astype(float)
+    assert (fused["went_icu"].astype(float) == expected.reindex(fused.index)).all() and expected.sum() > 0
+    assert set(fused["split"]) == {"train"}
+    primary = table.df[~table.df[schema.PATIENT_ID].str.startswith("S-")]
+    # like label_map, the bins apply in every manifest holding the column (documented): the primary's too
+    assert set(primary["geographic_extent"]) == {0, 1} and set(primary["went_icu"].astype(float)) <= {0.0, 1.0}

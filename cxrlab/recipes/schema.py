@@ -39,6 +39,19 @@ class BeforeEventSpec(_Strict):
         return self
 
 
+class LabelBins(_Strict):
+    edges: list[float] = Field(min_length=1, description="increasing cut points; a value equal to an edge goes up")
+    labels: list[Any] = Field(description="one more label than edges")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LabelBins":
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f"edges must increase, got {self.edges}")
+        if len(self.labels) != len(self.edges) + 1:
+            raise ValueError(f"{len(self.edges)} edge(s) need {len(self.edges) + 1} labels, got {len(self.labels)}")
+        return self
+
+
 class DataSpec(_Strict):
     extra: Literal["train_only", "pooled"] = Field(
         "train_only", description="manifests after the first: label fusion into training only, or pooled and split")
@@ -48,6 +61,10 @@ class DataSpec(_Strict):
     label_map: dict[str, dict[Any, Any]] = Field(
         default_factory=dict, description="{column: {from_value: to_value}}: label values mapped (in every manifest "
         "holding the column, before data.rename), e.g. {grade: {negative: 0, mild: 0, moderate: 0, severe: 1}}")
+    label_bins: dict[str, "LabelBins"] = Field(
+        default_factory=dict, description="{column: {edges: [e1, ...], labels: [l0, l1, ...]}}: a numeric label "
+        "cut into classes (value < e1 -> l0, e1 <= value < e2 -> l1, ...), after label_map, before data.rename; "
+        "e.g. a severity score -> ICU")
     before_event: BeforeEventSpec | None = Field(None, description="keep only images taken before the event")
     quality: str | None = Field(None, description="a quality run (cxrlab quality train): films it refuses or finds "
                                 "inverted are dropped before the split, listed in the run's quality_exclusions.csv")

@@ -26,16 +26,20 @@ def fuse_manifests(recipe: Recipe, manifests: list[Manifest]) -> pd.DataFrame:
     values first (in every manifest holding the column)."""
     if not manifests:
         raise ConfigError("no data: give at least one manifest (--data)")
-    for column in recipe.data.label_map:
-        if not any(column in m.df.columns for m in manifests):
-            raise InputError(manifests[0].source or "manifest", "data.label_map names a column no manifest has",
-                             field=column)
+    for key, columns in (("label_map", recipe.data.label_map), ("label_bins", recipe.data.label_bins)):
+        for column in columns:
+            if not any(column in m.df.columns for m in manifests):
+                raise InputError(manifests[0].source or "manifest", f"data.{key} names a column no manifest has",
+                                 field=column)
     frames = []
     for i, m in enumerate(manifests):
         df = m.df.copy()
         for column, table in recipe.data.label_map.items():
             if column in df.columns:
                 df[column] = map_values(df[column], table, m.source or f"manifest {i + 1}", column)
+        for column, bins in recipe.data.label_bins.items():
+            if column in df.columns:
+                df[column] = bin_values(df[column], bins.edges, bins.labels, m.source or f"manifest {i + 1}", column)
         if i > 0:
             clash = [f"{a} -> {b}" for a, b in recipe.data.rename.items() if a in df.columns and b in df.columns
                      and a != b]
@@ -77,6 +81,21 @@ def map_values(values: pd.Series, table: dict[Any, Any], source: object, column:
         raise InputError(source, f"data.label_map.{column} has no entry for value(s) {', '.join(map(repr, unknown))}"
                          f" (mapped: {', '.join(map(repr, map(str, table)))})", field=column)
     return keys.map(lambda k: None if k is None else lookup[k])
+
+
+def bin_values(values: pd.Series, edges: list[float], labels: list[Any], source: object, column: str) -> pd.Series:
+    """``data.label_bins``: numeric values cut at ``edges`` (right-open: a value equal to an edge takes the upper
+    label); empty cells stay empty, text that is not a number is an ``InputError`` naming it."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    text = values.notna() & numbers.isna()
+    if text.any():
+        shown = sorted({str(v) for v in values[text]})[:5]
+        raise InputError(source, f"data.label_bins.{column} needs numbers, found {', '.join(map(repr, shown))}",
+                         field=column)
+    index = np.searchsorted(np.asarray(edges, float), numbers.to_numpy(float), side="right")
+    out = pd.Series([labels[k] for k in index], index=values.index, dtype=object)
+    out[numbers.isna()] = None
+    return out
 
 
 _TRUE = {"1", "true", "yes", "y", "t"}
