@@ -231,6 +231,8 @@ def test_train_with_lung_model_predicts_missing_masks_once(phantom_root, lung_ru
     assert masks["predicted"] == n_blank and masks["from_cache"] == 0 and masks["given"] == len(kept) - n_blank
     assert masks["lung_run"] == str(Path(lung_run).resolve())
     assert len(list((run / "lung_masks" / masks["lung_run_id"]).glob("*.png"))) == 3 * n_blank
+    pred = pd.read_parquet(run / "predictions.parquet")
+    assert (pred.set_index("image")["view"] == kept.set_index("image")["view"].reindex(pred["image"])).all()
     metrics = json.loads((run / "metrics.json").read_text())["run"]
     assert metrics["lung_masks"]["predicted"] == n_blank and metrics["rows_removed_by_event_filter"] == removed
     # prediction uses the same cache: the same films (by content) are not segmented again

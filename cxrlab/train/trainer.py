@@ -524,7 +524,7 @@ def _finish(trainer: Trainer, plan: StagePlan | None, data_report: dict[str, Any
     decoded = trainer._decode(logits, all_items)
     df = table.df
     pred = pd.DataFrame({c: df[c].to_numpy() for c in [schema.IMAGE, schema.PATIENT_ID, SPLIT] if c in df.columns})
-    for c in (schema.SOURCE_DATASET, TRAIN_ONLY):
+    for c in (schema.SOURCE_DATASET, schema.VIEW, TRAIN_ONLY):  # view: the evaluation's view-confound check
         if c in df.columns:
             pred[c.lstrip("_")] = df[c].to_numpy()
     for c in tasks.columns:
