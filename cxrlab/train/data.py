@@ -259,8 +259,7 @@ def split_from_table(df: pd.DataFrame, split: pd.DataFrame, source: object = "sp
     if evaluated.any():
         raise InputError(source, f"{int(evaluated.sum())} train-only (fused) image(s) are put in val/test, first: "
                                  f"{df.loc[evaluated, schema.IMAGE].iloc[0]}", field=SPLIT)
-    dropped = parts == DROPPED  # a resumed run's own split never lists them; kept here for clarity
-    primary = parts[~only & ~dropped.to_numpy()]
+    primary = parts[~only]
     check = df.loc[primary.index].assign(**{SPLIT: primary.to_numpy()})
     assert_patient_disjoint(check, SPLIT, source=source)
     return place_train_only(df, primary)
