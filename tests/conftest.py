@@ -58,3 +58,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def cxrlab_home(tmp_path_factory: pytest.TempPathFactory):
+    """A private ``CXRLAB_HOME`` (feature and mask caches) for one test module, restored afterwards."""
+    path = tmp_path_factory.mktemp("cxrlab_home")
+    old = os.environ.get("CXRLAB_HOME")
+    os.environ["CXRLAB_HOME"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["CXRLAB_HOME"]
+    else:
+        os.environ["CXRLAB_HOME"] = old

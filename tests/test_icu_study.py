@@ -196,19 +196,7 @@ def lung_run(phantom_root, tmp_path_factory) -> Path:
     return train_segmentation(seg, out=tmp_path_factory.mktemp("lung") / "lung")
 
 
-@pytest.fixture(scope="module")
-def small_home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("home")
-    old = os.environ.get("CXRLAB_HOME")
-    os.environ["CXRLAB_HOME"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["CXRLAB_HOME"]
-    else:
-        os.environ["CXRLAB_HOME"] = old
-
-
-def test_train_with_lung_model_predicts_missing_masks_once(phantom_root, lung_run, small_home, tmp_path,
+def test_train_with_lung_model_predicts_missing_masks_once(phantom_root, lung_run, cxrlab_home, tmp_path,
                                                           one_torch_thread):
     from cxrlab.train import load_run, train
 
@@ -369,7 +357,7 @@ def test_view_confound_in_the_report(tmp_path):
     assert "View confound" in html and "model within pa films" in html and "view only (AP/supine" in html
 
 
-def test_resumed_run_reuses_its_lung_model_and_mask_cache(phantom_root, lung_run, small_home, tmp_path,
+def test_resumed_run_reuses_its_lung_model_and_mask_cache(phantom_root, lung_run, cxrlab_home, tmp_path,
                                                           one_torch_thread):
     from cxrlab.train import train
 

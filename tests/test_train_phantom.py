@@ -4,7 +4,6 @@ the feature cache, balancing, label fusion, prediction with ``load_run`` and the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cxrlab_home")
-    old = os.environ.get("CXRLAB_HOME")
-    os.environ["CXRLAB_HOME"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["CXRLAB_HOME"]
-    else:
-        os.environ["CXRLAB_HOME"] = old
+def home(cxrlab_home) -> Path:
+    return cxrlab_home
 
 
 @pytest.fixture(scope="module")

@@ -95,26 +95,26 @@ class ServiceConfig(BaseModel):
         return os.environ.get(self.token_env) or None
 
 
+def _existing_dir(path: Path, base: Path, key: str, what: str) -> Path:
+    """``path`` resolved against the config's folder; a ConfigError naming ``key`` when it is not a folder."""
+    path = (path if path.is_absolute() else base / path).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"service config: {key}: {what} {path} does not exist")
+    return path
+
+
 def _resolve(cfg: ServiceConfig, base: Path) -> ServiceConfig:
-    models = {role: (p if p.is_absolute() else (base / p)).resolve() for role, p in cfg.models.present().items()}
-    for role, p in models.items():
-        if not p.is_dir():
-            raise ConfigError(f"service config: models.{role}: run directory {p} does not exist")
+    models = {role: _existing_dir(p, base, f"models.{role}", "run directory")
+              for role, p in cfg.models.present().items()}
     store = cfg.store_dir
     if store is not None and not store.is_absolute():
         store = (base / store).resolve()
-    quality = cfg.quality
+    quality, similar = cfg.quality, cfg.similar
     if quality.run is not None:
-        run = quality.run if quality.run.is_absolute() else (base / quality.run).resolve()
-        if not run.is_dir():
-            raise ConfigError(f"service config: quality.run: run directory {run} does not exist")
-        quality = quality.model_copy(update={"run": run})
-    similar = cfg.similar
+        quality = quality.model_copy(update={"run": _existing_dir(quality.run, base, "quality.run", "run directory")})
     if similar.index is not None:
-        index = similar.index if similar.index.is_absolute() else (base / similar.index).resolve()
-        if not index.is_dir():
-            raise ConfigError(f"service config: similar.index: index folder {index} does not exist")
-        similar = similar.model_copy(update={"index": index})
+        similar = similar.model_copy(update={"index": _existing_dir(similar.index, base, "similar.index",
+                                                                   "index folder")})
     return cfg.model_copy(update={"models": ModelsConfig(**models), "store_dir": store, "quality": quality,
                                   "similar": similar})
 
