@@ -174,12 +174,17 @@ def _predict(models: GateModels, config: QualityConfig, table: FeatureTable, row
     }
 
 
-def _holdout(table: FeatureTable, rows: np.ndarray, config: QualityConfig) -> np.ndarray:
-    """'train'/'test' per row of ``rows`` by patient, patients with a lateral film spread over both parts."""
+def _with_lateral_patients(table: FeatureTable, rows: np.ndarray) -> pd.DataFrame:
+    """``rows`` of the table with ``_has_lateral``: whether the row's patient has any lateral film (a stratum)."""
     sub = table.rows.iloc[rows].assign(_lateral=table.lateral[rows] == 1)
     sub["_has_lateral"] = sub.groupby(schema.PATIENT_ID)["_lateral"].transform("max").astype(str)
-    return split_patients(sub, (1 - config.val_fraction, config.val_fraction), seed=config.seed,
-                          stratify="_has_lateral").to_numpy()
+    return sub
+
+
+def _holdout(table: FeatureTable, rows: np.ndarray, config: QualityConfig) -> np.ndarray:
+    """'train'/'test' per row of ``rows`` by patient, patients with a lateral film spread over both parts."""
+    return split_patients(_with_lateral_patients(table, rows), (1 - config.val_fraction, config.val_fraction),
+                          seed=config.seed, stratify="_has_lateral").to_numpy()
 
 
 def _fit_split(table: FeatureTable, config: QualityConfig, train_mask: np.ndarray) -> GateModels:
@@ -192,9 +197,10 @@ def _fit_split(table: FeatureTable, config: QualityConfig, train_mask: np.ndarra
 
 def cross_validate(table: FeatureTable, config: QualityConfig, other_feats: np.ndarray, k: int = 5,
                    n_boot: int = 1000) -> dict[str, Any]:
-    """Out-of-fold predictions for every film (k patient-level folds, stratified by view), then scored once."""
-    strat = table.rows.assign(_view=np.where(table.lateral == 1, "lateral", "other"))
-    folds = kfold_patients(strat, k=k, seed=config.seed, stratify="_view").to_numpy()
+    """Out-of-fold predictions for every film (k patient-level folds, stratified by whether a patient has a
+    lateral film), then scored once."""
+    strat = _with_lateral_patients(table, np.arange(len(table.rows)))
+    folds = kfold_patients(strat, k=k, seed=config.seed, stratify="_has_lateral").to_numpy()
     preds = {key: np.zeros(len(table.rows)) for key in ("view_prob", "inv_shown", "inv_negative", "ood_chest")}
     other = np.zeros((k, len(other_feats)))
     thresholds = np.zeros((len(table.rows), 2))
