@@ -268,9 +268,29 @@ def test_service_similar_endpoint_searches_an_upload(tmp_path, tiny_phantom):
     body = answer.json()
     assert set(body) == {"query", "results", "notice"} and body["query"] == "upload" and len(body["results"]) == 2
     top = body["results"][0]
-    assert set(top) == {"patient_id", "image", "similarity", "finding", "series"}
+    # the CLI's fields, plus the service's: the best film's index row, its thumbnail link and recorded outcomes
+    assert set(top) == {"patient_id", "image", "similarity", "finding", "series", "row", "thumbnail", "outcomes"}
     assert top["patient_id"] == manifest["patient_id"][2] and top["similarity"] > 0.99  # the same film, indexed
+    assert top["thumbnail"] == f"/v1/similar/thumbnails/{top['row']}" and isinstance(top["outcomes"], dict)
+    thumb = client.get(top["thumbnail"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    assert thumb.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert thumb.headers["cache-control"] == "private, no-store"
+    # addressed by index row only: unknown rows are 404, anything that is not a row number is refused
+    n_rows = len(CaseIndex.load(idx))
+    for bad in (str(n_rows), "-1", "99999999999999999999"):
+        assert client.get(f"/v1/similar/thumbnails/{bad}").status_code == 404, bad
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(film)
+    for bad in (str(secret), "%2Fetc%2Fpasswd", "..%2F..%2Fetc%2Fpasswd", "1%2F..%2F..%2Fetc%2Fpasswd", "0.5",
+                "images%2Fx.png"):
+        answer = client.get(f"/v1/similar/thumbnails/{bad}")
+        assert answer.status_code in (404, 422) and not answer.content.startswith(b"\x89PNG"), bad
+    assert client.get("/v1/similar/thumbnails/0", params={"path": str(secret)}).content == \
+        client.get("/v1/similar/thumbnails/0").content  # a path parameter is ignored, row 0 is row 0
     assert client.post("/v1/similar?k=0", files={"file": ("x.png", film, "image/png")}).status_code == 422
     assert client.post("/v1/similar", files={"file": ("x.png", b"not an image", "image/png")}).status_code in (415, 422)
     plain = TestClient(create_app(ServiceConfig(), pipeline=stub))
     assert plain.post("/v1/similar", files={"file": ("x.png", film, "image/png")}).status_code == 404
+    assert plain.get("/v1/similar/thumbnails/0").status_code == 404
+    assert plain.get("/v1/health").json()["similar"] is False and client.get("/v1/health").json()["similar"] is True

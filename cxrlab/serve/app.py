@@ -202,6 +202,7 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
         return {"status": "ok", "stages": pipeline.stage_names, "backend": pipeline.backend,
                 "auth_required": bool(token), "uptime_s": round(time.time() - started, 1),
                 "result_ttl_s": config.result_ttl_s, "queued": batcher.queue.qsize(),
+                "similar": config.similar.index is not None,  # the viewer shows its similar-cases panel
                 "mean_batch": round(sum(batcher.batch_sizes) / len(batcher.batch_sizes), 2)
                 if batcher.batch_sizes else None, "notice": NOTICE}
 

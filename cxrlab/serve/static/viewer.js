@@ -164,8 +164,87 @@ function applyHeatmapControls() {
   $("contours").style.display = $("contour-toggle").checked ? "block" : "none";
 }
 
+// --- similar cases (POST /v1/similar; shown only when the service has a case index) ---
+let similarEnabled = false;
+let similarGeneration = 0; // a newer upload makes an older similar-case answer stale
+
+function clearSimilar() {
+  similarGeneration += 1;
+  const panel = $("similar");
+  panel.hidden = true;
+  panel.dataset.state = "idle";
+  $("similar-list").replaceChildren();
+  $("similar-status").textContent = "";
+}
+
+function timeline(series, bestImage) {
+  const p = document.createElement("p");
+  p.className = "timeline";
+  p.append("films (day): ");
+  for (const film of series || []) {
+    const span = document.createElement("span");
+    span.textContent = film.offset_days === null || film.offset_days === undefined ? "?" : `${film.offset_days}`;
+    span.title = film.image;
+    if (film.image === bestImage) span.className = "best";
+    p.append(span);
+  }
+  return p;
+}
+
+async function similarCard(hit) {
+  const li = document.createElement("li");
+  li.dataset.patient = hit.patient_id;
+  const img = document.createElement("img");
+  img.alt = `most similar film of patient ${hit.patient_id}`;
+  li.append(img);
+  const head = document.createElement("div");
+  const sim = document.createElement("span");
+  sim.className = "sim";
+  sim.textContent = `similarity ${fmt(hit.similarity)}`;
+  head.append(sim, ` · ${hit.finding || "finding not recorded"}`);
+  const who = document.createElement("div");
+  who.textContent = `patient ${hit.patient_id}`;
+  li.append(head, who);
+  const outcomes = Object.entries(hit.outcomes || {});
+  if (outcomes.length) {
+    const p = document.createElement("p");
+    p.className = "outcomes";
+    p.textContent = "recorded: " + outcomes.map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(", ");
+    li.append(p);
+  }
+  li.append(timeline(hit.series, hit.image));
+  if (hit.thumbnail) {
+    try { await loadImage(img, hit.thumbnail); } catch (e) { img.alt = "thumbnail not available"; }
+  }
+  return li;
+}
+
+async function showSimilar(file, generation) {
+  if (!similarEnabled || generation !== similarGeneration) return; // not configured, or a newer upload started
+  const panel = $("similar");
+  panel.hidden = false;
+  panel.dataset.state = "busy";
+  $("similar-status").textContent = "Searching the case index…";
+  try {
+    const form = new FormData();
+    form.append("file", file);
+    const r = await (await api("/v1/similar", { method: "POST", body: form })).json();
+    const cards = await Promise.all(r.results.map(similarCard));
+    if (generation !== similarGeneration) return; // a newer upload started meanwhile
+    $("similar-list").replaceChildren(...cards);
+    $("similar-status").textContent = cards.length ? `${cards.length} most similar patients.` : "No similar patients.";
+    panel.dataset.state = "done";
+  } catch (err) {
+    if (generation !== similarGeneration) return;
+    $("similar-list").replaceChildren();
+    $("similar-status").textContent = `Similar cases unavailable: ${err.message}`;
+    panel.dataset.state = "error";
+  }
+}
+
 function clearResults() {
   // a new upload (or its refusal) must never leave the previous film's findings and scores on screen
+  clearSimilar();
   $("viewer").hidden = true;
   for (const id of ["findings", "severity"]) $(id).querySelector("tbody").replaceChildren();
   $("zones").replaceChildren();
@@ -176,6 +255,7 @@ function clearResults() {
 
 async function analyze(file) {
   clearResults();
+  const generation = similarGeneration;
   setStatus("Analysing…", "busy");
   while (blobUrls.length) URL.revokeObjectURL(blobUrls.pop());
   try {
@@ -200,8 +280,11 @@ async function analyze(file) {
     document.body.dataset.resultId = r.id;
     setStatus(`Done in ${Math.round(r.timings_ms.total)} ms (result kept temporarily).`, "done");
   } catch (err) {
+    clearResults();
     setStatus(`Error: ${err.message}`, "error");
+    return;
   }
+  await showSimilar(file, generation);
 }
 
 function init() {
@@ -222,6 +305,7 @@ function init() {
   for (const id of ["heat-toggle", "heat-opacity", "contour-toggle"]) $(id).addEventListener("input", applyHeatmapControls);
   fetch("/v1/health").then((r) => r.json()).then((h) => {
     if (h.auth_required) $("auth").hidden = false;
+    similarEnabled = Boolean(h.similar);
     setStatus(`Ready. Stages: ${h.stages.join(", ") || "none"}; backend ${h.backend}.`, "idle");
   }).catch(() => setStatus("Service not reachable.", "error"));
 }
