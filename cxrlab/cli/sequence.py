@@ -25,8 +25,14 @@ def cv(recipe: str = typer.Argument(..., help="a `kind: sequence` recipe: shippe
        out: Path = typer.Option(..., "--out", help="folder for metrics.json and predictions.csv"),
        set_: list[str] = typer.Option([], "--set", help="override a recipe key: key=value (repeatable)"),
        min_films: int = typer.Option(1, "--min-films", min=1, help="only patients with at least this many films"),
-       n_boot: int = typer.Option(1000, "--n-boot", min=0, help="patient bootstrap resamples for the CIs")) -> None:
-    """Patient-level k-fold CV of the LSTM and its baselines (last film, mean of films) on the same folds."""
+       n_boot: int = typer.Option(1000, "--n-boot", min=0, help="patient bootstrap resamples for the CIs"),
+       report: bool = typer.Option(True, "--report/--no-report", help="also write report.html (metrics, "
+                                                                       "Kaplan-Meier curves, patient timelines)"),
+       timelines: int = typer.Option(3, "--timelines", min=0, help="patients shown as timelines in the report"),
+       cam_method: str = typer.Option("gradcam", "--cam-method", help="heatmap on the timeline films when the "
+                                                                      "embeddings came from a trained run")) -> None:
+    """Patient-level k-fold CV of the LSTM and its baselines (last film, mean of films) on the same folds;
+    writes metrics.json, predictions.csv and report.html."""
     from cxrlab.retrieval import read_embeddings
     from cxrlab.train.sequence import build_sequences, cross_validate_sequences, load_sequence_config
     from cxrlab.utils import atomic_path, atomic_write_json, json_safe
@@ -38,10 +44,16 @@ def cv(recipe: str = typer.Argument(..., help="a `kind: sequence` recipe: shippe
     with atomic_path(out / "predictions.csv") as tmp:
         result["predictions"].to_csv(tmp, index=False)
     summary = {k: v for k, v in result.items() if k != "predictions"}
-    atomic_write_json(out / "metrics.json", json_safe({"recipe": config.model_dump(), **summary}))
+    atomic_write_json(out / "metrics.json", json_safe({"recipe": config.model_dump(), "embeddings": str(emb.resolve()),
+                                                          "min_films": min_films, **summary}))
     console.print(f"{result['n_patients']} patients ({result['n_positive']} with the outcome), "
                   f"{config.train.folds}-fold CV, {result['metric']} (95 % patient bootstrap CI):", highlight=False)
     for name, est in result["estimates"].items():
         low = "" if est["low"] != est["low"] else f" ({est['low']:.3f}-{est['high']:.3f})"
         console.print(f"  {name:>12}  {est['value']:.3f}{low}", highlight=False)
-    console.print(f"written: {out / 'metrics.json'}, {out / 'predictions.csv'}", highlight=False)
+    written = [out / "metrics.json", out / "predictions.csv"]
+    if report:
+        from cxrlab.evaluate.sequence_report import build_sequence_report
+
+        written.append(build_sequence_report(out, emb=emb, n_patients=timelines, cam_method=cam_method))
+    console.print(f"written: {', '.join(str(p) for p in written)}", highlight=False)

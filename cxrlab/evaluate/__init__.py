@@ -23,7 +23,7 @@ from cxrlab.evaluate.regression import bland_altman, regression_metrics, regress
 from cxrlab.evaluate.subgroups import bin_column, subgroup_table
 
 __all__ = [
-    "Estimate", "agreement_table", "bin_column", "binary_metrics", "build_report", "bland_altman", "bootstrap", "brier",
+    "Estimate", "agreement_table", "bin_column", "binary_metrics", "build_report", "build_sequence_report", "bland_altman", "bootstrap", "brier",
     "calibration", "classification_scores", "collapse_scores", "confusion_matrix", "expected_calibration_error",
     "macro_mae", "multiclass_metrics", "ordinal_metrics", "quadratic_kappa", "regression_metrics",
     "regression_scores", "reliability_curve", "roc_auc", "subgroup_table", "threshold_metrics",
@@ -37,4 +37,8 @@ def __getattr__(name: str):
         from cxrlab.evaluate.report import build_report
 
         return build_report
+    if name == "build_sequence_report":
+        from cxrlab.evaluate.sequence_report import build_sequence_report
+
+        return build_sequence_report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

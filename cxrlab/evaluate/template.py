@@ -1,11 +1,8 @@
-"""The report's Jinja2 template (kept in a module so the package needs no data files)."""
+"""The report templates (Jinja2; kept in a module so the package needs no data files)."""
 
-REPORT_TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>cxrlab evaluation: {{ run_name }}</title>
-<style>
+RESEARCH_NOTICE = "Research use only, not for diagnosis or clinical decisions."
+
+REPORT_STYLE = r"""<style>
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .86em; }
@@ -17,13 +14,24 @@ figure img { max-width: 100%; } figcaption { font-size: .8em; color: #555; max-w
 .gallery img { width: 220px; height: auto; border: 1px solid #ccc; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .8em; }
 </style>
+"""
+
+# a point estimate with its 95 % interval (NaN / None: n/a)
+EST_MACRO = r"""{% macro est(e) -%}
+{%- if e is none -%}&ndash;{%- elif e.value is none or e.value != e.value -%}n/a{%- else -%}
+{{ "%.3f"|format(e.value) }}{% if e.low is not none and e.low == e.low %} <span class="muted">({{ "%.3f"|format(e.low) }}&ndash;{{ "%.3f"|format(e.high) }})</span>{% endif %}
+{%- endif -%}
+{%- endmacro %}"""
+
+REPORT_TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>cxrlab evaluation: {{ run_name }}</title>
+""" + REPORT_STYLE + r"""
 </head>
 <body>
-{% macro est(e) -%}
-{%- if e is none -%}&ndash;{%- elif e.value != e.value -%}n/a{%- else -%}
-{{ "%.3f"|format(e.value) }}{% if e.low == e.low %} <span class="muted">({{ "%.3f"|format(e.low) }}&ndash;{{ "%.3f"|format(e.high) }})</span>{% endif %}
-{%- endif -%}
-{%- endmacro %}
+""" + EST_MACRO + r"""
 <h1>Evaluation report &mdash; {{ run_name }}</h1>
 <p>Headline split: <b>{{ m.eval_split }}</b>. Intervals are 95&nbsp;% percentile intervals of a patient-level
 bootstrap ({{ m.n_boot }} resamples of patients, seed {{ m.seed }}). Generated {{ generated }}.</p>
@@ -124,6 +132,63 @@ HCS = share of the heatmap's mass at or above {{ explain.threshold }} of its pea
 <tr><td>run directory</td><td>{{ run_dir }}</td></tr>
 <tr><td>data fingerprint</td><td><code>{{ m.data_fingerprint }}</code></td></tr>
 <tr><td>seed (training)</td><td>{{ training_seed }}</td></tr>
+{% for k, v in versions.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
+</table>
+<h3>Recipe (resolved)</h3>
+<pre>{{ recipe_text }}</pre>
+</body>
+</html>
+"""
+
+SEQUENCE_REPORT_TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>cxrlab sequence evaluation: {{ run_name }}</title>
+""" + REPORT_STYLE + r"""
+<style>.timeline img { max-width: 100%; border: 1px solid #ccc; } .timeline figcaption { max-width: 100%; }
+.notice { border: 1px solid #b00; color: #b00; padding: .5em .8em; font-weight: 600; }</style>
+</head>
+<body>
+""" + EST_MACRO + r"""
+<h1>Sequence outcome report &mdash; {{ run_name }}</h1>
+<p class="notice" id="notice">""" + RESEARCH_NOTICE + r""" Predictions from a patient's series of films by a
+model trained on few patients; the intervals below say how little they can show.</p>
+<p>Outcome: <b>{{ config.outcome.kind }}</b>
+{% if config.outcome.kind == 'binary' %}(column <code>{{ config.outcome.column }}</code>{% if config.outcome.positive %}, positive = {{ config.outcome.positive|join(', ') }}{% endif %}; metric AUC)
+{% else %}(time <code>{{ config.outcome.time_column }}</code>, event <code>{{ config.outcome.event_column }}</code>; Cox head, Harrell's C-index){% endif %}.
+{{ metrics.n_patients }} patients ({{ metrics.n_positive }} with the {{ 'outcome' if config.outcome.kind == 'binary' else 'event' }}),
+films per patient median {{ "%g"|format(n_films.median()) }} / max {{ n_films.max() }}; patient-level stratified
+{{ config.train.folds }}-fold cross-validation ({% for f, n in folds.items() %}fold {{ f }}: {{ n }}{% if not loop.last %}, {% endif %}{% endfor %} patients),
+pooled out-of-fold predictions. Intervals are 95&nbsp;% percentile intervals of a patient bootstrap; differences are
+paired (the same resamples). Generated {{ generated }}.</p>
+
+<h2 id="metrics">{{ metrics.metric }} of the sequence model and its baselines</h2>
+<table><tr><th>model</th><th>{{ metrics.metric }} (95 % CI)</th></tr>
+{% for r in rows %}<tr><td>{{ r.name }} <span class="muted">({{ r.key }})</span></td><td>{{ est(r.e) }}</td></tr>{% endfor %}
+</table>
+{% if diffs %}<table><tr><th>paired difference</th><th>{{ metrics.metric }} difference (95 % CI)</th></tr>
+{% for r in diffs %}<tr><td>{{ r.name }} <span class="muted">({{ r.key }})</span></td><td>{{ est(r.e) }}</td></tr>{% endfor %}
+</table>
+<p class="muted">A difference whose interval spans 0 is not distinguishable from chance on these patients.</p>{% endif %}
+
+<h2 id="km">Kaplan&ndash;Meier curves by predicted risk group</h2>
+{% if km.note %}<p class="warn">{{ km.note }}</p>{% endif %}
+{% for fig in km.figures %}<figure class="km"><img alt="Kaplan-Meier curves" src="data:image/png;base64,{{ fig.b64 }}"><figcaption>{{ fig.caption }}</figcaption></figure>{% endfor %}
+
+<h2 id="timelines">Patient timelines</h2>
+{% if timelines.error %}<p class="warn">Not available: {{ timelines.error }}</p>{% endif %}
+{% for t in timelines["items"] %}<figure class="timeline" id="patient-{{ t.patient_id }}"><img alt="timeline of patient {{ t.patient_id }}" src="data:image/png;base64,{{ t.b64 }}">
+<figcaption>{{ t.caption }}</figcaption></figure>
+<table class="timeline-values"><tr><th>day</th>{% for o in t.offsets %}<td>{{ "%g"|format(o) }}</td>{% endfor %}</tr>
+<tr><th>{{ timelines.label }} after the film</th>{% for v in t.outputs %}<td>{{ "%.3f"|format(v) }}</td>{% endfor %}</tr></table>
+{% endfor %}
+
+<h2 id="provenance">Provenance</h2>
+<table>
+<tr><td>cv folder</td><td>{{ run_dir }}</td></tr>
+<tr><td>embeddings</td><td>{{ emb or 'not named' }}</td></tr>
+<tr><td>seed</td><td>{{ config.seed }}</td></tr>
 {% for k, v in versions.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
 </table>
 <h3>Recipe (resolved)</h3>
