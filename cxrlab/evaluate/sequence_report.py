@@ -98,7 +98,7 @@ def km_section(metrics: dict, preds: pd.DataFrame, meta: pd.DataFrame | None, n_
         png = km_figure(table["time"], table["event"], table[f"pred_{mode}"], n_groups=n_groups,
                         title=f"{MODEL_NAMES[mode]}: KM by {what}")
         figs.append({"caption": f"Kaplan–Meier survival of {len(table)} patients ({int(table['event'].sum())} "
-                                f"events) split at the median of the {what} of the {MODEL_NAMES[mode]} model; "
+                                f"events, {config.outcome.event_column}) split at the median of the {what} of the {MODEL_NAMES[mode]} model; "
                                 "days from each patient's first film.", "b64": _b64(png)})
     return {"figures": figs, "note": ""}
 
@@ -240,9 +240,11 @@ def build_sequence_report(run_dir: str | os.PathLike, *, emb: str | os.PathLike 
                 timelines["error"] = str(exc)
     km = km_section(metrics, preds, meta)
     est = metrics["estimates"]
-    rows = [{"name": MODEL_NAMES.get(k, k), "key": k, "e": v} for k, v in est.items() if "-" not in k]
-    diffs = [{"name": f"LSTM − {MODEL_NAMES.get(k.split('-', 1)[1], k)}", "key": k, "e": v}
-             for k, v in est.items() if "-" in k]
+    rank = {m: i for i, m in enumerate(MODEL_NAMES)}
+    order = sorted(est, key=lambda k: ("-" in k, rank.get(k.rsplit("-", 1)[-1], len(rank)), k))
+    rows = [{"name": MODEL_NAMES.get(k, k), "key": k, "e": est[k]} for k in order if "-" not in k]
+    diffs = [{"name": f"LSTM − {MODEL_NAMES.get(k.split('-', 1)[1], k)}", "key": k, "e": est[k]}
+             for k in order if "-" in k]
     counts = preds.groupby("fold").size().to_dict()
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     html = env.from_string(SEQUENCE_REPORT_TEMPLATE).render(

@@ -155,8 +155,8 @@ SEQUENCE_REPORT_TEMPLATE = r"""<!DOCTYPE html>
 <p class="notice" id="notice">""" + RESEARCH_NOTICE + r""" Predictions from a patient's series of films by a
 model trained on few patients; the intervals below say how little they can show.</p>
 <p>Outcome: <b>{{ config.outcome.kind }}</b>
-{% if config.outcome.kind == 'binary' %}(column <code>{{ config.outcome.column }}</code>{% if config.outcome.positive %}, positive = {{ config.outcome.positive|join(', ') }}{% endif %}; metric AUC)
-{% else %}(time <code>{{ config.outcome.time_column }}</code>, event <code>{{ config.outcome.event_column }}</code>; Cox head, Harrell's C-index){% endif %}.
+{% if config.outcome.kind == 'binary' %}(column <code>{{ config.outcome.column }}</code>{% if config.outcome.positive %}, positive = {{ config.outcome.positive|join(', ') }}{% endif %}; metric AUC).
+{%- else %}(time <code>{{ config.outcome.time_column }}</code>, event <code>{{ config.outcome.event_column }}</code>; Cox head, Harrell's C-index).{% endif %}
 {{ metrics.n_patients }} patients ({{ metrics.n_positive }} with the {{ 'outcome' if config.outcome.kind == 'binary' else 'event' }}),
 films per patient median {{ "%g"|format(n_films.median()) }} / max {{ n_films.max() }}; patient-level stratified
 {{ config.train.folds }}-fold cross-validation ({% for f, n in folds.items() %}fold {{ f }}: {{ n }}{% if not loop.last %}, {% endif %}{% endfor %} patients),
