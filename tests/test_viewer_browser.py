@@ -4,6 +4,7 @@ cases panel (thumbnails, timelines). Skipped loudly without a browser."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import warnings
 
@@ -35,11 +36,11 @@ def _playwright():
     return sync_playwright
 
 
-def test_viewer_upload_toggle_screenshot(service_runs, tmp_path):
+@contextlib.contextmanager
+def viewer_page(app, tmp_path):
+    """The viewer of ``app`` open in headless Chromium: ``(page, errors)``, with the page's script errors."""
     sync_playwright = _playwright()
-    image = tmp_path / "phantom.png"
-    image.write_bytes(encode_png(render_sample("covid19", severity=0.8, size=128, seed=7)["image"]))
-    server = start_background(create_app(load_service_config(service_runs["config"])))
+    server = start_background(app)
     try:
         with sync_playwright() as pw:
             context = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
@@ -48,45 +49,51 @@ def test_viewer_upload_toggle_screenshot(service_runs, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(server.url + "/")
-            assert "not for diagnosis" in page.inner_text("#notice")
             page.wait_for_selector("#status:has-text('Ready')", timeout=15_000)
-            page.set_input_files("#file", str(image))
-            page.wait_for_selector("#status[data-state=done]", timeout=60_000)
-
-            assert page.locator("#contours polygon").count() >= 1  # lung outlines drawn over the image
-            assert page.locator("#findings tr").count() >= 5  # four diagnoses + ICU risk
-            assert page.locator("#zones rect").count() == 6
-            assert page.evaluate("document.getElementById('base').naturalWidth") == 128
-            assert not page.locator("#similar").is_visible()  # no case index configured: no similar-cases panel
-            heat = page.locator("#heat")
-            assert heat.evaluate("e => e.naturalWidth") == 128 and heat.is_visible()
-            page.uncheck("#heat-toggle")
-            assert not heat.is_visible()
-            page.check("#heat-toggle")
-            page.fill("#heat-opacity", "25")
-            page.dispatch_event("#heat-opacity", "input")
-            assert heat.evaluate("e => getComputedStyle(e).opacity") == "0.25"
-            shot = tmp_path / "viewer.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            # a refused upload must not leave the previous film's findings and scores on screen
-            bad = tmp_path / "not_an_xray.png"
-            bad.write_bytes(b"GIF89a not an x-ray")
-            page.set_input_files("#file", str(bad))
-            page.wait_for_selector("#status[data-state=error]", timeout=60_000)
-            assert page.locator("#findings tr").count() == 0 and page.locator("#zones rect").count() == 0
-            assert not page.locator("#viewer").is_visible()
-            assert errors == []
+            yield page, errors
             context.close()
     finally:
         server.stop()
+
+
+def test_viewer_upload_toggle_screenshot(service_runs, tmp_path):
+    image = tmp_path / "phantom.png"
+    image.write_bytes(encode_png(render_sample("covid19", severity=0.8, size=128, seed=7)["image"]))
+    with viewer_page(create_app(load_service_config(service_runs["config"])), tmp_path) as (page, errors):
+        assert "not for diagnosis" in page.inner_text("#notice")
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#status[data-state=done]", timeout=60_000)
+
+        assert page.locator("#contours polygon").count() >= 1  # lung outlines drawn over the image
+        assert page.locator("#findings tr").count() >= 5  # four diagnoses + ICU risk
+        assert page.locator("#zones rect").count() == 6
+        assert page.evaluate("document.getElementById('base').naturalWidth") == 128
+        assert not page.locator("#similar").is_visible()  # no case index configured: no similar-cases panel
+        heat = page.locator("#heat")
+        assert heat.evaluate("e => e.naturalWidth") == 128 and heat.is_visible()
+        page.uncheck("#heat-toggle")
+        assert not heat.is_visible()
+        page.check("#heat-toggle")
+        page.fill("#heat-opacity", "25")
+        page.dispatch_event("#heat-opacity", "input")
+        assert heat.evaluate("e => getComputedStyle(e).opacity") == "0.25"
+        shot = tmp_path / "viewer.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        # a refused upload must not leave the previous film's findings and scores on screen
+        bad = tmp_path / "not_an_xray.png"
+        bad.write_bytes(b"GIF89a not an x-ray")
+        page.set_input_files("#file", str(bad))
+        page.wait_for_selector("#status[data-state=error]", timeout=60_000)
+        assert page.locator("#findings tr").count() == 0 and page.locator("#zones rect").count() == 0
+        assert not page.locator("#viewer").is_visible()
+        assert errors == []
 
 
 def test_viewer_similar_cases_panel(service_runs, tmp_path):
     """A service with a phantom case index: after an analysis the panel lists k patients, each with the best
     film's thumbnail (fetched by index row), similarity, finding, outcomes and the timeline of films in day
     order; a refused upload clears it."""
-    sync_playwright = _playwright()
     from cxrlab.retrieval import Embedder, build_index, embed
 
     cases = tmp_path / "cases"
@@ -98,44 +105,32 @@ def test_viewer_similar_cases_panel(service_runs, tmp_path):
     query = cases / manifest.loc[manifest["patient_id"] == patient, "image"].iloc[-1]
     k = 3
     config = load_service_config(service_runs["config"], similar={"index": str(index), "k": k})
-    server = start_background(create_app(config))
-    try:
-        with sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                            headless=True, args=ARGS)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(server.url + "/")
-            page.wait_for_selector("#status:has-text('Ready')", timeout=15_000)
-            assert not page.locator("#similar").is_visible()  # nothing to show before an upload
-            page.set_input_files("#file", str(query))
-            page.wait_for_selector("#status[data-state=done]", timeout=60_000)
-            page.wait_for_selector("#similar[data-state=done]", timeout=60_000)
-            panel = page.locator("#similar")
-            assert panel.is_visible() and "research use only" in panel.inner_text().lower()
-            cards = page.locator("#similar-list li")
-            assert cards.count() == k
-            # the query film is indexed: its own patient comes first, with the whole timeline in day order
-            assert cards.nth(0).get_attribute("data-patient") == patient
-            expected = sorted(manifest.loc[manifest["patient_id"] == patient, "offset_days"])
-            days = cards.nth(0).locator(".timeline span").all_inner_texts()
-            assert [int(d) for d in days] == expected and len(days) > 1
-            assert cards.nth(0).locator(".timeline span.best").count() == 1
-            for i in range(k):
-                card = cards.nth(i)
-                assert card.locator("img").evaluate("e => e.complete && e.naturalWidth") > 0
-                assert card.locator(".timeline span").count() >= 1
-                assert "similarity" in card.inner_text() and card.locator(".outcomes").count() == 1
-            assert "similarity 1.00" in cards.nth(0).inner_text()
-            page.screenshot(path=str(tmp_path / "similar.png"), full_page=True)
-            # a refused upload clears the panel with the rest of the results
-            bad = tmp_path / "not_an_xray.png"
-            bad.write_bytes(b"GIF89a not an x-ray")
-            page.set_input_files("#file", str(bad))
-            page.wait_for_selector("#status[data-state=error]", timeout=60_000)
-            assert not panel.is_visible() and page.locator("#similar-list li").count() == 0
-            assert errors == []
-            context.close()
-    finally:
-        server.stop()
+    with viewer_page(create_app(config), tmp_path) as (page, errors):
+        assert not page.locator("#similar").is_visible()  # nothing to show before an upload
+        page.set_input_files("#file", str(query))
+        page.wait_for_selector("#status[data-state=done]", timeout=60_000)
+        page.wait_for_selector("#similar[data-state=done]", timeout=60_000)
+        panel = page.locator("#similar")
+        assert panel.is_visible() and "research use only" in panel.inner_text().lower()
+        cards = page.locator("#similar-list li")
+        assert cards.count() == k
+        # the query film is indexed: its own patient comes first, with the whole timeline in day order
+        assert cards.nth(0).get_attribute("data-patient") == patient
+        expected = sorted(manifest.loc[manifest["patient_id"] == patient, "offset_days"])
+        days = cards.nth(0).locator(".timeline span").all_inner_texts()
+        assert [int(d) for d in days] == expected and len(days) > 1
+        assert cards.nth(0).locator(".timeline span.best").count() == 1
+        for i in range(k):
+            card = cards.nth(i)
+            assert card.locator("img").evaluate("e => e.complete && e.naturalWidth") > 0
+            assert card.locator(".timeline span").count() >= 1
+            assert "similarity" in card.inner_text() and card.locator(".outcomes").count() == 1
+        assert "similarity 1.00" in cards.nth(0).inner_text()
+        page.screenshot(path=str(tmp_path / "similar.png"), full_page=True)
+        # a refused upload clears the panel with the rest of the results
+        bad = tmp_path / "not_an_xray.png"
+        bad.write_bytes(b"GIF89a not an x-ray")
+        page.set_input_files("#file", str(bad))
+        page.wait_for_selector("#status[data-state=error]", timeout=60_000)
+        assert not panel.is_visible() and page.locator("#similar-list li").count() == 0
+        assert errors == []
