@@ -2,6 +2,15 @@
 
 RESEARCH_NOTICE = "Research use only, not for diagnosis or clinical decisions."
 
+#: The end of every report's provenance table: software versions, then the resolved recipe.
+PROVENANCE_TAIL = r"""{% for k, v in versions.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
+</table>
+<h3>Recipe (resolved)</h3>
+<pre>{{ recipe_text }}</pre>
+</body>
+</html>
+"""
+
 REPORT_STYLE = r"""<style>
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -132,13 +141,7 @@ HCS = share of the heatmap's mass at or above {{ explain.threshold }} of its pea
 <tr><td>run directory</td><td>{{ run_dir }}</td></tr>
 <tr><td>data fingerprint</td><td><code>{{ m.data_fingerprint }}</code></td></tr>
 <tr><td>seed (training)</td><td>{{ training_seed }}</td></tr>
-{% for k, v in versions.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
-</table>
-<h3>Recipe (resolved)</h3>
-<pre>{{ recipe_text }}</pre>
-</body>
-</html>
-"""
+""" + PROVENANCE_TAIL
 
 SEQUENCE_REPORT_TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -189,10 +192,4 @@ paired (the same resamples). Generated {{ generated }}.</p>
 <tr><td>cv folder</td><td>{{ run_dir }}</td></tr>
 <tr><td>embeddings</td><td>{{ emb or 'not named' }}</td></tr>
 <tr><td>seed</td><td>{{ config.seed }}</td></tr>
-{% for k, v in versions.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
-</table>
-<h3>Recipe (resolved)</h3>
-<pre>{{ recipe_text }}</pre>
-</body>
-</html>
-"""
+""" + PROVENANCE_TAIL

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from cxrlab.errors import ConfigError, WeightsNotFoundError
+from cxrlab.errors import ConfigError, InputError, WeightsNotFoundError
 
 # Offline is the normal case: libraries that would otherwise try the network must fail fast instead of hanging.
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -267,3 +267,43 @@ def load_into(net: nn.Module, source: Mapping[str, torch.Tensor], origin: str,
         raise WeightsNotFoundError(f"{origin}: key map incomplete, not loaded: {report.missing[:5]}")
     net.load_state_dict(matched, strict=False)
     return report
+
+
+def load_checkpoint(path: Path, required: Sequence[str] = ("model",)) -> dict[str, Any]:
+    """A checkpoint's dict; a missing, empty, truncated (interrupted copy) or foreign file is an ``InputError``
+    naming it, never a torch/pickle traceback. ``required``: keys the dict must have."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "checkpoint does not exist (is this a finished run?)")
+    if path.is_dir() or path.stat().st_size == 0:
+        raise InputError(path, "checkpoint is " + ("a directory" if path.is_dir() else "an empty file"))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - zip/pickle/EOF errors of a damaged file
+        first = str(exc).strip().splitlines()[0].split(". ")[0][:120] if str(exc).strip() else ""
+        raise InputError(path, f"checkpoint is truncated or corrupt (an interrupted write or copy?): "
+                               f"{type(exc).__name__}: {first}") from None
+    if not isinstance(state, dict):
+        raise InputError(path, f"not a cxrlab checkpoint (holds a {type(state).__name__}, not a dict)")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise InputError(path, f"not a cxrlab checkpoint: no {', '.join(map(repr, missing))} entry "
+                               f"(has: {', '.join(map(str, list(state)[:8]))})")
+    return state
+
+
+def load_state(model: torch.nn.Module, state: Any, path: Path, what: str) -> None:
+    """``model.load_state_dict`` with one sentence instead of torch's key listing when the weights do not fit."""
+    if not isinstance(state, dict):
+        raise InputError(path, f"not a cxrlab checkpoint: 'model' holds a {type(state).__name__}, not weights")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and hasattr(state[k], "shape")
+                and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(v)} {name}, e.g. {v[0]}" for name, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if v]
+        raise InputError(path, f"checkpoint weights do not fit the {what} recipe.yaml describes ({'; '.join(parts)}): "
+                               "a run of an incompatible cxrlab version, or files of two runs mixed up")
+    model.load_state_dict(state)

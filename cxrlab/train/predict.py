@@ -41,7 +41,7 @@ class RunModel:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, checkpoint: str = "best") -> "RunModel":
-        from cxrlab.anatomy.predict import load_checkpoint, load_state
+        from cxrlab.models.weights import load_checkpoint, load_state
 
         run_dir = Path(run_dir)
         path = run_dir / "checkpoints" / f"{checkpoint}.pt"

@@ -28,13 +28,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrlab.anatomy.predict import load_checkpoint
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest, load_manifest
 from cxrlab.data.splits import SPLIT, load_split, save_split
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.models import CxrNet, create_model, get_backbone_entry
-from cxrlab.models.weights import WeightSource
+from cxrlab.models.weights import WeightSource, load_checkpoint
 from cxrlab.recipes import Recipe, load_recipe, save_recipe
 from cxrlab.tasks import TaskSet
 from cxrlab.train.balancing import get_balancer
