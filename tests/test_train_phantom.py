@@ -153,20 +153,67 @@ def test_extra_manifest_trains_only(phantom_root, home, tmp_path):
 def test_balancing_strategies_resample_training_items_only():
     strata = np.array([0] * 30 + [1] * 10 + [2] * 5)
     g = torch.Generator().manual_seed(0)
-    under = get_balancer("under").epoch_indices(strata, 0, 10, g)
+    under = get_balancer("under").epoch_indices(strata, 0, g)
     assert np.bincount(strata[under]).tolist() == [5, 5, 5]
-    over = get_balancer("over").epoch_indices(strata, 0, 10, g)
+    over = get_balancer("over").epoch_indices(strata, 0, g)
     assert np.bincount(strata[over]).tolist() == [30, 30, 30] and set(range(45)) <= set(over)
     assert get_balancer("over").needs_augmentation
-    sampled = get_balancer("sampler").epoch_indices(strata, 0, 10, g)
+    sampled = get_balancer("sampler").epoch_indices(strata, 0, g)
     assert len(sampled) == 45 and np.bincount(strata[sampled], minlength=3).min() >= 7  # ~15 each
-    double = get_balancer("double", 0.5)
-    assert len(double.epoch_indices(strata, 0, 10, g)) == 15 and len(double.epoch_indices(strata, 7, 10, g)) == 45
     w = get_balancer("class_weight").sample_weight(strata)
     assert w[0] * 30 == pytest.approx(w[-1] * 5)  # every class carries the same total weight
     focal = get_balancer("focal")
     assert focal.focal and np.allclose(focal.sample_weight(strata), w)
     assert get_balancer("none").sample_weight(strata) is None
+
+
+def test_double_stage_sampling_balances_stage_one_only():
+    """The opacity paper's double-stage sampling: stage 1 on under-sampled, balanced data (a fresh subset each
+    epoch); stage 2 and later on the entire unbalanced training set, every item once."""
+    strata = np.array([0] * 30 + [1] * 10 + [2] * 5)
+    double = get_balancer("double")
+    g = torch.Generator().manual_seed(0)
+    stage_one = [double.epoch_indices(strata, 0, g) for _ in range(4)]
+    for epoch in stage_one:
+        assert np.bincount(strata[epoch]).tolist() == [5, 5, 5]
+    assert len({tuple(sorted(e)) for e in stage_one}) > 1  # a new draw of the large classes every epoch
+    for stage in (1, 2):
+        for _ in range(3):
+            assert sorted(double.epoch_indices(strata, stage, g)) == list(range(45))
+    double.check_stages(2)
+    with pytest.raises(ConfigError, match="double.*one stage"):
+        double.check_stages(1)
+
+
+def test_trainer_gives_double_stage_schedule_per_stage(phantom_root, home, tmp_path, monkeypatch):
+    """Through the trainer: every stage-1 epoch is balanced, every stage-2 epoch sees all training items."""
+    from cxrlab.train import balancing
+
+    seen: list[tuple[int, list[int]]] = []
+    original = balancing.Balancer.epoch_indices
+
+    def spy(self, strata, stage, generator):
+        pos = original(self, strata, stage, generator)
+        seen.append((stage, np.bincount(strata[pos], minlength=4).tolist()))
+        return pos
+
+    monkeypatch.setattr(balancing.Balancer, "epoch_indices", spy)
+    train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "double", show_progress=False,
+          overrides=FAST + ["input.size=32", "train.balancing=double", "train.early_stopping_patience=5",
+                            "train.stages=[{epochs: 2, train_blocks: 0, lr: 0.01}, "
+                            "{epochs: 2, train_blocks: all, lr: 0.001}]"])
+    assert [stage for stage, _ in seen] == [0, 0, 1, 1]
+    train_counts = seen[2][1]  # stage 2: the whole (unbalanced) training part
+    assert all(counts == [min(train_counts)] * 4 for stage, counts in seen if stage == 0)
+    assert all(counts == train_counts for stage, counts in seen if stage == 1)
+    assert sum(train_counts) > 4 * min(train_counts)  # the phantom's training part is not perfectly balanced
+
+
+def test_double_balancing_with_one_stage_is_refused(phantom_root, home, tmp_path):
+    with pytest.raises(ConfigError, match="double-stage sampling"):
+        train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "one", show_progress=False,
+              overrides=FAST + ["train.balancing=double"])
+    assert not (tmp_path / "one").exists()  # refused before any work
 
 
 def test_cli_train_predict_and_recipes(phantom_root, home, tmp_path):

@@ -130,8 +130,10 @@ class TrainSpec(_Strict):
     stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec()])
     balancing: str = Field("none", description="none | class_weight | sampler | under | over | double | focal")
     focal_gamma: float = Field(2.0, ge=0)
+    # retired: ``double`` now follows the stages (stage 1 balanced, later stages on all data); the field stays so
+    # run directories written before (their recipe.yaml lists it) still load, and training refuses other values
     double_balanced_fraction: float = Field(0.5, gt=0, le=1,
-                                            description="double: share of each stage's epochs on balanced data")
+                                            description="retired (must stay 0.5): double balances stage 1 only")
     plateau_patience: int = Field(7, ge=0)
     plateau_factor: float = Field(0.1, gt=0, lt=1)
     early_stopping_patience: int = Field(10, ge=1)

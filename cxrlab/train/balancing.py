@@ -10,7 +10,12 @@ visit (in order) and, for loss re-weighting, one weight per item.
 - ``under``: each epoch a fresh random subset of every class the size of the rarest.
 - ``over``: every class drawn with replacement up to the most frequent one's size; needs random augmentation
   so the copies differ (the trainer enables it).
-- ``double``: the first part of every stage on under-sampled data, the rest on all of it.
+- ``double``: the opacity paper's double-stage sampling. Training stage 1 (the head on the frozen backbone in
+  the shipped two-stage recipes) sees a fresh under-sampled, balanced subset every epoch (as ``under``); every
+  later stage (head + last N blocks) sees the entire unbalanced training set, each item once (as ``none``).
+  It needs at least two stages: with a single stage there is no second stage to give the unbalanced data to,
+  and quietly splitting one stage's epochs would train something the paper does not describe while results
+  are labelled "double", so ``check_stages`` refuses it (use ``under``, or add a stage).
 - ``focal``: every item once; focal loss with α = inverse class frequency (as ``class_weight``) and ``γ``.
 """
 
@@ -26,12 +31,11 @@ from cxrlab.errors import ConfigError
 from cxrlab.registry import Registry
 
 
-@dataclass
+@dataclass(frozen=True)
 class Balancer:
     name: str
     needs_augmentation: bool = False
     focal: bool = False
-    balanced_fraction: float = 0.5
 
     def _counts(self, strata: np.ndarray) -> np.ndarray:
         labelled = strata[strata >= 0]
@@ -50,13 +54,23 @@ class Balancer:
     def sample_weight(self, strata: np.ndarray) -> np.ndarray | None:
         return self.inverse_frequency(strata) if self.name in ("class_weight", "focal") else None
 
-    def epoch_indices(self, strata: np.ndarray, epoch: int, stage_epochs: int,
-                      generator: torch.Generator) -> np.ndarray:
-        """Training item indices for this (0-based, within the stage) epoch."""
+    def check_stages(self, n_stages: int) -> None:
+        """A ``ConfigError`` when the strategy cannot follow the recipe's stages (``double`` needs two or more)."""
+        if self.name == "double" and n_stages < 2:
+            raise ConfigError("train.balancing=double is double-stage sampling: stage 1 on under-sampled, balanced "
+                              "data, later stages on all of it; this recipe has one stage (add a stage, e.g. the "
+                              "head first and then the last blocks, or use balancing: under)")
+
+    def stage_mode(self, stage: int) -> str:
+        """The strategy a (0-based) training stage samples with: ``double`` is ``under`` then ``none``."""
+        if self.name == "double":
+            return "under" if stage == 0 else "none"
+        return self.name
+
+    def epoch_indices(self, strata: np.ndarray, stage: int, generator: torch.Generator) -> np.ndarray:
+        """Training item indices, in visiting order, for one epoch of training stage ``stage`` (0-based)."""
         n = len(strata)
-        mode = self.name
-        if mode == "double":
-            mode = "under" if epoch < max(1, round(self.balanced_fraction * stage_epochs)) else "none"
+        mode = self.stage_mode(stage)
         if mode == "sampler":
             weights = torch.as_tensor(self.inverse_frequency(strata), dtype=torch.double)
             return np.fromiter(WeightedRandomSampler(weights, n, replacement=True, generator=generator), int, n)
@@ -84,6 +98,5 @@ for _name, _kwargs in {"none": {}, "class_weight": {}, "sampler": {}, "under": {
     BALANCING.register(_name)(Balancer(_name, **_kwargs))
 
 
-def get_balancer(name: str, balanced_fraction: float = 0.5) -> Balancer:
-    base = BALANCING.get(name)
-    return Balancer(base.name, base.needs_augmentation, base.focal, balanced_fraction)
+def get_balancer(name: str) -> Balancer:
+    return BALANCING.get(name)

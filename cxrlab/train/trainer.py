@@ -112,7 +112,7 @@ class Trainer:
         self.channels_last = resolve_channels_last(tr.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.balancer = get_balancer(tr.balancing, tr.double_balanced_fraction)
+        self.balancer = get_balancer(tr.balancing)
         self.train_items = table.items("train")
         self.val_items = table.items("val")
         strata = tasks.strata(table.item_targets)
@@ -234,8 +234,7 @@ class Trainer:
         if self.train_strata is None:
             pos = torch.randperm(len(self.train_items), generator=generator).numpy()
         else:
-            pos = self.balancer.epoch_indices(self.train_strata, epoch, self.recipe.train.stages[plan.index].epochs,
-                                              generator)
+            pos = self.balancer.epoch_indices(self.train_strata, plan.index, generator)
         self._train_mode(plan)
         targets = torch.as_tensor(self.table.item_targets)
         task = progress.add_task(f"stage {plan.index + 1} epoch {epoch + 1}", total=len(pos), status="") \
@@ -411,6 +410,15 @@ def _quality_filtered(manifests: list[Manifest], quality_run: str, run_dir: Path
     return [r.kept for r in results]
 
 
+def check_balancing(recipe: Recipe) -> None:
+    """Refuse, before any work, a balancing strategy the recipe's stages cannot carry out."""
+    tr = recipe.train
+    get_balancer(tr.balancing).check_stages(len(tr.stages))
+    if tr.double_balanced_fraction != 0.5:
+        raise ConfigError(f"train.double_balanced_fraction={tr.double_balanced_fraction}: retired; double-stage "
+                          "sampling balances the whole first stage and trains later stages on all data")
+
+
 def _progress(show: bool):
     if not show:
         return None
@@ -443,6 +451,7 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
         if last.is_file():
             raise ConfigError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
         recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    check_balancing(recipe)
     if recipe.tracking.mlflow:
         require_mlflow()  # fail before any work when the optional dependency is missing
     manifests = _as_manifests(data)
