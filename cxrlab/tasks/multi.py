@@ -73,6 +73,13 @@ class TaskSet:
     def targets(self, df: pd.DataFrame, source: object = "manifest") -> np.ndarray:
         return np.concatenate([t.targets(df, source) for t in self.tasks], axis=1)
 
+    @property
+    def item_columns(self) -> list[str]:
+        """A name per item target column: the manifest column, or the task name for a per-side task (its one
+        column is "this lung", whichever side the item is). Side-specific names (``*right*``/``*left*``, Brixia
+        zones ``*_A..F``) let a mirroring transform swap the targets with the image."""
+        return [name for t in self.tasks for name in ([t.name] if self._per_side(t) else t.columns)]
+
     def item_targets(self, row_targets: np.ndarray, item_row: np.ndarray, item_side: np.ndarray) -> np.ndarray:
         """Targets per model input: a per-side task keeps only the column of the item's side."""
         blocks = []

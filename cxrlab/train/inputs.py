@@ -200,16 +200,34 @@ def prepare_inputs(df: pd.DataFrame, pipeline: InputPipeline, cache_dir: Path | 
 
 
 class AugmentedItems(Dataset):
-    """Training items with seeded random augmentation: item ``i`` of epoch ``e`` always gets the same draw."""
+    """Training items with seeded random augmentation: item ``i`` of epoch ``e`` always gets the same draw.
 
-    def __init__(self, inputs: torch.Tensor, order: np.ndarray, augment: Callable, seed: int):
+    ``(image, targets)`` per item. The targets travel in the sample as labels named ``target_names``, so a
+    transform that mirrors the image mirrors them too (``hflip``: patient-right ↔ patient-left grades, Brixia
+    zones A-C ↔ D-F). A side label whose mirror is not among the targets comes back NaN (no loss): the run does
+    not know the grade of the lung that now stands on that side.
+    """
+
+    def __init__(self, inputs: torch.Tensor, order: np.ndarray, augment: Callable, seed: int,
+                 targets: np.ndarray, target_names: Sequence[str]):
+        if len(set(target_names)) != len(target_names):
+            raise ConfigError(f"target columns must be unique to follow augmentation, got {list(target_names)}")
+        if targets.shape[1] != len(target_names):
+            raise ConfigError(f"{targets.shape[1]} target columns but {len(target_names)} names")
         self.inputs, self.order, self.augment, self.seed = inputs, order, augment, seed
+        self.targets, self.target_names = targets, list(target_names)
 
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, pos: int) -> torch.Tensor:
+    def __getitem__(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, pos])
-        image = self.inputs[self.order[pos]].float().numpy()
-        out = self.augment({schema.KEY_IMAGE: image, schema.KEY_META: {}}, rng)[schema.KEY_IMAGE]
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        item = self.order[pos]
+        labels = dict(zip(self.target_names, self.targets[item].tolist()))
+        sample = {schema.KEY_IMAGE: self.inputs[item].float().numpy(), schema.KEY_LABELS: labels,
+                  schema.KEY_META: {}}
+        out = self.augment(sample, rng)
+        moved = out.get(schema.KEY_LABELS) or {}
+        targets = np.array([moved.get(name, np.nan) for name in self.target_names], dtype=np.float32)
+        return (torch.from_numpy(np.ascontiguousarray(out[schema.KEY_IMAGE], dtype=np.float32)),
+                torch.from_numpy(targets))

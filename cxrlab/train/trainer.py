@@ -213,18 +213,22 @@ class Trainer:
         return self._features if plan is not None and plan.cached else self.inputs
 
     def _batches_for_epoch(self, plan: StagePlan, items: np.ndarray, seed: int):
-        """``(start, x)`` per batch of ``items`` in order; augmented in worker processes when augmentation is on."""
+        """``(start, x, y)`` per batch of ``items`` in order: inputs and their targets. Augmented in worker
+        processes when augmentation is on; the targets then come from the augmented sample, so a flip that
+        moves the patient's right lung to the other side also swaps the side targets."""
         bs = self.recipe.train.batch_size
         if self.augment is None:
             source = self._source(plan)
+            targets = torch.as_tensor(self.table.item_targets)
             for i in range(0, len(items), bs):
-                yield i, source[items[i:i + bs]].float()
+                idx = items[i:i + bs]
+                yield i, source[idx].float(), targets[idx]
             return
         loader = torch.utils.data.DataLoader(
-            AugmentedItems(self.inputs, items, self.augment, seed), batch_size=bs, shuffle=False,
-            num_workers=self.recipe.train.num_workers)
-        for i, x in enumerate(loader):
-            yield i * bs, x
+            AugmentedItems(self.inputs, items, self.augment, seed, self.table.item_targets, self.tasks.item_columns),
+            batch_size=bs, shuffle=False, num_workers=self.recipe.train.num_workers)
+        for i, (x, y) in enumerate(loader):
+            yield i * bs, x, y
 
     def train_epoch(self, plan: StagePlan, epoch: int, optimizer: torch.optim.Optimizer, progress: Any
                     ) -> tuple[float, float]:
@@ -236,19 +240,18 @@ class Trainer:
         else:
             pos = self.balancer.epoch_indices(self.train_strata, plan.index, generator)
         self._train_mode(plan)
-        targets = torch.as_tensor(self.table.item_targets)
         task = progress.add_task(f"stage {plan.index + 1} epoch {epoch + 1}", total=len(pos), status="") \
             if progress else None
         total, count, t0 = 0.0, 0, time.perf_counter()
         bs = self.recipe.train.batch_size
-        for start, x in self._batches_for_epoch(plan, self.train_items[pos], seed):
+        for start, x, y in self._batches_for_epoch(plan, self.train_items[pos], seed):
             batch_pos = pos[start:start + bs]
             items = self.train_items[batch_pos]
             if len(items) < 2 and self.model.training and plan.frozen < plan.n_stages:
                 continue  # BatchNorm cannot train on a batch of one
             out = self._forward(x, plan)
             w = None if self.sample_weight is None else self.sample_weight[batch_pos]
-            loss = self.tasks.loss(out, targets[items], w, self.focal_gamma)
+            loss = self.tasks.loss(out, y, w, self.focal_gamma)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
