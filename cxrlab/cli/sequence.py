@@ -29,8 +29,8 @@ def cv(recipe: str = typer.Argument(..., help="a `kind: sequence` recipe: shippe
        report: bool = typer.Option(True, "--report/--no-report", help="also write report.html (metrics, "
                                                                        "Kaplan-Meier curves, patient timelines)"),
        timelines: int = typer.Option(3, "--timelines", min=0, help="patients shown as timelines in the report"),
-       cam_method: str = typer.Option("gradcam", "--cam-method", help="heatmap on the timeline films when the "
-                                                                      "embeddings came from a trained run")) -> None:
+       cam_method: str = typer.Option("gradcam", "--cam-method", help="heatmap of the sequence model's output on "
+                                                                      "each timeline film")) -> None:
     """Patient-level k-fold CV of the LSTM and its baselines (last film, mean of films) on the same folds;
     writes metrics.json, predictions.csv and report.html."""
     from cxrlab.retrieval import read_embeddings
@@ -38,8 +38,20 @@ def cv(recipe: str = typer.Argument(..., help="a `kind: sequence` recipe: shippe
     from cxrlab.utils import atomic_path, atomic_write_json, json_safe
 
     config = load_sequence_config(recipe, set_)
-    seqs = [s for s in build_sequences(read_embeddings(emb), config, str(emb)) if len(s.offsets) >= min_films]
-    result = cross_validate_sequences(seqs, config, n_boot=n_boot)
+    embeddings = read_embeddings(emb)
+    seqs = [s for s in build_sequences(embeddings, config, str(emb)) if len(s.offsets) >= min_films]
+    films = None
+    if config.features.finetune:
+        from cxrlab.train.sequence_films import film_store_for
+
+        films = film_store_for(embeddings.info, config.features.train_blocks)
+        console.print(f"fine-tuning the last {config.features.train_blocks} stage(s) of the film CNN "
+                      f"({embeddings.info.get('source', {}).get('backbone')}) inside every model", highlight=False)
+    n_models = config.train.folds * (1 + len(config.baselines))
+    done = iter(range(1, n_models + 1))
+    result = cross_validate_sequences(
+        seqs, config, n_boot=n_boot, films=films,
+        progress=lambda f, m: console.print(f"  [{next(done)}/{n_models}] fold {f + 1}: {m} trained", highlight=False))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "predictions.csv") as tmp:
         result["predictions"].to_csv(tmp, index=False)

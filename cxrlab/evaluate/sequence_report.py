@@ -7,10 +7,11 @@ the LSTM and of its baselines (last film, mean of films) with 95 % patient boots
 differences; Kaplan–Meier curves by predicted-risk group (Cox head: the out-of-fold log-risk; binary head: the
 out-of-fold probability, when the embeddings carry survival time and event); and a timeline per selected
 patient: the films in time order, each with the model's output after that film, computed by an LSTM trained on
-the other folds' patients from the films up to that film only. When the embeddings came from a trained run
-(``cxrlab embed RUN``), each film shows that run's Grad-CAM (``cxrlab.explain``: the heatmap of the run's first
-head, probability-weighted over its classes; not a map of the sequence model's output); films embedded by a bare
-backbone are shown without a heatmap, and the caption says so.
+the other folds' patients from the films up to that film only. Each film shows the Grad-CAM of *that*
+output (the sequence model's logit or log-risk after the film) with respect to the film, through the film CNN
+that made the embeddings (a trained run or an ImageNet backbone; the fine-tuned CNN when ``features.finetune``),
+the earlier films held fixed (:func:`cxrlab.train.sequence_films.sequence_film_cams`). When that CNN cannot be
+rebuilt (custom vectors, a moved run) the films are shown plain and the caption says why.
 """
 
 from __future__ import annotations
@@ -145,7 +146,12 @@ def sequence_timelines(run_dir: str | os.PathLike, *, emb: str | os.PathLike | N
         raise InputError(run_dir, f"patient(s) {', '.join(unknown)} not in this cross-validation")
     folds = {fold_of[p] for p in chosen}
     train = [s for s in seqs if fold_of.get(s.patient_id) not in folds]
-    model = fit_sequence_model(train, config, "lstm")
+    films = None
+    if config.features.finetune:
+        from cxrlab.train.sequence_films import film_store_for
+
+        films = film_store_for(embeddings.info, config.features.train_blocks)
+    model = fit_sequence_model(train, config, "lstm", films=films)
     shown = [by_id[p] for p in chosen]
     steps = predict_sequences(model, shown, config, per_step=True) if shown else []
     paths = dict(zip(embeddings.meta["image"].astype(str), embeddings.meta.get("image_path",
@@ -160,34 +166,27 @@ def sequence_timelines(run_dir: str | os.PathLike, *, emb: str | os.PathLike | N
             "embeddings_info": embeddings.info, "n_train": len(train)}
 
 
-def _film_images(paths: Sequence[str], source: dict, cam_method: str) -> tuple[list[np.ndarray], str]:
-    """Thumbnails (grey H×W in [0, 1], or RGB overlays) and what they show."""
+def _film_images(model: Any, seq: Any, source: dict, cam_method: str) -> tuple[list[np.ndarray], str]:
+    """Per film: an RGB overlay of the sequence model's Grad-CAM (or the plain film), and what they show."""
+    from cxrlab.explain.overlay import overlay
     from cxrlab.io import read_image
+    from cxrlab.train.sequence_films import FilmCNN, FilmSequenceModel, sequence_film_cams
 
-    plain = "films without heatmaps"
-    if source.get("kind") != "run":
-        why = (f"the embeddings came from the bare backbone {source.get('backbone')!r} (ImageNet features), "
-               "not a run trained on films, so there is no Grad-CAM to show"
-               if source.get("kind") == "backbone" else "the embeddings do not name a trained run, so there is "
-                                                         "no Grad-CAM to show")
-        return [read_image(p)[0] for p in paths], f"{plain}: {why}"
     try:
-        from cxrlab.explain.run import explain_rows, load_explain_model
-
-        em = load_explain_model(source["run"], checkpoint=source.get("checkpoint", "best"),
-                                lung_model=source.get("lung_model"))
-        heads = em.heads()
-        if not heads:
-            raise CxrlabError(f"run {source['run']} has no explainable head")
-        head = next(iter(heads))
-        rendered = explain_rows(em, [{"image": p} for p in paths], head, cam_method)
-    except (CxrlabError, ImportError, OSError) as exc:
+        cnn = model.cnn if isinstance(model, FilmSequenceModel) else FilmCNN.from_source(source)
+        images, maps = sequence_film_cams(model, seq, cnn, cam_method)
+    except (CxrlabError, ImportError, OSError, KeyError) as exc:
         log.warning("timeline without Grad-CAM: %s", exc)
-        return [read_image(p)[0] for p in paths], f"{plain}: the run's Grad-CAM could not be made ({exc})"
-    return ([r["overlay"].astype(np.float32) / 255.0 for r in rendered],
-            f"{cam_method} of the embedding run {Path(source['run']).name} (head {head}, probability-weighted "
-            "over its classes) on each film, in the run's input frame; the heatmap explains that run's head, "
-            "not the sequence model's output")
+        return [read_image(p)[0] for p in seq.paths], f"films without heatmaps: the film CNN is not available ({exc})"
+    if isinstance(model, FilmSequenceModel):
+        what = "the fine-tuned film CNN"
+    elif source.get("kind") == "run":
+        what = f"the film CNN that made the embeddings (run {Path(source['run']).name})"
+    else:
+        what = f"the film CNN that made the embeddings ({source.get('backbone')}, {source.get('weights')} weights)"
+    return ([overlay(img, heat).astype(np.float32) / 255.0 for img, heat in zip(images, maps)],
+            f"{cam_method} of the sequence model's output after each film with respect to that film (the earlier "
+            f"films held fixed), through {what}, in the CNN's input frame")
 
 
 def timeline_section(run_dir: Path, emb: str | os.PathLike | None, n_patients: int, cam_method: str) -> dict:
@@ -199,8 +198,8 @@ def timeline_section(run_dir: Path, emb: str | os.PathLike | None, n_patients: i
     label = f"P({config.outcome.column})" if binary else "log-risk"
     source = tl["embeddings_info"].get("source", {})
     items = []
-    for p in tl["patients"]:
-        images, shows = _film_images(p["image_paths"], source, cam_method)
+    for p, seq in zip(tl["patients"], tl["sequences"]):
+        images, shows = _film_images(tl["model"], seq, source, cam_method)
         outcome = (f"{config.outcome.column} = {int(p['label'])}" if binary else
                    f"{'event' if p['event'] else 'censored'} at day {p['time']:g}")
         png = timeline_figure(images, p["offsets"], p["outputs"], f"patient {p['patient_id']} ({outcome})",

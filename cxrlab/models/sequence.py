@@ -112,7 +112,13 @@ class MeanFeaturesNet(nn.Module):
 def set_scaling(model: nn.Module, films: Tensor) -> None:
     """Standardise each feature dimension with the mean / std of ``films`` ``(N, F)`` (the training films)."""
     model.encoder.mean.copy_(films.mean(0))
-    model.encoder.std.copy_(films.std(0).clamp(min=1e-6) if len(films) > 1 else torch.ones(films.shape[1]))
+    if len(films) < 2:
+        model.encoder.std.fill_(1.0)
+        return
+    std = films.std(0)
+    # a dimension constant on the training films (a dead channel) stays unscaled: dividing by ~0 would blow up
+    # the moment it moves (a fine-tuned CNN, an unusual test film) and saturate every unit after it
+    model.encoder.std.copy_(torch.where(std > 1e-3, std, torch.ones_like(std)))
 
 
 SEQUENCE_MODELS = {"lstm": SequenceNet, "last": LastFilmNet, "mean": MeanFeaturesNet}

@@ -31,6 +31,11 @@ class _Strict(BaseModel):
 
 class FeatureSpec(_Strict):
     source: str = Field("efficientnet_lite0", description="run directory or backbone name given to `cxrlab embed`")
+    finetune: bool = Field(False, description="train the film CNN's last `train_blocks` stages inside the "
+                                              "sequence model (films read from the embeddings' image_path); "
+                                              "false: the embeddings' frozen vectors")
+    train_blocks: int = Field(1, ge=1, description="finetune: how many of the CNN's last stages are trained")
+    lr: float = Field(1e-4, gt=0, description="finetune: learning rate of the CNN's trained stages")
 
 
 class OutcomeSpec(_Strict):
@@ -81,11 +86,12 @@ class PatientSequence:
     time: float = float("nan")   # survival time (days from the first film)
     event: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)  # absolute image paths (what a fine-tuned CNN reads)
 
     def prefix(self, n: int) -> "PatientSequence":
         """The course up to and including film ``n`` (what was known then)."""
         return PatientSequence(self.patient_id, self.features[:n], self.offsets[:n], self.images[:n], self.label,
-                               self.time, self.event, self.extra)
+                               self.time, self.event, self.extra, self.paths[:n])
 
 
 def _binary(values: pd.Series, spec: OutcomeSpec, source: str) -> np.ndarray:
@@ -122,6 +128,7 @@ def build_sequences(emb: Any, config: SequenceConfig, source: str = "embeddings"
         label = np.full(len(meta), np.nan)
         time = pd.to_numeric(meta[spec.time_column], errors="coerce").to_numpy(float)
         event = pd.to_numeric(meta[spec.event_column], errors="coerce").to_numpy(float)
+    paths = meta.get("image_path", meta[schema.IMAGE]).astype(str).to_numpy()
     seqs = []
     for pid, rows in meta.groupby(schema.PATIENT_ID, sort=True).indices.items():
         rows = rows[np.isfinite(offsets[rows])]
@@ -133,13 +140,14 @@ def build_sequences(emb: Any, config: SequenceConfig, source: str = "embeddings"
             if not np.isfinite(y).any():
                 continue
             seq = PatientSequence(str(pid), vectors[rows], offsets[rows], list(meta[schema.IMAGE].to_numpy()[rows]),
-                                  label=float(np.nanmax(y)))
+                                  label=float(np.nanmax(y)), paths=list(paths[rows]))
         else:
             t, e = time[rows], event[rows]
             if not (np.isfinite(t).any() and np.isfinite(e).any()):
                 continue
             seq = PatientSequence(str(pid), vectors[rows], offsets[rows], list(meta[schema.IMAGE].to_numpy()[rows]),
-                                  time=float(np.nanmax(t)) - float(offsets[rows][0]), event=int(np.nanmax(e)))
+                                  time=float(np.nanmax(t)) - float(offsets[rows][0]), event=int(np.nanmax(e)),
+                                  paths=list(paths[rows]))
         seqs.append(seq)
     if not seqs:
         raise InputError(source, "no patient with both films and a recorded outcome")
@@ -182,19 +190,54 @@ def _loss(out: torch.Tensor, batch: dict[str, torch.Tensor], kind: str) -> torch
     return cox_loss(out, batch["time"], batch["event"])
 
 
+def _forward(model: torch.nn.Module, seqs: Sequence[PatientSequence], batch: dict[str, torch.Tensor],
+             per_step: bool = False) -> torch.Tensor:
+    """The model's output for a collated batch: from the cached vectors, or through the fine-tuned film CNN."""
+    from cxrlab.train.sequence_films import FilmSequenceModel
+
+    if isinstance(model, FilmSequenceModel):
+        net, features = model.head, model.padded_features(seqs, batch["lengths"])
+    else:
+        net, features = model, batch["features"]
+    return (net.per_step if per_step else net)(features, batch["gaps"], batch["lengths"])
+
+
+def _needs_films(config: SequenceConfig, films: Any) -> None:
+    if config.features.finetune and films is None:
+        raise ConfigError("features.finetune: the film CNN is needed (pass films=film_store_for(emb.info, "
+                          "train_blocks); `cxrlab sequence cv` does this from the embeddings file)")
+
+
 def fit_sequence_model(seqs: Sequence[PatientSequence], config: SequenceConfig, mode: str = "lstm",
-                       seed: int | None = None) -> torch.nn.Module:
-    """Train one model (``lstm``, or a baseline ``last`` / ``mean``) on ``seqs``; Adam, full epochs, no early stop."""
+                       seed: int | None = None, films: Any = None) -> torch.nn.Module:
+    """Train one model (``lstm``, or a baseline ``last`` / ``mean``) on ``seqs``; Adam, full epochs, no early stop.
+
+    With ``features.finetune`` (``films``: a :class:`~cxrlab.train.sequence_films.FilmStore`) each model gets its
+    own copy of the film CNN with the last ``train_blocks`` stages trained at ``features.lr``."""
     from cxrlab.models.sequence import create_sequence_model, set_scaling
 
     if len(seqs) < 2:
         raise InputError("sequence training", f"needs at least 2 patients (got {len(seqs)})")
+    _needs_films(config, films)
     torch.manual_seed(config.seed if seed is None else seed)
     m = config.model
-    model = create_sequence_model(mode, seqs[0].features.shape[1], hidden=m.hidden, proj=m.proj, dropout=m.dropout,
-                                  time_inputs=m.time_inputs)
-    set_scaling(model, torch.from_numpy(np.concatenate([s.features for s in seqs]).astype(np.float32)))
-    opt = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    groups = []
+    if config.features.finetune:
+        from cxrlab.train.sequence_films import FilmSequenceModel, trainable_copy
+
+        cnn, cnn_params = trainable_copy(films.cnn, films.frozen)
+        head = create_sequence_model(mode, int(cnn.body.num_features), hidden=m.hidden, proj=m.proj,
+                                     dropout=m.dropout, time_inputs=m.time_inputs)
+        model = FilmSequenceModel(cnn, head, films)
+        with torch.no_grad():
+            set_scaling(head, model.features([p for s in seqs for p in s.paths]))
+        groups.append({"params": cnn_params, "lr": config.features.lr})
+    else:
+        model = head = create_sequence_model(mode, seqs[0].features.shape[1], hidden=m.hidden, proj=m.proj,
+                                             dropout=m.dropout, time_inputs=m.time_inputs)
+        set_scaling(model, torch.from_numpy(np.concatenate([s.features for s in seqs]).astype(np.float32)))
+    groups.insert(0, {"params": list(head.parameters()), "lr": config.train.lr})
+    opt = torch.optim.Adam(groups, lr=config.train.lr, weight_decay=config.train.weight_decay)
     rng = np.random.default_rng(config.seed if seed is None else seed)
     bs = config.train.batch_size
     model.train()
@@ -204,8 +247,9 @@ def fit_sequence_model(seqs: Sequence[PatientSequence], config: SequenceConfig, 
             idx = order[start:start + bs]
             if len(idx) < 2:
                 continue
-            batch = collate([seqs[i] for i in idx])
-            loss = _loss(model(batch["features"], batch["gaps"], batch["lengths"]), batch, config.outcome.kind)
+            chosen = [seqs[i] for i in idx]
+            batch = collate(chosen)
+            loss = _loss(_forward(model, chosen, batch), batch, config.outcome.kind)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -221,10 +265,10 @@ def predict_sequences(model: torch.nn.Module, seqs: Sequence[PatientSequence], c
     model.eval()
     batch = collate(seqs)
     if per_step:
-        steps = model.per_step(batch["features"], batch["gaps"], batch["lengths"]).numpy()
+        steps = _forward(model, seqs, batch, per_step=True).numpy()
         out = [steps[i, :len(s.offsets)] for i, s in enumerate(seqs)]
         return [expit(o) for o in out] if config.outcome.kind == "binary" else out
-    raw = model(batch["features"], batch["gaps"], batch["lengths"]).numpy()
+    raw = _forward(model, seqs, batch).numpy()
     return expit(raw) if config.outcome.kind == "binary" else raw
 
 
@@ -243,23 +287,29 @@ def _folds(seqs: Sequence[PatientSequence], config: SequenceConfig) -> np.ndarra
 
 
 def cross_validate_sequences(seqs: Sequence[PatientSequence], config: SequenceConfig,
-                             modes: Sequence[str] | None = None, n_boot: int = 1000) -> dict[str, Any]:
+                             modes: Sequence[str] | None = None, n_boot: int = 1000, films: Any = None,
+                             progress: Any = None) -> dict[str, Any]:
     """Patient-level stratified k-fold CV of the LSTM and the baselines on the same folds: pooled out-of-fold
     predictions (``predictions``: one row per patient) and metrics with patient bootstrap CIs (AUC for binary,
-    C-index for survival), plus the paired difference LSTM − each baseline."""
+    C-index for survival), plus the paired difference LSTM − each baseline. ``films``: the film store when
+    ``features.finetune`` (every fold and model fine-tunes its own copy of the CNN). ``progress(fold, mode)``
+    is called after each model."""
     from cxrlab.evaluate.binary import roc_auc
     from cxrlab.evaluate.bootstrap import bootstrap
     from cxrlab.evaluate.survival import concordance_index
 
     modes = list(modes or ["lstm", *config.baselines])
+    _needs_films(config, films)
     fold = _folds(seqs, config)
     preds = {m: np.zeros(len(seqs)) for m in modes}
     for f in range(config.train.folds):
         train = [s for s, g in zip(seqs, fold) if g != f]
         test_idx = np.flatnonzero(fold == f)
         for mode in modes:
-            model = fit_sequence_model(train, config, mode)
+            model = fit_sequence_model(train, config, mode, films=films)
             preds[mode][test_idx] = predict_sequences(model, [seqs[i] for i in test_idx], config)
+            if progress:
+                progress(f, mode)
     kind = config.outcome.kind
     label = np.array([s.label for s in seqs])
     time = np.array([s.time for s in seqs])
