@@ -61,7 +61,7 @@ def model_grades(runs: list[str], df: pd.DataFrame) -> pd.DataFrame:
                       for lung in ZONES], ignore_index=True)
 
 
-def model_hcs(run: str, df: pd.DataFrame, long: pd.DataFrame, method: str) -> dict:
+def model_hcs(run: str, df: pd.DataFrame, long: pd.DataFrame, method: str, definition: str) -> dict:
     """HCS per lung input of ``run`` (per-side ROI: one input per lung, right then left), macro over the
     senior reader's grades."""
     from cxrlab.explain import macro_hcs
@@ -69,12 +69,13 @@ def model_hcs(run: str, df: pd.DataFrame, long: pd.DataFrame, method: str) -> di
 
     em = load_explain_model(run)
     head = next(iter(em.heads()))
-    res = explain_rows(em, df.to_dict("records"), head, method, with_overlay=False)
+    res = explain_rows(em, df.to_dict("records"), head, method, with_overlay=False, hcs_definition=definition)
     per_lung = pd.DataFrame([{"image": r["image"], "lung": lung, "hcs": h}
                              for r in res for lung, h in zip(ZONES, r["hcs_per_input"])])
     per_lung = per_lung.merge(long[["image", "lung", "senior"]], on=["image", "lung"])
     summary = macro_hcs(per_lung["hcs"], per_lung["senior"].astype(int))
-    return {"method": method, "threshold": 0.5, "run": run, "head": head, "n_images": len(df),
+    return {"method": method, "definition": definition, "threshold": 0.5, "run": run, "head": head,
+            "n_images": len(df),
             "n_lungs": int(per_lung["hcs"].notna().sum()), "chance": float(np.nanmean([r["lung_fraction"] for r in res])),
             **summary}
 
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="*", default=[], help="per-lung opacity run directories (folds)")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--hcs-method", default="gradcam")
+    ap.add_argument("--hcs-definition", default="nonzero", help="nonzero (the paper's pixel share) or mass")
     ap.add_argument("--out", default="bench/results/evaluation_brixia.json")
     args = ap.parse_args()
 
@@ -112,7 +114,7 @@ def main() -> None:
         raters["model"] = long["model"].to_numpy()
         model = "model"
         t0 = time.perf_counter()
-        hcs = model_hcs(args.runs[0], with_masks, long, args.hcs_method)
+        hcs = model_hcs(args.runs[0], with_masks, long, args.hcs_method, args.hcs_definition)
         timing["hcs_s"] = round(time.perf_counter() - t0, 1)
     table = agreement_table(raters, model=model, n_classes=4, patient_ids=long["patient_id"].to_numpy(),
                             n_boot=args.n_boot, seed=0)

@@ -12,6 +12,7 @@ from torch import nn
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.explain import (
     CAM_METHODS,
+    HCS_DEFINITIONS,
     OutputTarget,
     compute_cam,
     heatmap,
@@ -136,30 +137,82 @@ def test_single_logit_model_gets_two_class_weights():
 MASK = np.zeros((4, 4), np.uint8)
 MASK[:, :2] = 1  # left half is "lung"
 HCS_CASES = [
-    # heatmap, threshold, expected
-    (np.array([[1, 0, 0, 0]] * 4, float), 0.5, 1.0),  # all mass inside
-    (np.array([[0, 0, 1, 1]] * 4, float), 0.5, 0.0),  # all mass outside
-    (np.array([[1, 0, 1, 0]] * 4, float), 0.5, 0.5),
-    (np.array([[0.6, 0, 1.0, 0]] * 4, float), 0.5, 0.6 / 1.6),  # mass-weighted, not pixel-counted
-    (np.array([[1.0, 0, 0.4, 0.4]] * 4, float), 0.5, 1.0),  # below-threshold mass is ignored
-    (np.array([[1.0, 0, 0.4, 0.4]] * 4, float), 0.0, 1.0 / 1.8),
+    # heatmap, definition, threshold, expected
+    # nonzero (the paper's): non-zero pixels inside the lungs / all non-zero pixels, whatever their value
+    (np.array([[1, 0, 0, 0]] * 4, float), "nonzero", 0.5, 1.0),
+    (np.array([[0, 0, 1, 1]] * 4, float), "nonzero", 0.5, 0.0),
+    (np.array([[1, 0, 1, 0]] * 4, float), "nonzero", 0.5, 0.5),
+    (np.array([[0.6, 0, 1.0, 0]] * 4, float), "nonzero", 0.5, 0.5),  # counted, not weighed
+    (np.array([[1.0, 0, 0.4, 0.4]] * 4, float), "nonzero", 0.5, 1 / 3),  # the faint tail counts; threshold unused
+    (np.array([[0.01, 0.02, 0, 1.0]] * 4, float), "nonzero", 0.9, 2 / 3),
+    # mass: heatmap mass at or above the threshold inside the lungs / all such mass
+    (np.array([[1, 0, 0, 0]] * 4, float), "mass", 0.5, 1.0),
+    (np.array([[0, 0, 1, 1]] * 4, float), "mass", 0.5, 0.0),
+    (np.array([[1, 0, 1, 0]] * 4, float), "mass", 0.5, 0.5),
+    (np.array([[0.6, 0, 1.0, 0]] * 4, float), "mass", 0.5, 0.6 / 1.6),  # mass-weighted, not pixel-counted
+    (np.array([[1.0, 0, 0.4, 0.4]] * 4, float), "mass", 0.5, 1.0),  # below-threshold mass is ignored
+    (np.array([[1.0, 0, 0.4, 0.4]] * 4, float), "mass", 0.0, 1.0 / 1.8),
 ]
 
 
-@pytest.mark.parametrize("heat,threshold,expected", HCS_CASES)
-def test_hcs_hand_values(heat, threshold, expected):
-    assert heatmap_concordance(heat, MASK, threshold) == pytest.approx(expected)
+@pytest.mark.parametrize("heat,definition,threshold,expected", HCS_CASES)
+def test_hcs_hand_values(heat, definition, threshold, expected):
+    assert heatmap_concordance(heat, MASK, threshold, definition) == pytest.approx(expected)
 
 
-def test_hcs_edge_cases():
-    assert math.isnan(heatmap_concordance(np.zeros((4, 4)), MASK))  # no positive mass: undefined
+def test_hcs_default_is_the_papers_pixel_share():
+    heat = np.array([[1.0, 0, 0.4, 0.4]] * 4, float)
+    assert heatmap_concordance(heat, MASK) == pytest.approx(1 / 3)
+    assert set(HCS_DEFINITIONS.list()) == {"nonzero", "mass"}
+    with pytest.raises(ConfigError, match="HCS definition.*mass.*nonzero"):
+        heatmap_concordance(heat, MASK, definition="peak")
+
+
+@pytest.mark.parametrize("definition", ["nonzero", "mass"])
+def test_hcs_edge_cases(definition):
+    assert math.isnan(heatmap_concordance(np.zeros((4, 4)), MASK, definition=definition))  # nothing salient
     big = np.kron(MASK, np.ones((8, 8), np.uint8))  # 32x32 mask against a 4x4 heatmap: resized, same answer
-    assert heatmap_concordance(np.array([[1, 0, 1, 0]] * 4, float), big) == pytest.approx(0.5)
+    assert heatmap_concordance(np.array([[1, 0, 1, 0]] * 4, float), big, definition=definition) == pytest.approx(0.5)
     assert lung_fraction(MASK) == 0.5
     with pytest.raises(InputError):
-        heatmap_concordance(np.zeros((2, 4, 4)), MASK)
+        heatmap_concordance(np.zeros((2, 4, 4)), MASK, definition=definition)
     with pytest.raises(InputError, match="threshold"):
-        heatmap_concordance(np.zeros((4, 4)), MASK, 1.5)
+        heatmap_concordance(np.zeros((4, 4)), MASK, 1.5, definition)
+
+
+@pytest.mark.parametrize("roi", ["none", "lung", "midline", "lungs", "image+mask"])
+def test_hcs_is_defined_for_every_roi(roi):
+    """The lungs travel through every ROI scheme into the model's frame (the midline halves included), so HCS
+    is never NaN for want of a mask: a heatmap that is 1 on the lungs scores 1 under both definitions."""
+    from cxrlab.data.phantom import render_sample
+    from cxrlab.recipes.schema import InputSpec
+    from cxrlab.train.inputs import InputPipeline
+
+    sample = render_sample("covid19", severity=0.5, size=128, seed=3)
+    prepared = InputPipeline(InputSpec(size=64, roi=roi)).prepare_with_lungs(sample)
+    assert len(prepared) == (2 if roi in ("lung", "midline") else 1)
+    for image, lungs, _ in prepared:
+        assert lungs is not None and lungs.shape == image.shape[-2:] and 0 < lungs.mean() < 1
+        on_lungs = lungs.astype(float)
+        everywhere = np.ones_like(on_lungs)
+        for definition in ("nonzero", "mass"):
+            assert heatmap_concordance(on_lungs, lungs, definition=definition) == 1.0
+            assert heatmap_concordance(everywhere, lungs, definition=definition) == pytest.approx(lung_fraction(lungs))
+
+
+def test_midline_halves_carry_their_own_lung():
+    from cxrlab.anatomy import ROI_SCHEMES
+    from cxrlab.data import schema
+    from cxrlab.data.phantom import render_sample
+
+    sample = render_sample("normal", severity=0.0, size=128, seed=11)
+    right, left = ROI_SCHEMES.create("midline")(sample)
+    R, L = schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK
+    for half in (right, left):
+        assert half[R].shape == half[L].shape == half["image"].shape
+    # each half holds (almost) all of its own lung and (almost) none of the other
+    assert right[R].sum() > 0.95 * sample[R].sum() and right[L].sum() < 0.05 * sample[L].sum()
+    assert left[L].sum() > 0.95 * sample[L].sum() and left[R].sum() < 0.05 * sample[R].sum()
 
 
 def test_macro_hcs_weighs_classes_equally():

@@ -6,7 +6,8 @@ many it yields per image (``per_image``) and the model's input channels (``in_ch
 
 - ``none``: the image as it is.
 - ``lung``: one lung per sample, the image masked to that lung and cropped to it (the opacity grader).
-- ``midline``: one half of the chest per sample, split at the midline (the "spine" scheme).
+- ``midline``: one half of the chest per sample, split at the midline (the "spine" scheme); masks are split
+  with the image.
 - ``lungs``: both lungs masked (outside set to 0), cropped to the two lungs.
 - ``image+mask``: a 2-channel image ``[image, lung mask]`` as in the ICU paper.
 """
@@ -83,10 +84,14 @@ def roi_lung(margin: float = 0.05) -> RoiScheme:
 def roi_midline(mirror_left: bool = False) -> RoiScheme:
     def apply(sample: Sample) -> list[Sample]:
         r, l = lung_masks(sample)
-        halves = split_halves(np.asarray(sample[schema.KEY_IMAGE]), estimate_midline(r, l), mirror_left)
-        # Masks do not follow the crop here: a half-image carries only its pixels.
-        keep = {k: v for k, v in sample.items() if not k.endswith("_mask")}
-        return [_with(keep, side=side, image=halves[side]) for side in ("patient_right", "patient_left")]
+        midline = estimate_midline(r, l)
+        halves = split_halves(np.asarray(sample[schema.KEY_IMAGE]), midline, mirror_left)
+        # masks are cut like the image, so each half keeps the lungs in its own frame (heatmap concordance
+        # needs them whatever the ROI); the other side's pixels are 0 in the half, so its lung drops out
+        masks = {k: split_halves(np.asarray(v), midline, mirror_left) for k, v in sample.items()
+                 if k.endswith("_mask") and v is not None}
+        return [_with(sample, side=side, image=halves[side], **{k: m[side] for k, m in masks.items()})
+                for side in ("patient_right", "patient_left")]
 
     return apply
 

@@ -28,6 +28,10 @@ def evaluate(
     method: str = typer.Option("gradcam", "--method", help="CAM method for the gallery and HCS."),
     lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="Lung segmentation run: masks for HCS "
                                               "when the manifest has none."),
+    hcs: str = typer.Option("nonzero", "--hcs", help="HCS definition: nonzero (share of non-zero heatmap pixels "
+                            "inside the lungs, the opacity paper's) or mass (heatmap mass >= --hcs-threshold)."),
+    hcs_threshold: float = typer.Option(0.5, "--hcs-threshold", help="mass HCS: threshold relative to the "
+                                        "heatmap's peak."),
 ) -> None:
     """Evaluate a run: metrics with patient-level CIs, subgroups, reader agreement, HCS, HTML report."""
     from cxrlab.evaluate.report import build_report
@@ -35,7 +39,8 @@ def evaluate(
     with console.status(f"evaluating {run} ({n_boot} bootstrap resamples"
                         f"{', heatmaps' if gallery else ''})"):
         path = build_report(run, data=data, readers=readers, out=out, n_boot=n_boot, seed=seed, gallery=gallery,
-                            cam_method=method, lung_model=lung_model)
+                            cam_method=method, lung_model=lung_model, hcs_definition=hcs,
+                            hcs_threshold=hcs_threshold)
     console.print(f"metrics: {path.parent / 'metrics.json'}")
     console.print(f"report:  {path}")
 
@@ -49,7 +54,9 @@ def explain(
     head: Optional[str] = typer.Option(None, "--head", help="Model head to explain (default: the first)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Manifest listing the images, for lung masks (HCS, "
                                         "contour)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="HCS threshold relative to the heatmap's peak."),
+    hcs: str = typer.Option("nonzero", "--hcs", help="HCS definition: nonzero (share of non-zero heatmap pixels "
+                            "inside the lungs, the opacity paper's) or mass (heatmap mass >= --threshold)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="mass HCS: threshold relative to the heatmap's peak."),
     lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="Lung segmentation run: masks for "
                                               "images not in --data."),
 ) -> None:
@@ -67,5 +74,6 @@ def explain(
         data = resolved.source
     with progress() as bar:
         folder = explain_images(run, list(resolved.df[schema.IMAGE]), out, method=method, head=head,
-                                threshold=threshold, data=data, lung_model=lung_model, progress=bar)
+                                threshold=threshold, data=data, lung_model=lung_model, progress=bar,
+                                hcs_definition=hcs)
     console.print(f"overlays and explain.json in {folder}")

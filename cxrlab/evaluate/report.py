@@ -131,7 +131,8 @@ def pick_gallery_cases(df: pd.DataFrame, target: Target, per_class: int) -> list
 
 
 def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method: str, per_class: int,
-             threshold: float, max_hcs_images: int, seed: int, lung_model: str | os.PathLike | None) -> dict:
+             threshold: float, max_hcs_images: int, seed: int, lung_model: str | os.PathLike | None,
+             hcs_definition: str) -> dict:
     """HCS table per head and the gallery; ``{"error": reason}`` when heatmaps cannot be made."""
     try:
         from cxrlab.explain.run import explain_rows, load_explain_model
@@ -143,8 +144,8 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
         return {"error": str(exc)}
     heads = em.heads()
     per_lung = em.pipeline.per_image == 2
-    out: dict[str, Any] = {"method": method, "threshold": threshold, "per_lung": per_lung, "hcs": {},
-                           "gallery": {}}
+    out: dict[str, Any] = {"method": method, "threshold": threshold, "definition": hcs_definition,
+                           "per_lung": per_lung, "hcs": {}, "gallery": {}}
     has_masks = lung_model is not None or any(c in df.columns and df[c].notna().any() for c in MASK_COLUMNS)
     head_of = {}
     for t in targets:
@@ -160,7 +161,7 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
     for task, group in by_task.items() if has_masks else ():
         task_heads = list(dict.fromkeys(head_of[t.name] for t in group))
         out["hcs"][task] = _task_hcs(em, df, group, task_heads, method, threshold, max_hcs_images, seed,
-                                     masks_required=lung_model is None)
+                                     masks_required=lung_model is None, hcs_definition=hcs_definition)
     for t in targets:
         if t.name not in head_of:
             continue
@@ -170,7 +171,7 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
         cases = pick_gallery_cases(part, t, per_class)
         # one batched pass over every case of this target, then split back into the groups
         rendered_all = explain_rows(em, [r for g in cases for r in g["rows"].to_dict("records")], head, method,
-                                    threshold)
+                                    threshold, hcs_definition=hcs_definition)
         start = 0
         for g in cases:
             rendered = rendered_all[start:start + len(g["rows"])]
@@ -189,8 +190,16 @@ def _explain(run_dir: Path, df: pd.DataFrame, targets: Sequence[Target], method:
     return out
 
 
+def _check_hcs_definition(name: str) -> None:
+    try:
+        from cxrlab.explain.hcs import HCS_DEFINITIONS
+    except ImportError:  # no torch stack: the report says heatmaps are unavailable
+        return
+    HCS_DEFINITIONS.get(name)
+
+
 def _task_hcs(em: Any, df: pd.DataFrame, group: Sequence[Target], heads: list[str], method: str, threshold: float,
-              max_images: int, seed: int, masks_required: bool) -> dict:
+              max_images: int, seed: int, masks_required: bool, hcs_definition: str) -> dict:
     """HCS per image of a task's heatmap (heads averaged), then the mean per class and over classes.
 
     An image's class is its truth for a one-target task, its highest grade over the task's targets otherwise
@@ -207,7 +216,8 @@ def _task_hcs(em: Any, df: pd.DataFrame, group: Sequence[Target], heads: list[st
     if len(part) > max_images:
         pick = np.sort(np.random.default_rng(seed).choice(len(part), max_images, replace=False))
         part, cls = part.iloc[pick], cls[pick]
-    res = explain_rows(em, part.to_dict("records"), heads, method, threshold, with_overlay=False)
+    res = explain_rows(em, part.to_dict("records"), heads, method, threshold, with_overlay=False,
+                       hcs_definition=hcs_definition)
     hcs = np.array([r["hcs"] for r in res], dtype=float)
     fraction = np.array([r["lung_fraction"] for r in res], dtype=float)
     table: dict[str, Any] = {"heads": heads, "per_class": {}, "n": {}, "chance": {},
@@ -255,14 +265,18 @@ def build_report(
     hcs_threshold: float = 0.5,
     max_hcs_images: int = 200,
     lung_model: str | os.PathLike | None = None,
+    hcs_definition: str = "nonzero",
 ) -> Path:
     """Evaluate the run and write ``metrics.json`` and ``report.html`` into ``out`` (default
     ``RUN/evaluation/``; the run's own ``metrics.json`` from training is left untouched). Returns the HTML path.
 
     ``data``: manifest joined on the image (subgroup columns, lung masks); ``readers``: reader table (see
     ``evaluation.reader_agreement``); ``lung_model``: segmentation run predicting lung masks for HCS when the
-    manifest has none; ``max_hcs_images``: HCS on a seeded sample of at most this many headline-split images.
+    manifest has none; ``max_hcs_images``: HCS on a seeded sample of at most this many headline-split images;
+    ``hcs_definition``: ``nonzero`` (the paper's pixel share) or ``mass`` (mass at or above ``hcs_threshold``).
     """
+    if gallery:
+        _check_hcs_definition(hcs_definition)  # a misspelt name fails before the metrics are computed
     run: RunData = read_run(run_dir)
     df = merge_manifest(run.predictions, data)
     targets = targets_of(run.tasks, df)
@@ -276,9 +290,10 @@ def build_report(
     if gallery:
         part = df if headline == "all" else df[df[SPLIT].astype(str) == headline]
         explain = _explain(Path(run_dir), part, targets, cam_method, per_class, hcs_threshold, max_hcs_images, seed,
-                           lung_model)
+                           lung_model, hcs_definition)
         if "hcs" in explain:
-            result["hcs"] = {"method": cam_method, "threshold": hcs_threshold, "per_target": explain["hcs"]}
+            result["hcs"] = {"method": cam_method, "definition": hcs_definition, "threshold": hcs_threshold,
+                             "per_target": explain["hcs"]}
         if explain.get("error"):
             log.warning("no heatmaps in the report: %s", explain["error"])
     out_dir = Path(out) if out is not None else Path(run_dir) / "evaluation"

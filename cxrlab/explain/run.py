@@ -21,7 +21,8 @@ from torch import nn
 
 from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
-from cxrlab.explain.hcs import DEFAULT_THRESHOLD, heatmap_concordance, lung_fraction
+from cxrlab.explain.hcs import (DEFAULT_DEFINITION, DEFAULT_THRESHOLD, HCS_DEFINITIONS, heatmap_concordance,
+                                lung_fraction)
 from cxrlab.explain.heatmap import probability_weighted_heatmap, rescale
 from cxrlab.explain.cams import compute_cam
 from cxrlab.explain.overlay import overlay, png_bytes
@@ -121,8 +122,11 @@ class _SumTarget:
 
 def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str | Sequence[str],
                  method: str = "gradcam", threshold: float = DEFAULT_THRESHOLD, with_overlay: bool = True,
-                 batch_size: int = 16) -> list[dict]:
+                 batch_size: int = 16, hcs_definition: str = DEFAULT_DEFINITION) -> list[dict]:
     """Per image: probabilities, predicted class, HCS (NaN without a mask), lung fraction and overlay PNG.
+
+    ``hcs_definition``: ``nonzero`` (the paper's share of non-zero heatmap pixels) or ``mass`` (share of the
+    mass at or above ``threshold``); see :mod:`cxrlab.explain.hcs`.
 
     ``head``: one head, or several whose heatmaps are averaged (per-lung heads of one model); then ``probs``
     is per head and ``pred`` the highest predicted class over the heads.
@@ -140,7 +144,8 @@ def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str |
             k = len(per_image)
             h, p = heat[i:i + k], probs[i:i + k]
             i += k
-            hcs = [heatmap_concordance(hm, m, threshold) if m is not None and m.any() else float("nan")
+            hcs = [heatmap_concordance(hm, m, threshold, hcs_definition) if m is not None and m.any()
+                   else float("nan")
                    for hm, (_, m) in zip(h, per_image)]
             fractions = [lung_fraction(m) if m is not None else float("nan") for _, m in per_image]
             mean_p = p.mean(axis=0)  # over the inputs of the image (sides of a per-side run)
@@ -161,12 +166,13 @@ def _nanmean(values: Sequence[float]) -> float:
 def explain_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike,
                    method: str = "gradcam", head: str | None = None, threshold: float = DEFAULT_THRESHOLD,
                    data: str | os.PathLike | None = None, lung_model: str | os.PathLike | None = None,
-                   progress: Any = None) -> Path:
+                   progress: Any = None, hcs_definition: str = DEFAULT_DEFINITION) -> Path:
     """Write ``<stem>_<head>_<method>.png`` overlays and ``explain.json`` (probabilities, HCS) to ``out``.
 
     Lung masks for the contour and HCS come from ``data`` (a manifest listing the images) when given, else
     from ``lung_model`` (a lung segmentation run).
     """
+    HCS_DEFINITIONS.get(hcs_definition)  # an unknown name fails before the model loads
     em = load_explain_model(run_dir, lung_model=lung_model)
     heads = em.heads()
     if head is None:
@@ -178,7 +184,7 @@ def explain_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLik
     summary = []
     task = progress.add_task("explaining", total=len(rows), status="") if progress else None
     for row in rows:
-        res = explain_rows(em, [row], head, method, threshold)[0]
+        res = explain_rows(em, [row], head, method, threshold, hcs_definition=hcs_definition)[0]
         name = f"{Path(res['image']).stem}_{head.replace(':', '_').replace('.', '_')}_{method}.png"
         atomic_write_bytes(out / name, png_bytes(res.pop("overlay")))
         res.update(overlay=name, classes=heads[head]["classes"])
@@ -187,7 +193,8 @@ def explain_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLik
         if progress:
             progress.advance(task)
     atomic_write_json(out / "explain.json", {"run": str(run_dir), "method": method, "head": head,
-                                             "hcs_threshold": threshold, "images": summary})
+                                             "hcs_definition": hcs_definition, "hcs_threshold": threshold,
+                                             "images": summary})
     return out
 
 
