@@ -334,6 +334,49 @@ def test_agreement_skips_unrated_rows_pairwise():
     assert res["rows"][0]["n"] == 3 and res["rows"][0]["mae"]["value"] == pytest.approx(1 / 3)
 
 
+def test_agreement_refuses_fractional_ratings():
+    """Casting a probability to int made every binary prediction 0; a fractional rating is now an error."""
+    with pytest.raises(InputError, match="model.*non-integer.*threshold"):
+        agreement_table({"r1": [0, 1, 1], "model": [0.2, 0.9, 0.7]}, model="model", n_boot=0)
+
+
+BINARY_READER = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+BINARY_READER_2 = np.array([1, 1, 0, 0, 0, 0, 0, 1])
+BINARY_PROB = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.3, 0.6, 0.05])
+
+
+def _binary_agreement(thresholds=None) -> tuple[dict, dict]:
+    from cxrlab.evaluate.evaluation import reader_agreement
+    from cxrlab.evaluate.run import Target
+
+    images = [f"/x/img{k}.png" for k in range(8)]
+    df = pd.DataFrame({"image": images, "patient_id": [f"p{k}" for k in range(8)], "went_icu": BINARY_READER,
+                       "prob_went_icu": BINARY_PROB})
+    readers = pd.DataFrame({"image": images, "went_icu@r1": BINARY_READER, "went_icu@r2": BINARY_READER_2})
+    target = Target("went_icu", "binary", "went_icu", ["0", "1"], ["prob_went_icu"], task="went_icu")
+    res = reader_agreement([target], df, readers, n_boot=0, seed=0, thresholds=thresholds)
+    return res, {(r["reference"], r["other"]): r for r in res["rows"]}
+
+
+@pytest.mark.parametrize("thresholds, model, accuracy, kappa", [
+    # p >= 0.5 -> 1 1 1 0 0 0 1 0: 6/8 agree with r1; p_o 0.75, p_e 0.5 -> kappa 0.5
+    (None, [1, 1, 1, 0, 0, 0, 1, 0], 0.75, 0.5),
+    # the report's validation operating point 0.65 -> 1 1 1 0 0 0 0 0: 7/8; p_e = 4/8·3/8 + 4/8·5/8 = 0.5 -> 0.75
+    ({"went_icu": 0.65}, [1, 1, 1, 0, 0, 0, 0, 0], 0.875, 0.75),
+])
+def test_binary_reader_agreement_thresholds_model_probabilities(thresholds, model, accuracy, kappa):
+    res, rows = _binary_agreement(thresholds)
+    vs_r1 = rows[("r1", "model")]
+    assert vs_r1["kind"] == "model-reader" and vs_r1["n"] == 8
+    assert 1 - vs_r1["mae"]["value"] == pytest.approx(accuracy)  # on 0/1 grades MAE = 1 - accuracy
+    assert vs_r1["kappa_quadratic"]["value"] == pytest.approx(kappa)
+    assert kappa == pytest.approx(cohen_kappa_score(BINARY_READER, model))  # two classes: quadratic = Cohen's
+    assert res["thresholds"] == {"went_icu": 0.5 if thresholds is None else 0.65}
+    readers = rows[("r1", "r2")]  # 5/8 agree, p_e 0.5 -> kappa 0.25; the threshold does not touch readers
+    assert readers["mae"]["value"] == pytest.approx(3 / 8)
+    assert readers["kappa_quadratic"]["value"] == pytest.approx(0.25)
+
+
 def test_agreement_needs_two_raters():
     with pytest.raises(InputError, match="two raters"):
         agreement_table({"a": [0, 1]})

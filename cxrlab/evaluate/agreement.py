@@ -3,6 +3,10 @@ so one can see whether the model disagrees with readers less than readers disagr
 
 Orientation: in a model-reader pair the READER is the reference (R^2 and MAE of the model against the reader);
 in a reader-reader pair the first-named reader is the reference. MAE, kappa and macro-F1 are symmetric.
+
+Ratings are grades (class indices). A fractional rating (a probability, a mean score) is refused rather than
+truncated: casting probabilities to int makes every binary prediction 0. Binary model outputs are thresholded
+by the caller (``cxrlab.evaluate.evaluation.reader_agreement``) at a stated operating point.
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ def pair_scores(reference: np.ndarray, other: np.ndarray, n_classes: int) -> dic
     }
 
 
+def _grades(name: str, values) -> np.ndarray:
+    """A rater's grades as floats (NaN = not rated); non-integer ratings are an error naming the rater."""
+    v = np.asarray(values, dtype=float)
+    fractional = np.isfinite(v) & (v != np.round(v))
+    if fractional.any():
+        raise InputError("agreement", f"rater {name!r} gives non-integer ratings (e.g. {v[fractional][0]:g}); "
+                         "agreement compares grades: threshold probabilities or round scores first", field=name)
+    return v
+
+
 def agreement_table(
     raters: Mapping[str, np.ndarray],
     *,
@@ -46,7 +60,7 @@ def agreement_table(
         raise InputError("agreement", "need at least two raters (e.g. two readers, or a reader and the model)")
     if model is not None and model not in raters:
         raise InputError("agreement", f"model {model!r} is not among the raters {list(raters)}")
-    arrays = {k: np.asarray(v, dtype=float) for k, v in raters.items()}
+    arrays = {k: _grades(k, v) for k, v in raters.items()}
     n = {len(v) for v in arrays.values()}
     if len(n) != 1:
         raise InputError("agreement", f"raters have different lengths: { {k: len(v) for k, v in arrays.items()} }")

@@ -33,6 +33,8 @@ SUBGROUP_KEYS = {"binary": ["auc", "fixed.sensitivity", "fixed.specificity"],
                  "ordinal": ["macro_mae", "kappa_quadratic", "weighted_f1"],
                  "regression": ["mae", "r2"]}
 READER_SEP = "@"  # reader table columns: <target column>@<reader name>
+# binary model probability -> 0/1 for reader agreement when no validation threshold is known
+BINARY_AGREEMENT_THRESHOLD = 0.5
 
 
 def labelled(df: pd.DataFrame, target: Target) -> pd.DataFrame:
@@ -132,14 +134,27 @@ def subgroups(target: Target, df: pd.DataFrame, threshold: float | None, n_boot:
     return out
 
 
+def model_grades(target: Target, df: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+    """The model's grade per row for reader agreement: the predicted class or grade; for a binary target the
+    probability thresholded (``>= threshold``, default 0.5), since a reader gives 0/1, not a probability."""
+    predicted = target.predicted(df)
+    if target.kind != "binary":
+        return predicted
+    cut = BINARY_AGREEMENT_THRESHOLD if threshold is None else threshold
+    return np.where(np.isfinite(predicted), (predicted >= cut).astype(float), np.nan)
+
+
 def reader_agreement(target_group: Sequence[Target], df: pd.DataFrame, readers: pd.DataFrame, n_boot: int,
-                     seed: int) -> dict | None:
+                     seed: int, thresholds: dict[str, float] | None = None) -> dict | None:
     """Agreement of the model and the readers on the targets of one task (e.g. both lungs stacked).
 
     ``readers``: a table keyed by ``image`` with columns ``<target column>@<reader>`` on the target's scale.
+    ``thresholds``: target name -> operating point for binary targets (the validation threshold the report
+    uses); 0.5 where none is given. The threshold used is recorded in the result (``thresholds``).
     """
     stacks: dict[str, list] = {}
     pids: list = []
+    used: dict[str, float] = {}
     for t in target_group:
         cols = [c for c in readers.columns if c.startswith(t.column + READER_SEP)]
         if not cols:
@@ -150,7 +165,10 @@ def reader_agreement(target_group: Sequence[Target], df: pd.DataFrame, readers: 
         names = [c.split(READER_SEP, 1)[1] for c in cols]
         for name, col in zip(names, cols):
             stacks.setdefault(name, []).append(t.encode(merged[col]))
-        stacks.setdefault("model", []).append(t.predicted(merged))
+        threshold = (thresholds or {}).get(t.name)
+        stacks.setdefault("model", []).append(model_grades(t, merged, threshold))
+        if t.kind == "binary":
+            used[t.column] = BINARY_AGREEMENT_THRESHOLD if threshold is None else float(threshold)
         pids.append(merged["patient_id"].to_numpy())
     readers_found = [k for k in stacks if k != "model"]
     if not readers_found:
@@ -162,6 +180,8 @@ def reader_agreement(target_group: Sequence[Target], df: pd.DataFrame, readers: 
     res = agreement_table(raters, model="model", n_classes=n_classes, patient_ids=np.concatenate(pids),
                           n_boot=n_boot, seed=seed)
     res["columns"] = [t.column for t in target_group]
+    if used:
+        res["thresholds"] = used
     return res
 
 
@@ -171,6 +191,7 @@ def evaluate_predictions(df: pd.DataFrame, targets: Sequence[Target], *, readers
     headline = eval_split(df)
     result: dict = {"eval_split": headline, "n_boot": n_boot, "seed": seed,
                     "data_summary": data_summary(df, targets), "targets": {}}
+    thresholds: dict[str, float] = {}  # binary targets: the validation operating point, also used for readers
     for t in targets:
         entry: dict = {"kind": t.kind, "column": t.column, "task": t.task, "classes": t.classes, "splits": {}}
         threshold = None
@@ -179,6 +200,7 @@ def evaluate_predictions(df: pd.DataFrame, targets: Sequence[Target], *, readers
             if len(val) and len(np.unique(t.truth(val))) == 2:
                 threshold = validation_threshold(t.truth(val).astype(int), t.predicted(val))
                 entry["validation_threshold"] = threshold
+                thresholds[t.name] = threshold
         for split in ("val", "test") if headline == "test" else (headline,):
             part = _rows(df, split)
             if len(labelled(part, t)):
@@ -198,7 +220,7 @@ def evaluate_predictions(df: pd.DataFrame, targets: Sequence[Target], *, readers
             by_task.setdefault(t.task, []).append(t)
         agreement = {}
         for task, group in by_task.items():
-            res = reader_agreement(group, _rows(df, headline), readers, n_boot, seed)
+            res = reader_agreement(group, _rows(df, headline), readers, n_boot, seed, thresholds)
             if res is not None:
                 agreement[task] = res
         if not agreement:

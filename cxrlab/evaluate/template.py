@@ -109,6 +109,7 @@ agrees with readers as well as they agree with each other when its rows match th
 {% for r in a.rows %}<tr><td>{{ r.reference }}</td><td>{{ r.other }}</td><td>{{ r.kind }}</td><td>{{ r.n }}</td>
 <td>{{ est(r.mae) }}</td><td>{{ est(r.kappa_quadratic) }}</td><td>{{ est(r.macro_f1) }}</td><td>{{ est(r.r2) }}</td></tr>{% endfor %}
 </table>
+{% if a.thresholds %}<p class="muted">Model probabilities as 0/1: {% for c, v in a.thresholds.items() %}{{ c }} &ge; {{ "%.3f"|format(v) }}{% if not loop.last %}, {% endif %}{% endfor %} (the validation operating point; 0.5 when there is none).</p>{% endif %}
 {% endfor %}
 {% endif %}
 
@@ -119,7 +120,8 @@ agrees with readers as well as they agree with each other when its rows match th
 <h2 id="explain">Heatmaps and Heatmap Concordance Score</h2>
 {% if explain.error %}<p class="warn">Not available: {{ explain.error }}</p>{% else %}
 <p>{{ explain.method }} heatmaps, probability-weighted over classes{% if explain.per_lung %}; one input per lung (HCS: mean of the two sides){% endif %}.
-HCS = share of the heatmap's mass at or above {{ explain.threshold }} of its peak that lies inside the lung mask
+{% if explain.definition == "mass" %}HCS (mass) = share of the heatmap's mass at or above {{ explain.threshold }} of its peak that lies inside the lung mask
+{%- else %}HCS ({{ explain.definition }}) = share of the heatmap's non-zero pixels that lie inside the lung mask (the opacity paper's definition){% endif %}
 (chance level = the lungs' share of the model input). Macro = mean over classes.</p>
 {% if explain.hcs_note %}<p class="warn">{{ explain.hcs_note }}</p>{% endif %}
 {% for name, h in explain.hcs.items() %}
