@@ -128,6 +128,18 @@ def focal_ce(logits: Tensor, target: Tensor, gamma: float) -> Tensor:
     return ce
 
 
+def inverse_class_frequency(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    """Per-class weight ``n / (K · n_c)`` over the K classes present among ``labels`` (ints, -1 = unlabelled);
+    0 for a class with no item. The focal loss's α by default, and class-weight balancing's per-item weight."""
+    labels = np.asarray(labels, dtype=np.int64)
+    labelled = labels[labels >= 0]
+    counts = np.bincount(labelled, minlength=n_classes or 0).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(len(counts))
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
 def softmax_np(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)

@@ -29,6 +29,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from cxrlab.errors import ConfigError
 from cxrlab.registry import Registry
+from cxrlab.tasks.base import inverse_class_frequency
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,8 @@ class Balancer:
 
     def inverse_frequency(self, strata: np.ndarray) -> np.ndarray:
         """Per-item weight n / (K · n_c) over the classes present (1 for unlabelled items)."""
-        counts = self._counts(strata)
-        present = counts > 0
-        w_class = np.zeros(len(counts))
-        w_class[present] = counts.sum() / (present.sum() * counts[present])
+        self._counts(strata)  # a clear error when nothing is labelled
+        w_class = inverse_class_frequency(strata)
         return np.where(strata >= 0, w_class[np.clip(strata, 0, None)], 1.0)
 
     def sample_weight(self, strata: np.ndarray) -> np.ndarray | None:
