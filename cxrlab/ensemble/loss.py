@@ -35,7 +35,7 @@ class FocalLoss(nn.Module):
 
     @classmethod
     def inverse_frequency(cls, labels: np.ndarray, n_classes: int, gamma: float = 2.0) -> "FocalLoss":
-        """α_m = n / (K · n_m) from ``labels`` (FLANNEL's default)."""
+        """α_m = n / (M · n_m) from ``labels``, M the classes present (FLANNEL's default)."""
         return cls(gamma, inverse_class_frequency(labels, n_classes))
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
