@@ -294,3 +294,23 @@ def test_service_similar_endpoint_searches_an_upload(tmp_path, tiny_phantom):
     assert plain.post("/v1/similar", files={"file": ("x.png", film, "image/png")}).status_code == 404
     assert plain.get("/v1/similar/thumbnails/0").status_code == 404
     assert plain.get("/v1/health").json()["similar"] is False and client.get("/v1/health").json()["similar"] is True
+
+
+def test_cross_fitted_columns_pool_to_the_single_call_estimate():
+    from cxrlab.retrieval.evaluate import retrieval_benchmark, retrieval_columns, summarize_columns
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 8)).astype(np.float32)
+    patients = np.array([f"p{i // 2}" for i in range(40)])
+    labels = np.array(["a", "b", "c"])[rng.integers(0, 3, 40)]
+    whole = retrieval_benchmark(vectors, labels, patients, queries=np.arange(40), n_boot=100)
+    # two folds of query patients, each scored with "its own" vectors (here the same ones), then pooled
+    parts = [retrieval_columns(vectors, labels, patients, queries=q) for q in (np.arange(20), np.arange(20, 40))]
+    pooled = summarize_columns({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, n_boot=100)
+    for name in ("precision@5", "ap@10", "n_queries", "n_query_patients"):
+        assert pooled[name].as_dict() == pytest.approx(whole[name].as_dict(), nan_ok=True)
+    # a fold embedded by another run changes only that fold's queries
+    other = retrieval_columns(-vectors, labels, patients, queries=np.arange(20, 40))
+    mixed = summarize_columns({k: np.concatenate([parts[0][k], other[k]]) for k in other}, n_boot=10)
+    assert mixed["precision@1"].value == pytest.approx(
+        np.mean(np.concatenate([parts[0]["precision@1"], other["precision@1"]])))

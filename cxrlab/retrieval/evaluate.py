@@ -3,6 +3,8 @@
 >>> top = patient_neighbours(vectors, patients, queries=q_rows, gallery=g_rows, k=10)   # (n_q, k) row indices
 >>> scores = retrieval_scores(top, labels, q_rows)          # per query: precision@k and AP@k for k in (1, 5, 10)
 >>> retrieval_benchmark(vectors, labels, patients, sources=sources)   # Estimates with patient-level bootstrap CIs
+>>> cols = [retrieval_columns(v_f, labels, patients, queries=q_f) for v_f, q_f in folds]  # cross-fitted folds
+>>> summarize_columns({k: np.concatenate([c[k] for c in cols]) for k in cols[0]})        # one pooled estimate
 
 Numpy only. ``AP@k`` = sum over ranks i <= k of precision@i x rel(i), divided by min(k, number of relevant
 gallery patients) — 1 when the first k patients are all relevant.
@@ -87,14 +89,13 @@ def retrieval_scores(top: np.ndarray, labels: Sequence, queries: np.ndarray, n_r
     return out
 
 
-def retrieval_benchmark(vectors: np.ndarray, labels: Sequence, patients: Sequence[str],
-                        sources: Sequence[str] | None = None, queries: np.ndarray | None = None,
-                        gallery: np.ndarray | None = None, ks: Sequence[int] = KS, n_boot: int = 1000,
-                        seed: int = 0) -> dict[str, Estimate]:
-    """Mean precision@k / mAP@k over the query films (leave-one-patient-out) with patient-level bootstrap CIs
-    (query patients resampled); with ``sources``: ``nn_same_source`` (share of top-1 from the query's source),
-    ``wrong_nn_same_source`` (share of wrong top-1 from the query's source) and its chance level
-    ``wrong_pool_same_source`` (share of the query's other-label gallery films from its source)."""
+def retrieval_columns(vectors: np.ndarray, labels: Sequence, patients: Sequence[str],
+                      sources: Sequence[str] | None = None, queries: np.ndarray | None = None,
+                      gallery: np.ndarray | None = None, ks: Sequence[int] = KS) -> dict[str, np.ndarray]:
+    """The per-query values :func:`retrieval_benchmark` averages (``precision@k``, ``ap@k`` and, with
+    ``sources``, the source-confound columns; NaN where a column does not apply), plus ``patient_id`` of each
+    query. Concatenate the columns of several calls (e.g. cross-fitted folds, each embedded by its own run) and
+    pass them to :func:`summarize_columns` for one pooled estimate."""
     labels = np.asarray(labels).astype(str)
     patients = np.asarray(patients).astype(str)
     queries = np.arange(len(labels)) if queries is None else np.asarray(queries)
@@ -106,7 +107,7 @@ def retrieval_benchmark(vectors: np.ndarray, labels: Sequence, patients: Sequenc
     per_label = {lab: sum(1 for (l2, _) in pairs if l2 == lab) for lab in set(g_lab)}
     n_rel = np.array([per_label.get(labels[q], 0) - ((labels[q], patients[q]) in pairs) for q in queries])
     scores = retrieval_scores(top, labels, queries, n_rel, ks)
-    columns = {k: v.astype(float) for k, v in scores.items()}
+    columns: dict[str, np.ndarray] = {k: v.astype(float) for k, v in scores.items()}
     if sources is not None:
         sources = np.asarray(sources).astype(str)
         nn = top[:, 0]
@@ -118,12 +119,33 @@ def retrieval_benchmark(vectors: np.ndarray, labels: Sequence, patients: Sequenc
         pool = np.array([np.mean(g_src[g_lab != labels[q]] == sources[q]) if (g_lab != labels[q]).any() else np.nan
                          for q in queries])
         columns["wrong_pool_same_source"] = np.where(wrong, pool, np.nan)
+    columns["patient_id"] = patients[queries]
+    return columns
+
+
+def summarize_columns(columns: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
+    """Means of the per-query columns of :func:`retrieval_columns` with patient-level bootstrap CIs (the query
+    patients, ``columns["patient_id"]``, resampled), plus ``n_queries`` and ``n_query_patients``."""
+    query_patients = np.asarray(columns["patient_id"]).astype(str)
+    values = {k: np.asarray(v, float) for k, v in columns.items() if k != "patient_id"}
 
     def statistic(idx: np.ndarray) -> dict[str, float]:
         return {name: (float(np.nanmean(v[idx])) if np.isfinite(v[idx]).any() else np.nan)
-                for name, v in columns.items()}
+                for name, v in values.items()}
 
-    result = bootstrap(statistic, len(queries), patients[queries], n_boot=n_boot, seed=seed)
-    result["n_queries"] = Estimate(float(len(queries)))
-    result["n_query_patients"] = Estimate(float(len(set(patients[queries]))))
+    result = bootstrap(statistic, len(query_patients), query_patients, n_boot=n_boot, seed=seed)
+    result["n_queries"] = Estimate(float(len(query_patients)))
+    result["n_query_patients"] = Estimate(float(len(set(query_patients))))
     return result
+
+
+def retrieval_benchmark(vectors: np.ndarray, labels: Sequence, patients: Sequence[str],
+                        sources: Sequence[str] | None = None, queries: np.ndarray | None = None,
+                        gallery: np.ndarray | None = None, ks: Sequence[int] = KS, n_boot: int = 1000,
+                        seed: int = 0) -> dict[str, Estimate]:
+    """Mean precision@k / mAP@k over the query films (leave-one-patient-out) with patient-level bootstrap CIs
+    (query patients resampled); with ``sources``: ``nn_same_source`` (share of top-1 from the query's source),
+    ``wrong_nn_same_source`` (share of wrong top-1 from the query's source) and its chance level
+    ``wrong_pool_same_source`` (share of the query's other-label gallery films from its source)."""
+    return summarize_columns(retrieval_columns(vectors, labels, patients, sources, queries, gallery, ks),
+                             n_boot=n_boot, seed=seed)
