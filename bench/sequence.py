@@ -266,6 +266,16 @@ def phantom_variants(args: argparse.Namespace, icu: list[str]) -> list[dict]:
     return rows
 
 
+def finish(result: dict, args: argparse.Namespace, out: Path) -> None:
+    """Record the load, keep results.json, draw the figures and write the page."""
+    result["load_end"] = load_average()
+    atomic_write_json(RESULTS / "results.json", json_safe(result))
+    result["figures"] = figures(result, phantom_with(severity_run(), "severity_run", args.phantom_patients),
+                                out.parent)
+    atomic_write_text(out, page(result))
+    log(f"wrote {args.out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phantom-patients", type=int, default=400)
@@ -292,12 +302,7 @@ def main() -> None:
         phantom = phantom_embeddings(args.phantom_patients)
         icu = ["outcome.column=went_icu", "outcome.positive=null", "outcome.negative=null"]
         result["rows"] = [r for r in old["rows"] if "features" not in r] + phantom_variants(args, icu)
-        result["load_end"] = load_average()
-        atomic_write_json(RESULTS / "results.json", json_safe(result))
-        result["figures"] = figures(result, phantom_with(severity_run(), "severity_run", args.phantom_patients),
-                                    out.parent)
-        atomic_write_text(out, page(result))
-        log(f"wrote {args.out}")
+        finish(result, args, out)
         return
     rows = []
     ieee = ieee_embeddings()
@@ -314,12 +319,7 @@ def main() -> None:
         rows.append({**row, "data": f"phantom ({args.phantom_patients} patients, synthetic)", "outcome": outcome})
     rows += phantom_variants(args, icu)
     result["rows"] = rows
-    result["load_end"] = load_average()
-    atomic_write_json(RESULTS / "results.json", json_safe(result))
-    result["figures"] = figures(result, phantom_with(severity_run(), "severity_run", args.phantom_patients),
-                                out.parent)
-    atomic_write_text(out, page(result))
-    log(f"wrote {args.out}")
+    finish(result, args, out)
 
 
 if __name__ == "__main__":
