@@ -75,8 +75,7 @@ def load_explain_model(run_dir: str | os.PathLike, checkpoint: str = "best",
     return ExplainModel(run.model, run.pipeline, run.tasks, run.cam_target_layers(), Path(run_dir), segmenter)
 
 
-def prepare_with_mask(em: ExplainModel, row: pd.Series | dict) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """``[(C×H×W input, H×W lung mask or None)]`` per model input of the image (two for per-side runs)."""
+def _row_sample(em: ExplainModel, row: pd.Series | dict) -> dict:
     from cxrlab.data.dataset import load_sample
 
     row = dict(row)
@@ -84,7 +83,56 @@ def prepare_with_mask(em: ExplainModel, row: pd.Series | dict) -> list[tuple[np.
     sample = load_sample(row, cols, label_columns=[])
     if not cols and em.segmenter is not None:
         sample.update(em.segmenter.predict(sample[schema.KEY_IMAGE]))
-    return [(image, lungs) for image, lungs, _ in em.pipeline.prepare_with_lungs(sample)]
+    return sample
+
+
+def prepare_with_mask(em: ExplainModel, row: pd.Series | dict) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``[(C×H×W input, H×W lung mask or None)]`` per model input of the image (two for per-side runs)."""
+    return [(image, lungs) for image, lungs, _ in em.pipeline.prepare_with_lungs(_row_sample(em, row))]
+
+
+def prepare_patches(em: ExplainModel, row: pd.Series | dict) -> tuple[torch.Tensor, np.ndarray, np.ndarray,
+                                                                      np.ndarray]:
+    """Patch runs: the image's K inference patches ``(K, C, P, P)`` (the ones ``predict`` uses), their corners
+    ``(K, 2)``, the lung-masked canvas ``C×S×S`` and its lung mask ``S×S`` (uint8)."""
+    from cxrlab.train.patch_mode import eval_windows
+
+    prepared = torch.from_numpy(np.stack(em.pipeline.prepare(_row_sample(em, row))))
+    patches, corners = eval_windows(prepared, em.pipeline.patches)
+    return patches, corners, prepared[0, :-1].numpy(), (prepared[0, -1].numpy() > 0.5).astype(np.uint8)
+
+
+def explain_patch_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str, method: str = "gradcam",
+                       threshold: float = DEFAULT_THRESHOLD, with_overlay: bool = True,
+                       hcs_definition: str = DEFAULT_DEFINITION) -> list[dict]:
+    """Patch runs (``input.patches``): :func:`explain_rows`' entries from the probabilistic patch Grad-CAM.
+
+    Per image, its K inference patches are classified in one pass and aggregated (vote or mean, as in
+    ``predict``); the predicted class is the argmax of the aggregated probabilities (as ``predict``'s
+    ``pred_`` column). Each patch's CAM of that class, weighted by the patch's probability of it, is put back
+    on the lung-masked canvas and count-normalised (:func:`cxrlab.patches.probabilistic_patch_cam`); HCS is
+    computed against the canvas lung mask, and the overlay is drawn on the canvas."""
+    from cxrlab.patches import probabilistic_patch_cam
+    from cxrlab.train.patch_mode import image_probabilities
+
+    spec = em.pipeline.patches
+    module = em.model.as_classifier(head).eval()
+    results = []
+    for row in rows:
+        patches, corners, canvas, mask = prepare_patches(em, row)
+        with torch.no_grad():
+            probs = image_probabilities(module(patches).float().numpy(), spec)[0]
+        pred = int(probs.argmax())
+        heat, _ = probabilistic_patch_cam(module, patches, corners, mask.shape, target_class=pred,
+                                          target_layers=em.target_layers, method=method)
+        hcs = heatmap_concordance(heat, mask, threshold, hcs_definition) if mask.any() else float("nan")
+        entry = {"image": str(dict(row)[schema.IMAGE]), "probs": probs.tolist(), "probs_per_input": [probs.tolist()],
+                 "pred": pred, "hcs": float(hcs), "hcs_per_input": [float(hcs)], "lung_fraction": lung_fraction(mask),
+                 "patches": int(len(patches)), "aggregate": spec.aggregate}
+        if with_overlay:
+            entry["overlay"] = overlay(canvas, heat, mask)
+        results.append(entry)
+    return results
 
 
 def head_heatmap(em: ExplainModel, x: torch.Tensor, head: str, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +180,10 @@ def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str |
     is per head and ``pred`` the highest predicted class over the heads.
     """
     heads = [head] if isinstance(head, str) else list(head)
+    if em.pipeline.patches is not None:
+        if len(heads) != 1:
+            raise ConfigError(f"patch-mode runs explain one head at a time, got {heads}")
+        return explain_patch_rows(em, rows, heads[0], method, threshold, with_overlay, hcs_definition)
     rows = list(rows)
     results = []
     for start in range(0, len(rows), batch_size):

@@ -96,8 +96,34 @@ class SplitSpec(_Strict):
         return self
 
 
+class PatchSpec(_Strict):
+    """Patch input mode (Oh, Park & Ye 2020; issue #18): the lung-masked image resized to ``canvas``×``canvas``,
+    ``size``-px patches centred on lung pixels (drawn jointly, :mod:`cxrlab.patches`). Training draws
+    ``train_count`` fresh random patches per image at every step; validation and prediction cut ``count``
+    patches per image (seeded by ``seed`` and the image's lung mask, so predictions repeat) and aggregate
+    them per image by majority vote (``vote``, as published) or mean probability (``mean``)."""
+
+    canvas: int = Field(1024, ge=16, le=4096, description="side of the lung-masked square canvas (published: 1024)")
+    size: int = Field(224, ge=16, le=2048, description="patch side in canvas pixels, the model's input size "
+                      "(published: 224)")
+    train_count: int = Field(1, ge=1, le=1024, description="random patches per image per training step")
+    count: int = Field(100, ge=1, le=4096, description="patches per image at validation and prediction "
+                       "(published: 100)")
+    aggregate: Literal["vote", "mean"] = Field("vote", description="patch predictions -> image: majority vote "
+                                               "(published) or mean probability")
+    seed: int = Field(0, description="seed of the inference patches (with each image's lung mask)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> "PatchSpec":
+        if self.size > self.canvas:
+            raise ValueError(f"patch size {self.size} is larger than the canvas {self.canvas}: use a smaller "
+                             "input.patches.size or a larger input.patches.canvas")
+        return self
+
+
 class InputSpec(_Strict):
-    size: int = Field(224, ge=16, le=2048, description="square model input after resize-and-pad")
+    size: int = Field(224, ge=16, le=2048, description="square model input after resize-and-pad (patch mode: the "
+                      "patch size, set from input.patches.size when omitted)")
     roi: str = Field("none", description="ROI scheme of cxrlab.anatomy (none, lung, midline, lungs, image+mask)")
     roi_options: dict[str, Any] = Field(default_factory=dict)
     clahe: str | bool = Field(False, description="False, True (= 'True_.04_8') or 'True_<cl>_<gs>': the ICU paper's "
@@ -107,6 +133,33 @@ class InputSpec(_Strict):
     augment: list[str | dict[str, Any]] = Field(
         default_factory=list, description="random training transforms (cxrlab.transforms specs)")
     mask_columns: list[str] | None = Field(None, description="mask columns to read (default: those the ROI needs)")
+    patches: PatchSpec | None = Field(None, description="patch input mode: random lung-centred patches in "
+                                      "training, K patches aggregated per image at inference (see PatchSpec)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _patch_size_default(cls, data: Any) -> Any:
+        # in patch mode the model sees patches: input.size is the patch size, filled in when the recipe omits it
+        if isinstance(data, dict) and isinstance(data.get("patches"), dict) and "size" not in data \
+                and "size" in data["patches"]:
+            data = {**data, "size": data["patches"]["size"]}
+        return data
+
+    @model_validator(mode="after")
+    def _patch_mode_consistent(self) -> "InputSpec":
+        p = self.patches
+        if p is None:
+            return self
+        if self.size != p.size:
+            raise ValueError(f"input.size={self.size} but input.patches.size={p.size}: in patch mode the model "
+                             "input is the patch (omit input.size or make them equal)")
+        if self.roi != "none":
+            raise ValueError(f"input.roi={self.roi} cannot be combined with input.patches: patch mode does its own "
+                             "lung masking (use roi: none)")
+        if self.augment:
+            raise ValueError("input.augment is not supported with input.patches yet (the random patches are the "
+                             "training-time variation)")
+        return self
 
 
 class ModelSpec(_Strict):

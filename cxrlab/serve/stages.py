@@ -384,6 +384,9 @@ class _ClassifierStage(Stage):
 
         super().__init__(run_dir)
         self.run_model = load_run(run_dir)
+        if self.run_model.pipeline.patches is not None:
+            raise ConfigError(f"{run_dir} is a patch-mode run (input.patches): the service does not serve patch runs "
+                              "yet (use `cxrlab predict` / `cxrlab explain`)")
         self.run_model.precision = "fp32"  # the backend decides the arithmetic, not the run's training autocast
         self.pipeline, self.tasks = self.run_model.pipeline, self.run_model.tasks
         self.target_layers = self.run_model.cam_target_layers()

@@ -57,12 +57,20 @@ class InputPipeline:
         self.resize = ResizePadd(spec.size)
 
     @property
+    def patches(self):
+        """The ``input.patches`` spec in patch mode (see :mod:`cxrlab.train.patch_mode`), else None."""
+        return self.spec.patches
+
+    @property
     def needs_masks(self) -> bool:
-        return self.spec.roi != "none"
+        return self.spec.roi != "none" or self.spec.patches is not None
 
     def key(self) -> str:
         """Identifies the deterministic preprocessing (cache key part)."""
-        return spec_hash({k: getattr(self.spec, k) for k in ("size", "roi", "roi_options", "clahe", "sharpen")})
+        parts = {k: getattr(self.spec, k) for k in ("size", "roi", "roi_options", "clahe", "sharpen")}
+        if self.spec.patches is not None:  # the cached input is then the masked canvas (patches are cut later)
+            parts["patch_canvas"] = self.spec.patches.canvas
+        return spec_hash(parts)
 
     def mask_columns(self, df: pd.DataFrame) -> list[str]:
         if self.spec.mask_columns is not None:
@@ -73,12 +81,17 @@ class InputPipeline:
             return [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG]
         if schema.MASK_LUNGS in df.columns:
             return [schema.MASK_LUNGS]
-        raise InputError("manifest", f"input.roi={self.spec.roi} needs lung masks: none of the columns "
-                         f"{_LUNG_MASK_COLUMNS} is present")
+        needs = "input.patches" if self.spec.patches is not None else f"input.roi={self.spec.roi}"
+        raise InputError("manifest", f"{needs} needs lung masks: none of the columns {_LUNG_MASK_COLUMNS} is "
+                         "present (or give --lung-model RUN)")
 
     def prepare(self, sample: dict) -> list[np.ndarray]:
         for t in self.pre:
             sample = t(sample)
+        if self.spec.patches is not None:
+            from cxrlab.train.patch_mode import canvas_input
+
+            return [canvas_input(sample, self.spec.patches)]
         out = []
         for s in self.roi(sample):
             s = self.resize({schema.KEY_IMAGE: s[schema.KEY_IMAGE], schema.KEY_META: s.get(schema.KEY_META, {})})
@@ -95,6 +108,10 @@ class InputPipeline:
         Explanation (heatmap-in-lung concordance) and the service's overlays need the lungs in the model's frame
         and the geometric steps that led there.
         """
+        if self.spec.patches is not None:
+            raise ConfigError("a patch-mode run (input.patches) has no single model input per image: explanation "
+                              "and the service's overlays are not wired for patch runs yet "
+                              "(cxrlab.patches.probabilistic_patch_cam is the building block)")
         for t in self.pre:
             sample = t(sample)
         out = []
@@ -109,6 +126,8 @@ class InputPipeline:
         return out
 
     def augmenter(self, force: bool) -> Callable | None:
+        if self.spec.patches is not None:
+            return None  # the schema refuses input.augment in patch mode; random patches vary every step instead
         specs = self.spec.augment or (DEFAULT_AUGMENT if force else [])
         return build_transforms(specs, seed=0) if specs else None
 

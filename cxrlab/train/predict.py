@@ -4,6 +4,7 @@
 >>> run.predict(["a.png", "b.dcm"])              # DataFrame: image, prob_<class>, pred_*...
 >>> run.predict_sample({"image": img, "patient_right_mask": r, "patient_left_mask": l})
 >>> run.inputs_for(sample)                       # (per_image, C, H, W) float32 tensor: what the model sees
+>>> run.patches_for(sample)                      # patch-mode runs (input.patches): the (K, C, P, P) patches
 >>> run.cam_target_layers()                      # for pytorch-grad-cam, with run.model.as_classifier(head)
 """
 
@@ -96,10 +97,28 @@ class RunModel:
             self._segmenter = LungSegmenter.from_run(lung_model)
         return {**sample, **self._segmenter.predict(sample[schema.KEY_IMAGE])}
 
-    def inputs_for(self, sample: dict, lung_model: str | os.PathLike | None = None) -> torch.Tensor:
-        """``(per_image, C, H, W)`` float32 model input for one sample dict (image float32 [0, 1] + masks)."""
+    def _prepared(self, sample: dict, lung_model: str | os.PathLike | None) -> torch.Tensor:
+        """``(per_image, C, H, W)``: the pipeline's output (patch mode: ``(1, C + 1, S, S)`` masked canvas + mask)."""
         sample = self._with_masks(sample, lung_model)
         return torch.from_numpy(np.stack(self.pipeline.prepare(sample)))
+
+    def inputs_for(self, sample: dict, lung_model: str | os.PathLike | None = None) -> torch.Tensor:
+        """``(per_image, C, H, W)`` float32 model input for one sample dict (image float32 [0, 1] + masks).
+
+        A patch-mode run has K inputs per image, not one: use :meth:`patches_for` (this refuses, so that code
+        written for one input per image fails clearly instead of feeding the model a canvas)."""
+        if self.pipeline.patches is not None:
+            raise ConfigError(f"{self.run_dir} is a patch-mode run (input.patches): it has no single input per "
+                              "image; use RunModel.patches_for or RunModel.predict")
+        return self._prepared(sample, lung_model)
+
+    def patches_for(self, sample: dict, lung_model: str | os.PathLike | None = None) -> torch.Tensor:
+        """Patch mode: ``(K, C, P, P)`` float32, the image's K seeded inference patches (what the model sees)."""
+        from cxrlab.train.patch_mode import eval_patches
+
+        if self.pipeline.patches is None:
+            raise ConfigError(f"{self.run_dir} is not a patch-mode run (no input.patches); use inputs_for")
+        return eval_patches(self._prepared(sample, lung_model), self.pipeline.patches)
 
     # --- prediction -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -108,6 +127,18 @@ class RunModel:
         with autocast(self.precision):
             out = self.model(x)
         return {k: v.float().numpy() for k, v in out.items()}
+
+    def image_logits(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """Per-image logits for prepared inputs ``(images·per_image, C, H, W)``. Patch mode: ``x`` holds masked
+        canvases; each image's K seeded patches go through the model in one forward pass and are aggregated
+        (``input.patches.aggregate``: vote or mean) into log-probabilities, decoded like any logits."""
+        spec = self.pipeline.patches
+        if spec is None:
+            return self.logits(x)
+        from cxrlab.train.patch_mode import as_logits, eval_patches
+
+        parts = [as_logits(self.logits(eval_patches(x[i:i + 1], spec)), spec) for i in range(len(x))]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
     def _decode(self, logits: dict[str, np.ndarray], n_rows: int) -> dict[str, np.ndarray]:
         per = self.pipeline.per_image
@@ -118,7 +149,7 @@ class RunModel:
 
     def predict_sample(self, sample: dict, lung_model: str | os.PathLike | None = None) -> dict[str, Any]:
         """Prediction columns for one in-memory sample."""
-        decoded = self._decode(self.logits(self.inputs_for(sample, lung_model)), 1)
+        decoded = self._decode(self.image_logits(self._prepared(sample, lung_model)), 1)
         return {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in decoded.items()}
 
     def predict(self, data: pd.DataFrame | Manifest | str | os.PathLike | Sequence[str | os.PathLike],
@@ -160,8 +191,8 @@ class RunModel:
                 sample = load_sample(df.iloc[i], mask_cols, label_columns=[])
                 if inverted[i]:
                     sample[schema.KEY_IMAGE] = 1.0 - sample[schema.KEY_IMAGE]
-                samples.append(self.inputs_for(sample, lung_model))
-            decoded_parts.append(self._decode(self.logits(torch.cat(samples)), len(chunk)))
+                samples.append(self._prepared(sample, lung_model))
+            decoded_parts.append(self._decode(self.image_logits(torch.cat(samples)), len(chunk)))
         keep = [c for c in [schema.IMAGE, schema.PATIENT_ID, *self.tasks.columns] if c in df.columns]
         out = df[keep].copy()
         for key in decoded_parts[0] if decoded_parts else []:

@@ -36,6 +36,7 @@ from cxrlab.models import CxrNet, create_model, get_backbone_entry
 from cxrlab.models.weights import WeightSource, load_checkpoint
 from cxrlab.recipes import Recipe, load_recipe, save_recipe
 from cxrlab.tasks import TaskSet
+from cxrlab.train import patch_mode
 from cxrlab.train.balancing import get_balancer
 from cxrlab.train.data import TRAIN_ONLY, RunTable, build_table
 from cxrlab.train.inputs import AugmentedItems, InputPipeline, TensorStore, prepare_inputs, spec_hash
@@ -54,7 +55,10 @@ def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
 def build_tasks(recipe: Recipe, pipeline: InputPipeline) -> TaskSet:
     if pipeline.per_image not in (1, 2):
         raise ConfigError(f"input.roi={recipe.input.roi}: {pipeline.per_image} inputs per image is not supported")
-    return TaskSet.from_config(recipe.tasks, per_side=pipeline.per_image == 2)
+    tasks = TaskSet.from_config(recipe.tasks, per_side=pipeline.per_image == 2)
+    if pipeline.patches is not None:
+        patch_mode.check_tasks(tasks)
+    return tasks
 
 
 def build_model(recipe: Recipe, tasks: TaskSet, pipeline: InputPipeline, weights: str | None = None
@@ -135,7 +139,10 @@ class Trainer:
         trainable = self.n_stages if spec.train_blocks == "all" else min(int(spec.train_blocks), self.n_stages)
         frozen = self.n_stages - trainable
         untouched = state.min_frozen is None or frozen <= state.min_frozen
-        cached = (self.recipe.train.feature_cache is not False and frozen > 0 and self.augment is None and untouched)
+        # patch mode: no feature cache. Every step draws new random patches, so the frozen part's inputs never
+        # repeat (a cache keyed by patch would never hit, one keyed by image would be wrong)
+        cached = (self.recipe.train.feature_cache is not False and frozen > 0 and self.augment is None and untouched
+                  and self.pipeline.patches is None)
         return StagePlan(index, frozen, self.n_stages, cached)
 
     def _set_trainable(self, plan: StagePlan) -> list[nn.Parameter]:
@@ -217,11 +224,16 @@ class Trainer:
         processes when augmentation is on; the targets then come from the augmented sample, so a flip that
         moves the patient's right lung to the other side also swaps the side targets."""
         bs = self.recipe.train.batch_size
+        patches = self.pipeline.patches
         if self.augment is None:
             source = self._source(plan)
             targets = torch.as_tensor(self.table.item_targets)
             for i in range(0, len(items), bs):
                 idx = items[i:i + bs]
+                if patches is not None:  # fresh random lung-centred patches, train_count per image, this step only
+                    yield (i, patch_mode.train_patches(source[idx], patches, [seed, i]),
+                           targets[idx].repeat_interleave(patches.train_count, dim=0))
+                    continue
                 yield i, source[idx].float(), targets[idx]
             return
         loader = torch.utils.data.DataLoader(
@@ -251,6 +263,8 @@ class Trainer:
                 continue  # BatchNorm cannot train on a batch of one
             out = self._forward(x, plan)
             w = None if self.sample_weight is None else self.sample_weight[batch_pos]
+            if w is not None and self.pipeline.patches is not None:
+                w = w.repeat_interleave(self.pipeline.patches.train_count)  # one weight per patch of the image
             loss = self.tasks.loss(out, y, w, self.focal_gamma)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -270,8 +284,10 @@ class Trainer:
         self.model.eval()
         source = self._source(plan)
         bs = max(self.recipe.train.batch_size, 64)
-        outs: dict[str, list[np.ndarray]] = {}
         targets = torch.as_tensor(self.table.item_targets)
+        if self.pipeline.patches is not None:
+            return self._predict_patch_items(items, source, targets, bs)
+        outs: dict[str, list[np.ndarray]] = {}
         loss_sum, n = 0.0, 0
         for i in range(0, len(items), bs):
             idx = items[i:i + bs]
@@ -280,6 +296,23 @@ class Trainer:
             n += len(idx)
             for k, v in out.items():
                 outs.setdefault(k, []).append(v.float().numpy())
+        return {k: np.concatenate(v) for k, v in outs.items()}, loss_sum / max(n, 1)
+
+    def _predict_patch_items(self, items: np.ndarray, source: torch.Tensor, targets: torch.Tensor, bs: int
+                             ) -> tuple[dict[str, np.ndarray], float]:
+        """Patch mode: each image's ``count`` seeded patches in one forward pass, aggregated per image; the loss
+        is the mean patch-level loss (every patch carries its image's targets), the quantity training lowers."""
+        spec = self.pipeline.patches
+        per_pass = max(1, bs // spec.count)  # images per forward pass: at least one image's K patches together
+        outs: dict[str, list[np.ndarray]] = {}
+        loss_sum, n = 0.0, 0
+        for i in range(0, len(items), per_pass):
+            idx = items[i:i + per_pass]
+            out = self._forward(patch_mode.eval_patches(source[idx], spec), None)
+            loss_sum += float(self.tasks.loss(out, targets[idx].repeat_interleave(spec.count, dim=0))) * len(idx)
+            n += len(idx)
+            for k, v in patch_mode.as_logits({k: v.float().numpy() for k, v in out.items()}, spec).items():
+                outs.setdefault(k, []).append(v)
         return {k: np.concatenate(v) for k, v in outs.items()}, loss_sum / max(n, 1)
 
     def evaluate(self, items: np.ndarray, plan: StagePlan | None) -> tuple[dict[str, float], float]:
@@ -498,6 +531,7 @@ def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike |
     atomic_write_json(run_dir / "model.json", {
         **entry.contract(pipeline.in_chans, recipe.model.weights, recipe.input.size), "roi": recipe.input.roi,
         "per_image": pipeline.per_image, "heads": {k: str(v) for k, v in model.heads.items()},
+        **({"patches": pipeline.patches.model_dump()} if pipeline.patches is not None else {}),
         "tasks": tasks.config()})
     state = TrainState()
     if payload is not None:
