@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cxrlab.anatomy.losses import LossConfig
 from cxrlab.data import schema
 from cxrlab.config import load_validated
 
@@ -61,8 +62,9 @@ class SegmentationConfig(_Strict):
     # channels ("mask_right_lung@name"), supervised only by its sources; the shared channels in ``targets`` keep
     # learning from every source and are the general-purpose output. ``LungSegmenter(convention=...)`` chooses.
     lung_conventions: dict[str, list[str]] = Field(default_factory=dict)
-    # Checkpoint selection on val: "source_macro" = mean over sources of each source's mean lung Dice (each
-    # source counts once; pooling lets the largest source decide alone), "pooled" = mean over val images.
+    # Checkpoint selection on val: "source_macro" = mean over sources (groups, with group_column) of each one's
+    # mean lung Dice (each counts once; pooling lets the largest source decide alone), "pooled" = mean over
+    # val images.
     selection: Literal["source_macro", "pooled"] = "source_macro"
     split: SplitConfig = Field(default_factory=SplitConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -70,9 +72,15 @@ class SegmentationConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(16, ge=1)
-    samples_per_epoch: int | None = Field(None, ge=1)  # source-balanced draw per epoch; None = all
-    # Relative share of each source in that draw (fnmatch pattern → weight); None = equal shares.
+    samples_per_epoch: int | None = Field(None, ge=1)  # group-balanced draw per epoch; None = all
+    # The manifest column whose values are the groups that draw balances (default: source_dataset). The same
+    # groups stratify the patient-level split (split.by_source), choose the capped val subset and are what
+    # selection "source_macro" averages over. Severity sets it to "<source>|disease"/"<source>|clear" groups.
+    group_column: str | None = None
+    # Relative share of each group in that draw (fnmatch pattern → weight); None = equal shares.
     source_weights: dict[str, float] | None = None
+    # Training loss: bce_dice (default) | dice | tversky | focal, with options (``cxrlab.anatomy.losses``).
+    loss: LossConfig = Field(default_factory=LossConfig)
     # Start from another run's weights (its directory → checkpoints/best.pt, or a .pt file): fine-tuning.
     # Only the model weights are taken; optimiser, schedule and split are this run's own.
     init_from: str | None = None

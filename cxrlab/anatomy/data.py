@@ -67,6 +67,15 @@ def load_table(cfg: SegmentationConfig) -> pd.DataFrame:
     df = df[any_target].reset_index(drop=True)
     if df.empty:
         raise InputError(", ".join(cfg.manifests), f"no row has any target mask {cfg.targets}")
+    if cfg.group_column is not None:
+        if cfg.group_column not in df.columns:
+            raise ConfigError(f"group_column {cfg.group_column!r} is not a column of the manifests "
+                              f"({', '.join(cfg.manifests)})")
+        missing = df[cfg.group_column].isna() | (df[cfg.group_column].astype(str).str.strip() == "")
+        if missing.any():
+            raise InputError(", ".join(cfg.manifests), f"{int(missing.sum())} row(s) have no {cfg.group_column} "
+                             f"(group_column), e.g. {df.loc[missing, schema.IMAGE].iloc[0]}",
+                             field=cfg.group_column)
     dup = df[schema.IMAGE].duplicated()
     if dup.any():
         raise InputError(", ".join(cfg.manifests), f"{int(dup.sum())} image(s) listed twice, e.g. "
@@ -87,7 +96,7 @@ def assign_split(df: pd.DataFrame, cfg: SegmentationConfig) -> pd.DataFrame:
         s = cfg.split
         ratios = (1 - s.val_fraction - s.test_fraction, s.val_fraction, s.test_fraction)
         df["split"] = split_patients(df, ratios, seed=s.seed,
-                                     stratify=schema.SOURCE_DATASET if s.by_source else None).to_numpy()
+                                     stratify=group_column(cfg) if s.by_source else None).to_numpy()
     assert_patient_disjoint(df)
     return df
 
@@ -102,6 +111,16 @@ class Cached:
     valid: np.ndarray         # N×K bool: channel supervised for this image
     ignore: np.ndarray        # N×H×W uint8: 1 where lung channels are unsupervised (SCR retrocardiac)
     sources: np.ndarray       # N source names
+    groups: np.ndarray | None = None  # N sampling groups (``group_column``); None = the sources
+
+    def __post_init__(self) -> None:
+        if self.groups is None:
+            self.groups = self.sources
+
+
+def group_column(cfg: SegmentationConfig) -> str:
+    """The column whose values are the sampling groups: ``group_column``, else ``source_dataset``."""
+    return cfg.group_column or schema.SOURCE_DATASET
 
 
 def _row_arrays(row: pd.Series, cfg: SegmentationConfig) -> tuple:
@@ -151,7 +170,8 @@ def build_cache(df: pd.DataFrame, cfg: SegmentationConfig, on_item=None) -> Cach
             inputs[i] = extra
         if on_item:
             on_item(i + 1, n)
-    return Cached(images, inputs, targets, valid, ignore, sources)
+    groups = df[cfg.group_column].astype(str).to_numpy(dtype=object) if cfg.group_column else None
+    return Cached(images, inputs, targets, valid, ignore, sources, groups)
 
 
 def augmentation(cfg: SegmentationConfig) -> Compose:
@@ -220,8 +240,9 @@ class SegmentationDataset(Dataset):
 
 def balanced_draw(sources: np.ndarray, n: int, rng: np.random.Generator,
                   weights: dict[str, float] | None = None) -> np.ndarray:
-    """``n`` positions drawn so each source contributes equally, or in proportion to ``weights`` (fnmatch
-    pattern → relative weight; every source must match one pattern). Replacement only when a source must."""
+    """``n`` positions drawn so each group (a source, or any label: ``group_column``) contributes equally, or in
+    proportion to ``weights`` (fnmatch pattern → relative weight; every group must match one pattern).
+    Replacement only when a group must."""
     names = sorted(set(sources))
     groups = [np.flatnonzero(sources == s) for s in names]
     if weights is None:

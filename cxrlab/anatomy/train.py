@@ -1,4 +1,5 @@
-"""``train_segmentation(config) -> run_dir``: Dice + BCE, patient-level split, early stopping, resume.
+"""``train_segmentation(config) -> run_dir``: Dice + BCE (or ``loss``: Dice, Tversky, focal), patient-level
+split, group-balanced draws, early stopping, resume.
 
 Run directory: ``recipe.yaml`` (the resolved config, incl. seed), ``split.csv``, ``checkpoints/{last,best}.pt``
 (written atomically every epoch), ``history.csv``, ``metrics.json`` (held-out test set, per source and
@@ -26,6 +27,7 @@ from cxrlab.anatomy.config import SegmentationConfig, convention_channel, load_c
 from cxrlab.anatomy.data import (SegmentationDataset, assign_split, balanced_draw, balanced_subset, build_cache,
                                  load_table)
 from cxrlab.anatomy.evaluate import evaluate_segmenter
+from cxrlab.anatomy.losses import DiceBCELoss, build_loss  # noqa: F401  (DiceBCELoss: public here since v1)
 from cxrlab.anatomy.predict import LungSegmenter, autocast, load_checkpoint, resolve_precision
 from cxrlab.data import schema
 from cxrlab.data.splits import save_split
@@ -33,31 +35,6 @@ from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temps, seed_everything
 
 Progress = Callable[[str, int, int, str], None]
-
-
-class DiceBCELoss(nn.Module):
-    """BCE-with-logits + soft Dice, both weighted per pixel and channel by ``w`` (0 = unsupervised).
-
-    Dice is computed per (image, channel) and averaged over the supervised pairs, so an image without a heart
-    mask neither rewards nor penalises the heart channel.
-    """
-
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, eps: float = 1.0):
-        super().__init__()
-        self.bce_weight, self.dice_weight, self.eps = bce_weight, dice_weight, eps
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        bce = (bce * weight).sum() / weight.sum().clamp_min(1.0)
-        p = torch.sigmoid(logits) * weight
-        t = target * weight
-        inter = (p * t).sum(dim=(2, 3))
-        denom = p.sum(dim=(2, 3)) + t.sum(dim=(2, 3))
-        supervised = (weight.sum(dim=(2, 3)) > 0).float()
-        dice = 1.0 - (2 * inter + self.eps) / (denom + self.eps)
-        dice = (dice * supervised).sum() / supervised.sum().clamp_min(1.0)
-        return self.bce_weight * bce + self.dice_weight * dice
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -121,7 +98,7 @@ def selection_score(dice: np.ndarray, sources: np.ndarray, selection: str) -> fl
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, loader: DataLoader, loss_fn: DiceBCELoss, precision: str, threshold: float,
+def _validate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, precision: str, threshold: float,
               channels: list[np.ndarray], sources: np.ndarray, selection: str) -> tuple[float, float]:
     """Mean loss and the selection score of hard lung Dice (supervised pixels only, letterboxed canvas)."""
     model.eval()
@@ -179,11 +156,11 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
     if len(train_idx) == 0:
         raise ConfigError("the split left no training images")
     if cfg.val_max_images and len(val_idx) > cfg.val_max_images:
-        val_idx = val_idx[balanced_subset(cache.sources[val_idx], cfg.val_max_images,
+        val_idx = val_idx[balanced_subset(cache.groups[val_idx], cfg.val_max_images,
                                           np.random.default_rng(cfg.seed))]
     train_ds = SegmentationDataset(cache, train_idx, cfg, train=True)
     val_ds = SegmentationDataset(cache, val_idx if len(val_idx) else train_idx[:1], cfg, train=False)
-    val_channels, val_sources = scored_channels(val_ds), cache.sources[val_ds.indices]
+    val_channels, val_sources = scored_channels(val_ds), cache.groups[val_ds.indices]
     # A target no training image has (the heart when training on V7/COVID-QU-Ex only) is never learned: the
     # run records which targets (and conventions) were supervised and its segmenter outputs only those.
     supervised = [c for c, v in zip(cfg.targets, cache.valid[train_idx].any(axis=0)) if v]
@@ -199,7 +176,7 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         _load_init(model, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.02)
-    loss_fn = DiceBCELoss()
+    loss_fn = build_loss(cfg.loss)
     history: list[dict[str, Any]] = []
     # ``best`` is the reference early stopping measures progress against (moves only by > min_delta);
     # ``best_saved`` is the val Dice of checkpoints/best.pt (any improvement is kept).
@@ -224,7 +201,7 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
             break
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
-        positions = balanced_draw(cache.sources[train_idx], per_epoch, rng, cfg.source_weights) \
+        positions = balanced_draw(cache.groups[train_idx], per_epoch, rng, cfg.source_weights) \
             if cfg.samples_per_epoch \
             else rng.permutation(len(train_idx))
         train_ds.epoch = epoch

@@ -83,8 +83,11 @@ class SeverityConfig(_Strict):
     # (teaching "no disease"); other rows without a mask (e.g. non-COVID pneumonia, never annotated) are dropped.
     disease_free_findings: list[str] = Field(default_factory=lambda: ["normal"])
     # balanced: each epoch draws images with and without disease equally (anatomy's balanced draw over the
-    # groups "<source>|disease" / "<source>|clear"); natural: every training image once per epoch.
+    # groups "<source>|disease" / "<source>|clear", column sampling_group of the derived manifest; or over
+    # group_column); natural: every training image once per epoch.
     sampling: Literal["balanced", "natural"] = "balanced"
+    # Balance on any manifest column instead (e.g. has_disease, source_dataset, sex); None = as above.
+    group_column: str | None = None
     zone_strategy: ZoneStrategy = "equal_area"
     zone_reference: Literal["mask", "brixia"] = "mask"  # what "zone affected" means when fitting the threshold
     brixia: BrixiaFitConfig = Field(default_factory=BrixiaFitConfig)
@@ -94,9 +97,10 @@ class SeverityConfig(_Strict):
     @field_validator("disease")
     @classmethod
     def _no_targets(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in ("targets", "manifests", "out", "name"):
+        for key in ("targets", "manifests", "out", "name", "group_column"):
             if key in v:
-                raise ValueError(f"disease.{key} is set by the severity pipeline; remove it")
+                hint = " (use the severity config's own group_column)" if key == "group_column" else ""
+                raise ValueError(f"disease.{key} is set by the severity pipeline; remove it{hint}")
         return v
 
 

@@ -3,10 +3,12 @@
 1. Training table: rows with a ``mask_disease`` file, plus disease-free rows (``disease_free_findings``) with an
    empty mask written under ``<run>/empty_masks/`` so the model also learns "nothing here"; rows without
    a mask and not known to be clear (e.g. never-annotated pneumonia) are left out.
-2. Sampling: ``balanced`` tags each row ``<source>|disease`` or ``<source>|clear`` in the derived training
-   manifest, so the anatomy trainer's balanced draw gives both groups equal weight in every epoch (and its
-   patient-level split stratifies by them). The loss is the anatomy trainer's per-image Dice + BCE, whose
-   smoothed Dice is zero for an empty prediction on an empty mask, so clear images are learnable.
+2. Sampling: ``balanced`` writes a ``sampling_group`` column (``<source>|disease`` or ``<source>|clear``) into
+   the derived training manifest and makes it the anatomy trainer's ``group_column``, so its balanced draw
+   gives both groups equal weight in every epoch (and its patient-level split stratifies by them);
+   ``source_dataset`` stays the true source. ``group_column`` balances on any other manifest column instead.
+   The loss is the anatomy trainer's ``disease.loss`` (default: per-image Dice + BCE, whose smoothed Dice is
+   zero for an empty prediction on an empty mask, so clear images are learnable).
 3. ``cxrlab.anatomy.train_segmentation`` trains the disease model (any of the nine smp decoders, input
    ``image`` or ``image+lung``) into ``<run>/disease``; its patient-level ``split.csv`` is the split of
    everything below.
@@ -37,6 +39,7 @@ from cxrlab.utils import atomic_write_json, atomic_write_text, remove_stale_temp
 
 Progress = Callable[[str, int, int, str], None]
 GROUP_SEPARATOR = "|"
+SAMPLING_GROUP = "sampling_group"  # the derived manifest's default group column: "<source>|disease|clear"
 
 
 def _has(value: Any) -> bool:
@@ -71,17 +74,24 @@ def training_table(cfg: SeverityConfig, run_dir: Path, progress: Progress) -> pd
             df.at[i, schema.MASK_DISEASE] = str(path)
         progress("masks", i + 1, len(df), "checking disease masks")
     df["has_disease"] = diseased.astype(int)
-    if cfg.sampling == "balanced":
-        df[schema.SOURCE_DATASET] = [f"{s}{GROUP_SEPARATOR}{'disease' if d else 'clear'}"
-                                     for s, d in zip(df[schema.SOURCE_DATASET].astype(str), diseased)]
+    df[SAMPLING_GROUP] = [f"{s}{GROUP_SEPARATOR}{'disease' if d else 'clear'}"
+                          for s, d in zip(df[schema.SOURCE_DATASET].astype(str), diseased)]
     return df
+
+
+def sampling_column(cfg: SeverityConfig) -> str | None:
+    """The disease run's ``group_column``: the config's own, else the disease/clear groups when balanced."""
+    if cfg.group_column:
+        return cfg.group_column
+    return SAMPLING_GROUP if cfg.sampling == "balanced" else None
 
 
 def disease_config(cfg: SeverityConfig, manifest: Path, run_dir: Path, n_rows: int) -> dict[str, Any]:
     base: dict[str, Any] = {"name": f"{cfg.name}-disease", "input": "image+lung", "encoder": "efficientnet_lite0",
                             "seed": cfg.seed, "split": {"seed": cfg.seed}}
     data = {**base, **cfg.disease}
-    data.update(targets=[schema.MASK_DISEASE], manifests=[str(manifest)], out=str(run_dir / "disease"))
+    data.update(targets=[schema.MASK_DISEASE], manifests=[str(manifest)], out=str(run_dir / "disease"),
+                group_column=sampling_column(cfg))
     if cfg.sampling == "balanced" and data.get("samples_per_epoch") is None:
         split = data.get("split", {})
         share = 1.0 - split.get("val_fraction", 0.15) - split.get("test_fraction", 0.15)
