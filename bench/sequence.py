@@ -214,7 +214,6 @@ def figures(result: dict, phantom: Embeddings, out_dir: Path) -> list[str]:
     """Kaplan–Meier curves of the phantom by out-of-fold LSTM Cox risk (halves), and one phantom patient's
     timeline with the ICU probability after each film from an LSTM that never saw the patient."""
     from cxrlab.evaluate.survival import km_figure, timeline_figure
-    from cxrlab.io import read_image
     from cxrlab.train.sequence import build_sequences, fit_sequence_model, load_sequence_config, predict_sequences
 
     made = []

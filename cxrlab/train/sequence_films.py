@@ -1,9 +1,8 @@
 """The film CNN of the sequence models: what made an EMB file's vectors, as a trainable module.
 
->>> cnn = FilmCNN.from_source(emb.info["source"])          # the run or backbone of `cxrlab embed`
->>> store = FilmStore(cnn, frozen=cnn.n_stages - 1)        # films read once, the frozen prefix cached
->>> model = FilmSequenceModel(cnn.trainable_copy(), head, store)   # fine-tuned inside the sequence model
->>> maps = sequence_film_cams(model, seq)                  # Grad-CAM of the output after each film
+>>> store = film_store_for(emb.info, train_blocks=1)       # the run or backbone of `cxrlab embed`, films read once
+>>> model = fit_sequence_model(seqs, config, films=store)  # with features.finetune: the CNN trained in the model
+>>> images, maps = sequence_film_cams(model, seq)          # Grad-CAM of the output after each film
 
 ``FilmCNN`` maps ``[0, 1]`` film inputs (``prepare(sample)``: the same square resize as ``cxrlab embed`` for a
 backbone, the run's own input pipeline for a run) to the pooled vector ``cxrlab embed`` writes, so a sequence
