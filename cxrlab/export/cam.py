@@ -7,7 +7,9 @@ CAM (``cxrlab.explain.forward_cam``), so the graph only has to return the featur
 >>> export_module(CamFeatureModel(net), sample, "model_cam.onnx")  # outputs: the heads + "cam_features"
 >>> maps = forward_cam(outputs["cam_features"], weight, k, size=(H, W))
 
-Not wired into the service yet (``docs/severity.md``, "Towards #14").
+The service's diagnosis stage runs this model on its backend whenever ``forward_cam_weight`` finds the head
+eligible (``cxrlab.serve.stages``; ``cxrlab export`` then writes ``model_cam.onnx``), through a
+:class:`FeatureTap` that keeps the feature map of the last batch and hands the heads on unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 CAM_OUTPUT = "cam_features"
+CAM_ONNX = "model_cam.onnx"  # the run's export of CamFeatureModel, next to model.onnx
 
 
 class CamFeatureModel(nn.Module):
@@ -30,6 +33,25 @@ class CamFeatureModel(nn.Module):
         features = self.net.backbone.run_stages(self.net.normalize(x))
         out = self.net.forward_heads(self.net.backbone.pool(features))
         return {**out, CAM_OUTPUT: features}
+
+
+class FeatureTap(nn.Module):
+    """Wraps a backend module running :class:`CamFeatureModel`: returns the heads only (what the run's task
+    decoding expects) and keeps the last batch's feature map in ``features``."""
+
+    def __init__(self, engine: nn.Module):
+        super().__init__()
+        self.engine = engine
+        self.features: torch.Tensor | None = None
+
+    @property
+    def seconds(self) -> float:  # time spent in the network (the backend wrapper's clock)
+        return self.engine.seconds
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = dict(self.engine(x))
+        self.features = out.pop(CAM_OUTPUT)
+        return out
 
 
 @torch.no_grad()

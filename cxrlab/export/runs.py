@@ -2,7 +2,8 @@
 
 The run is loaded the way the service loads it (``cxrlab.serve.stages``), so what is exported is exactly the
 module the ``onnxruntime`` backend will replace. Each ONNX file lands next to its checkpoint
-(``<run>/model.onnx``; a severity run's disease model in ``<run>/disease/model.onnx``) and the parity report
+(``<run>/model.onnx``; a severity run's disease model in ``<run>/disease/model.onnx``; a classifier whose
+heatmap comes from the forward pass also ``<run>/model_cam.onnx``, see ``cxrlab.export.cam``) and the parity report
 in ``<run>/export.json``. Parity inputs: seeded uniform images in [0, 1] at the model's input size, batches of
 1 and 3 (the dynamic batch axis is exercised too).
 """
@@ -32,7 +33,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", tolerance: float = 1e-3, 
     stage = STAGES.create(role, run_dir, backend="torch-fp32")
     gen = torch.Generator().manual_seed(seed)
     reports = []
-    for name, module, sample, onnx_path in stage.modules():
+    for name, module, sample, onnx_path in getattr(stage, "export_modules", stage.modules)():
         export_module(module, sample, onnx_path)
         samples = [torch.rand((n, *sample.shape[1:]), generator=gen) for n in (1, 3)]
         reports.append(check_parity(module, onnx_path, samples, tolerance=tolerance, name=name))

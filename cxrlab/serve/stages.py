@@ -192,9 +192,9 @@ def _role_from_recipe(recipe: dict[str, Any]) -> str | None:
     return None
 
 
-def fresh_onnx(run_dir: Path) -> Path | None:
-    """``run_dir/model.onnx`` when ``cxrlab export`` wrote it after the checkpoint, else None (re-export)."""
-    onnx_path = run_dir / "model.onnx"
+def fresh_onnx(run_dir: Path, name: str = "model.onnx") -> Path | None:
+    """``run_dir/<name>`` when ``cxrlab export`` wrote it after the checkpoint, else None (re-export)."""
+    onnx_path = run_dir / name
     ckpts = [p for p in (run_dir / "checkpoints").glob("*.pt")] if (run_dir / "checkpoints").is_dir() else []
     if onnx_path.is_file() and all(onnx_path.stat().st_mtime >= p.stat().st_mtime for p in ckpts):
         return onnx_path
@@ -379,7 +379,8 @@ class _ClassifierStage(Stage):
     def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam"):
         import torch
 
-        from cxrlab.export import apply_backend
+        from cxrlab.export import apply_backend, create_backend
+        from cxrlab.export.cam import CAM_ONNX, FeatureTap
         from cxrlab.train import load_run
 
         super().__init__(run_dir)
@@ -393,9 +394,27 @@ class _ClassifierStage(Stage):
         self.cam_method = cam_method
         spec = self.pipeline.spec
         self.sample = torch.rand(1, self.pipeline.in_chans, spec.size, spec.size)
-        self.module, self.fast = apply_backend(self.run_model, "model", backend, sample=self.sample,
-                                               onnx_path=fresh_onnx(self.run_dir))
         self.task = self._task()
+        self.cam_weight = self._forward_cam_weight()
+        if self.cam_weight is None:
+            self.module, self.fast = apply_backend(self.run_model, "model", backend, sample=self.sample,
+                                                   onnx_path=fresh_onnx(self.run_dir))
+            self.exported = self.module
+        else:
+            # Heatmaps from the forward pass: the backend runs the net with its last feature map as a second
+            # output (one backbone pass, any engine); the tap hands the heads to the run's decoding as usual.
+            from cxrlab.export.cam import CamFeatureModel
+
+            self.module = self.run_model.model
+            self.exported = CamFeatureModel(self.module)
+            engine = create_backend(backend, self.exported, sample=self.sample,
+                                    onnx_path=fresh_onnx(self.run_dir, CAM_ONNX))
+            self.fast = FeatureTap(engine)
+            self.run_model.model = self.fast
+
+    def _forward_cam_weight(self) -> Any:
+        """The head weight when this stage's heatmap can come from the forward pass (None: Grad-CAM backward)."""
+        return None
 
     def _task(self) -> Any:
         for task in self.tasks.tasks:
@@ -410,7 +429,17 @@ class _ClassifierStage(Stage):
         return bool(tasks) and isinstance(tasks[0], dict) and tasks[0].get("kind") == cls.task_kind
 
     def modules(self) -> list[tuple[str, Any, Any, Path]]:
-        return [(self.role, self.module, self.sample, self.run_dir / "model.onnx")]
+        """What the backend runs (the net, or the net with its feature-map output) and where its ONNX lives."""
+        from cxrlab.export.cam import CAM_ONNX
+
+        name = "model.onnx" if self.cam_weight is None else CAM_ONNX
+        return [(self.role, self.exported, self.sample, self.run_dir / name)]
+
+    def export_modules(self) -> list[tuple[str, Any, Any, Path]]:
+        """What ``cxrlab export`` writes: the plain classifier graph (``model.onnx``, for use outside cxrlab) and,
+        when the heatmap comes from the forward pass, the graph the backend runs (``model_cam.onnx``)."""
+        plain = [(self.role, self.module, self.sample, self.run_dir / "model.onnx")]
+        return plain if self.cam_weight is None else plain + [(f"{self.role}+cam", *self.modules()[0][1:])]
 
     def prepare(self, case: Any) -> list[tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]]:
         """``[(C×H×W input, lung mask in the same frame or None, applied geometric steps)]`` per model input."""
@@ -462,6 +491,15 @@ class DiagnosisStage(_ClassifierStage):
     role = "diagnosis"
     task_kind = "diagnosis"
 
+    def _forward_cam_weight(self) -> Any:
+        # Only Grad-CAM reduces to CAM (GAP + one linear layer, checked on an example); other CAM methods and
+        # other heads keep the backward pass, in PyTorch fp32.
+        if self.cam_method != "gradcam":
+            return None
+        from cxrlab.export.cam import forward_cam_weight
+
+        return forward_cam_weight(self.run_model.model, self.task.name, self.sample, self.target_layers)
+
     def run(self, cases: list[Any], *, heatmap: bool) -> dict[str, float]:
         timer = Timer()
         with timer("diagnosis"):
@@ -472,7 +510,7 @@ class DiagnosisStage(_ClassifierStage):
             case.report["diagnosis"] = {"probabilities": probs, "predicted": max(probs, key=probs.get),
                                         "outputs": self.outputs_of(decoded, i)}
         if heatmap:
-            with timer("gradcam"):
+            with timer("heatmap"):
                 self._heatmaps(cases, x, prepared)
         return timer.seconds
 
@@ -488,7 +526,13 @@ class DiagnosisStage(_ClassifierStage):
             k = classes.index(case.report["diagnosis"]["predicted"])
             targets += [OutputTarget(k)] * len(per_case)
             owners += [i] * len(per_case)
-        maps = rescale(compute_cam(head_module, x, self.cam_method, self.target_layers, targets))
+        if self.cam_weight is not None:
+            from cxrlab.explain.forward import forward_cam
+
+            maps = rescale(forward_cam(self.fast.features, self.cam_weight, [t.k for t in targets],
+                                       size=tuple(x.shape[-2:])))
+        else:
+            maps = rescale(compute_cam(head_module, x, self.cam_method, self.target_layers, targets))
         start = 0
         for i, (case, per_case) in enumerate(zip(cases, prepared)):
             own = maps[start:start + len(per_case)]
@@ -501,6 +545,8 @@ class DiagnosisStage(_ClassifierStage):
             finite = [h for h in hcs if np.isfinite(h)]
             case.report["heatmap"] = {
                 "method": self.cam_method, "target": case.report["diagnosis"]["predicted"],
+                "computed": "forward pass (CAM = Grad-CAM for this GAP + linear head)"
+                if self.cam_weight is not None else "backward pass (PyTorch fp32)",
                 "concordance": float(np.mean(finite)) if finite else None,
                 "chance_level": float(np.mean([lung_fraction(l) for _, l, _ in per_case if l is not None]))
                 if any(l is not None for _, l, _ in per_case) else None,
