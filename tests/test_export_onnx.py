@@ -54,13 +54,13 @@ def test_cli_export(service_runs):
 
 
 def test_backends_registry_and_outputs():
-    assert set(list_backends()) == {"torch-fp32", "torch-bf16", "onnxruntime"}
-    assert {"torch-fp32", "onnxruntime"} <= set(available_backends())
+    assert set(list_backends()) == {"torch-fp32", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "fastest"}
+    assert {"torch-fp32", "onnxruntime", "openvino", "fastest"} <= set(available_backends())
     with pytest.raises(ConfigError, match="unknown inference backend"):
         create_backend("tensorrt", torch.nn.Identity(), sample=torch.zeros(1))
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch-bf16"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch-bf16", "openvino", "openvino-bf16", "fastest"])
 def test_backends_agree_with_fp32_in_the_pipeline(service_runs, backend):
     if backend not in available_backends():
         pytest.skip(f"{backend} is not available on this CPU")
@@ -72,9 +72,50 @@ def test_backends_agree_with_fp32_in_the_pipeline(service_runs, backend):
     ref = AnalysisPipeline.from_config(cfg).analyze(data).report
     got = AnalysisPipeline.from_config(cfg.model_copy(update={"backend": backend})).analyze(data).report
     assert got["backend"] == backend
-    tol = 1e-3 if backend == "onnxruntime" else 0.1  # bf16 keeps ~3 significant digits
+    exact = backend in ("onnxruntime", "openvino")
+    tol = 1e-3 if exact else 0.1  # bf16 keeps ~3 significant digits; fastest may pick a bf16 engine
     for c, p in ref["diagnosis"]["probabilities"].items():
         assert abs(got["diagnosis"]["probabilities"][c] - p) <= tol
     assert abs(got["icu"]["risk"] - ref["icu"]["risk"]) <= tol
-    if backend == "onnxruntime":  # same masks up to a handful of boundary pixels
+    if exact:  # same masks up to a handful of boundary pixels
         assert got["quality"]["lung_fraction"] == pytest.approx(ref["quality"]["lung_fraction"], abs=2e-3)
+
+
+def test_fastest_times_every_engine_and_rejects_disagreeing_ones(monkeypatch):
+    from cxrlab.export import backends
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    sample = torch.rand(1, 1, 32, 32)
+    engine, choice = backends.choose_fastest(net, sample=sample, candidates=["torch-fp32", "onnxruntime", "openvino"])
+    assert set(choice["median_ms"]) == {"torch-fp32", "onnxruntime", "openvino"} and not choice["rejected"]
+    assert choice["chosen"] == min(choice["median_ms"], key=choice["median_ms"].get)
+    assert engine.engine == choice["chosen"]
+    torch.testing.assert_close(engine(sample), net(sample), atol=1e-4, rtol=1e-4)
+
+    # an engine whose outputs are off is never chosen, however fast
+    class Wrong(torch.nn.Module):
+        engine = "wrong"
+        seconds = 0.0
+
+        def forward(self, x):
+            return net(x) + 1.0
+
+    monkeypatch.setitem(backends.BACKENDS._entries, "wrong", lambda m, **kw: Wrong())
+    _, choice = backends.choose_fastest(net, sample=sample, candidates=["torch-fp32", "wrong"])
+    assert choice["chosen"] == "torch-fp32" and "wrong" in choice["rejected"]
+
+
+def test_openvino_parity_on_a_run_export(service_runs, tmp_path):
+    """OpenVINO compiles the graph `cxrlab export` wrote; fp32 matches PyTorch like onnxruntime does."""
+    import shutil
+
+    from cxrlab.serve.stages import STAGES
+
+    run = tmp_path / "icu"
+    shutil.copytree(service_runs["icu"], run)
+    export_run(run)
+    ref = STAGES.create("icu", run, backend="torch-fp32")
+    got = STAGES.create("icu", run, backend="openvino")
+    assert got.fast.onnx_path == run / "model.onnx" and got.card()["engine"]["name"] == "openvino"
+    x = torch.rand(2, *ref.sample.shape[1:])
+    torch.testing.assert_close(got.fast(x), ref.fast(x), atol=1e-4, rtol=1e-4)

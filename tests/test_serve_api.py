@@ -87,7 +87,7 @@ def test_analyze_each_format(client, phantom, kind):
     assert hm["method"] == "gradcam" and hm["target"] == rep["diagnosis"]["predicted"] and hm["shown_on_image"]
     assert hm["concordance"] is None or 0 <= hm["concordance"] <= 1
     for stage in ("decode", "lung_segmentation", "lung_segmentation.network", "diagnosis", "diagnosis.network",
-                  "gradcam", "icu", "opacity_segmentation", "severity_scores", "render", "total"):
+                  "heatmap", "icu", "opacity_segmentation", "severity_scores", "render", "total"):
         assert rep["timings_ms"][stage] >= 0
     assert rep["timings_ms"]["total"] >= rep["timings_ms"]["heatmap"]
     assert set(rep["models"]) == ALL_ROLES and all("@" in v for v in rep["models"].values())

@@ -1,4 +1,6 @@
-"""Inference backends by name: ``torch-fp32``, ``torch-bf16``, ``onnxruntime``.
+"""Inference backends by name: ``torch-fp32``, ``torch-bf16``, ``onnxruntime``, ``openvino`` (fp32),
+``openvino-bf16`` (CPUs with native bf16) and ``fastest`` (times the others on the model and keeps the fastest
+whose outputs agree with PyTorch fp32).
 
 A backend turns a trained ``torch.nn.Module`` into a module with the same call signature whose forward runs on
 the chosen engine. Because the result is still an ``nn.Module``, any library object that calls ``self.model(x)``
@@ -133,6 +135,36 @@ class OnnxRuntimeModule(_Wrapped):
         return tensors[0] if self.single else tuple(tensors)
 
 
+class OpenVinoModule(_Wrapped):
+    """Runs the exported ONNX graph compiled by OpenVINO's CPU plugin (oneDNN kernels; AVX-512 / AMX bf16 when the
+    precision is ``bf16``). Outputs come back in the graph's order, re-keyed like the PyTorch module's."""
+
+    def __init__(self, module: nn.Module, onnx_path: Path, sample: torch.Tensor, precision: str = "f32"):
+        super().__init__(module)
+        import openvino as ov
+
+        self.onnx_path = Path(onnx_path)
+        self.engine = "openvino" if precision == "f32" else f"openvino-{precision}"
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                  # the same thread budget as torch (the service's torch_threads), one stream: latency first
+                  "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "NUM_STREAMS": 1}
+        self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        with torch.no_grad():
+            template = module.eval()(sample)
+        self.keys = list(template) if isinstance(template, dict) else None
+        self.single = isinstance(template, torch.Tensor)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        result = self.request.infer({0: feed})
+        # copies: the request's output buffers are reused by the next call
+        tensors = [torch.from_numpy(np.array(result[o], dtype=np.float32, copy=True)) for o in self.compiled.outputs]
+        if self.keys is not None:
+            return dict(zip(self.keys, tensors))
+        return tensors[0] if self.single else tuple(tensors)
+
+
 def _map_tensors(out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if isinstance(out, torch.Tensor):
         return fn(out)
@@ -161,6 +193,31 @@ def _onnxruntime_available() -> bool:
     return True
 
 
+def _openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _onnx_file(module: nn.Module, sample: torch.Tensor, onnx_path: str | Path | None):
+    """``onnx_path`` when it exists (``cxrlab export`` wrote it), else the module exported to a private file (the
+    ONNX engines read the whole graph when the session is made, so a temporary file may go away afterwards)."""
+    from cxrlab.export.onnx import export_module
+
+    if onnx_path is not None and Path(onnx_path).exists():
+        yield Path(onnx_path)
+        return
+    with contextlib.ExitStack() as stack:
+        if onnx_path is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cxrlab-onnx-")))
+            onnx_path = tmp / "model.onnx"
+        export_module(module, sample, onnx_path)
+        yield Path(onnx_path)
+
+
 @BACKENDS.register("torch-fp32", available=lambda: True)
 def _torch_fp32(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
     return TorchFP32(module)
@@ -174,14 +231,73 @@ def _torch_bf16(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Pat
 @BACKENDS.register("onnxruntime", available=_onnxruntime_available)
 def _onnxruntime(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
     """Use ``onnx_path`` when it exists (``cxrlab export``), else export to a private temporary file first."""
-    from cxrlab.export.onnx import export_module
+    with _onnx_file(module, sample, onnx_path) as path:
+        return OnnxRuntimeModule(module, path, sample)
 
-    if onnx_path is not None and Path(onnx_path).exists():
-        return OnnxRuntimeModule(module, Path(onnx_path), sample)
-    with contextlib.ExitStack() as stack:
-        if onnx_path is None:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cxrlab-onnx-")))
-            onnx_path = tmp / "model.onnx"
-        export_module(module, sample, onnx_path)
-        # The session has read the whole graph into memory, so a temporary file may go away afterwards.
-        return OnnxRuntimeModule(module, Path(onnx_path), sample)
+
+@BACKENDS.register("openvino", available=_openvino_available)
+def _openvino(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    with _onnx_file(module, sample, onnx_path) as path:
+        return OpenVinoModule(module, path, sample, precision="f32")
+
+
+@BACKENDS.register("openvino-bf16", available=lambda: _openvino_available() and bf16_supported())
+def _openvino_bf16(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    with _onnx_file(module, sample, onnx_path) as path:
+        return OpenVinoModule(module, path, sample, precision="bf16")
+
+
+#: largest |output - PyTorch fp32 output| on the timing sample for ``fastest`` to accept an engine (logits,
+#: probabilities and masks alike; bf16 engines are typically 1e-3..1e-2 off)
+FASTEST_TOLERANCE = 0.05
+
+
+def choose_fastest(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None,
+                   candidates: list[str] | None = None, repeats: int = 5,
+                   tolerance: float = FASTEST_TOLERANCE) -> tuple[nn.Module, dict[str, Any]]:
+    """Time every available engine on ``sample`` (median of ``repeats`` calls after a warm-up) and return the
+    fastest whose outputs agree with PyTorch fp32 within ``tolerance``, with the timings and rejections."""
+    names = candidates or [n for n in available_backends() if n != "fastest"]
+    with torch.no_grad():
+        reference = _flat(module.eval()(sample))
+    with _onnx_file(module, sample, onnx_path) as path, torch.no_grad():
+        timings: dict[str, float] = {}
+        rejected: dict[str, str] = {}
+        engines: dict[str, nn.Module] = {}
+        for name in names:
+            engine = BACKENDS.get(name)(module, sample=sample, onnx_path=path)
+            out = _flat(engine(sample))
+            diff = max(float((a - b).abs().max()) for a, b in zip(out, reference))
+            if diff > tolerance:
+                rejected[name] = f"max |diff| {diff:.3g} > {tolerance:g}"
+                continue
+            seconds = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                engine(sample)
+                seconds.append(time.perf_counter() - t0)
+            timings[name] = float(np.median(seconds)) * 1000
+            engines[name] = engine
+    best = min(timings, key=timings.get)
+    chosen = engines[best]
+    chosen.seconds = 0.0
+    return chosen, {"chosen": best, "median_ms": {k: round(v, 3) for k, v in timings.items()}, "rejected": rejected}
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out.float()]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flat(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _flat(v)]
+    return []
+
+
+@BACKENDS.register("fastest", available=lambda: True)
+def _fastest(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    """The fastest engine for this model on this machine, chosen when the model is loaded (``choose_fastest``);
+    the wrapper's ``choice`` says which and why."""
+    engine, choice = choose_fastest(module, sample=sample, onnx_path=onnx_path)
+    engine.choice = choice
+    return engine

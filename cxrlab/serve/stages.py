@@ -138,7 +138,15 @@ class Stage(ABC):
         return self._version
 
     def card(self) -> dict[str, Any]:
-        return model_card(self.role, self.run_dir)
+        card = model_card(self.role, self.run_dir)
+        engine = getattr(self, "fast", None) or getattr(self, "engine", None)
+        if engine is not None and not isinstance(getattr(engine, "engine", ""), str):
+            engine = engine.engine  # through a FeatureTap to the backend module
+        if engine is not None:
+            # which engine runs the network; under backend "fastest", what was timed and why it was chosen
+            card["engine"] = {"name": getattr(engine, "engine", None), **({"choice": engine.choice}
+                                                                       if hasattr(engine, "choice") else {})}
+        return card
 
     @abstractmethod
     def run(self, cases: list[Any], *, heatmap: bool) -> dict[str, float]:
@@ -288,8 +296,7 @@ class OpacityStage(_SegmenterStage):
         return ("lung_run" in recipe and "manifests" in recipe) or super().matches(recipe)
 
     def card(self) -> dict[str, Any]:
-        return model_card(self.role, self.run_dir, scoring=self.scoring.model_dump(mode="json"),
-                          disease_model=self.version())
+        return super().card() | {"scoring": self.scoring.model_dump(mode="json"), "disease_model": self.version()}
 
     def run(self, cases: list[Any], *, heatmap: bool) -> dict[str, float]:
         from cxrlab.anatomy.geometry import lung_zones
