@@ -1,4 +1,4 @@
-"""``cxrlab severity train|predict|evaluate``: a thin layer over :mod:`cxrlab.severity`."""
+"""``cxrlab severity train|predict|evaluate|compare``: a thin layer over :mod:`cxrlab.severity`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from cxrlab.cli._common import console, progress, stage_callback
 from cxrlab.errors import ConfigError
+from cxrlab.severity.compare import DECODERS
 
 severity_app = typer.Typer(help="Two-stage severity scoring: lungs → disease → zone scores.", no_args_is_help=True)
 
@@ -33,7 +34,7 @@ def train_cmd(
 
 
 _BACKEND_HELP = "inference engine of both stages: auto (torch-bf16 where the CPU has bf16, else torch-fp32), " \
-                "torch-fp32, torch-bf16, onnxruntime"
+                "torch-fp32, torch-bf16, onnxruntime, openvino, openvino-bf16, fastest"
 
 
 def _pipeline(run: Optional[Path], lung_run: Optional[Path], disease_run: Optional[Path], backend: str):
@@ -137,6 +138,39 @@ def evaluate_cmd(
                                                                      "involvement", "failed_images")}, indent=1,
                              default=str))
     console.print(f"written: {run / 'metrics.json'}")
+
+
+@severity_app.command("compare")
+def compare_cmd(
+    config: str = typer.Argument(..., help="recipe name (covid-scoring) or severity config YAML: the shared "
+                                           "Stage I, data, split and Stage II budget"),
+    out: Path = typer.Option(..., "--out", help="study directory: one severity run per decoder + comparison.md/png"),
+    decoders: str = typer.Option(",".join(DECODERS), "--decoders", help="comma-separated smp decoders (default: the paper's nine)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key of the shared config, e.g. disease.epochs=5"),
+    part: str = typer.Option("test", "--part", help="part of the Stage II split to evaluate on"),
+    backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
+    speed_images: int = typer.Option(32, "--speed-images", help="held-out images timed per decoder"),
+    n_boot: int = typer.Option(200, help="bootstrap resamples for CIs"),
+) -> None:
+    """The paper's decoder study: each Stage II decoder on the same Stage I, split and budget → Dice/IoU, zone-count
+    MAE, grade macro-MAE, FP area on normals, images/s, parameters and MACs; a table and a scatter plot.
+    Re-running the same command resumes (finished decoders are kept)."""
+    from cxrlab.severity.compare import compare_decoders, write_comparison
+
+    names = [d.strip() for d in decoders.split(",") if d.strip()]
+
+    def show(decoder: str, r: dict) -> None:
+        d = r.get("disease", {})
+        zc = r.get("zone_count_mae_ci", {}).get("value", float("nan"))
+        console.print(f"{decoder}: Dice {d.get('dice_mean', float('nan')):.3f}, zone-count MAE {zc:.2f}, "
+                      f"{r.get('images_per_s', float('nan')):.1f} images/s")
+
+    with progress() as bar:
+        comparison = compare_decoders(config, out, names, overrides=list(set_), part=part, backend=backend,
+                                      speed_images=speed_images, n_boot=n_boot, progress=stage_callback(bar),
+                                      on_decoder=show)
+    files = write_comparison(comparison, out)
+    console.print(f"written: {files['markdown']} and {files['plot']}")
 
 
 def register(app: typer.Typer) -> None:
