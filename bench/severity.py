@@ -68,6 +68,13 @@ def prepare(_: argparse.Namespace) -> None:
 
 
 def config(args: argparse.Namespace) -> dict:
+    """The benchmark's severity config with ``--set`` overrides applied."""
+    from cxrlab.config import apply_overrides
+
+    return apply_overrides(base_config(args), list(getattr(args, "set", []) or []))
+
+
+def base_config(args: argparse.Namespace) -> dict:
     """Stage II sized for ~20-30 min on 2 shared cores: 128 px, U-Net/EfficientNet-Lite0 (ImageNet), epochs × 300."""
     return {
         "name": "covid-scoring-bench",
@@ -363,6 +370,7 @@ def report(_: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global OUT, RUN
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", choices=["prepare", "train", "fit", "evaluate", "speed", "cohen_cv", "report"])
     p.add_argument("--lung-run", type=Path, default=ROOT / "runs" / "lung_bench")
@@ -374,7 +382,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="speed: timings per engine; the median is reported")
     p.add_argument("--compare-previous", action="store_true",
                    help="speed: also time the previous path (the runs' own NCHW segmenters) under the same load")
+    p.add_argument("--out", type=Path, default=OUT, help="benchmark folder (data/, run/, results; git-ignored)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="train/fit: override a key of the severity config, e.g. disease.size=256 (repeatable)")
     args = p.parse_args()
+    OUT, RUN = args.out.resolve(), args.out.resolve() / "run"
     steps = {"prepare": prepare, "train": train, "fit": fit, "evaluate": evaluate, "speed": speed, "cohen_cv": cohen_cv,
              "report": report}
     steps[args.step](args)
