@@ -104,3 +104,22 @@ def test_decoder_config_and_errors(study):
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "segformer" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_segmentation_cis_on_a_hand_made_table():
+    from cxrlab.severity.evaluation import segmentation_cis
+
+    pred = pd.DataFrame({
+        "patient_id": ["a", "a", "b", "c", "d"],
+        "dice": [0.8, 0.6, 0.4, None, None], "iou": [0.6, 0.4, 0.25, None, None],
+        "tp": [8, 6, 4, 0, 0], "n_pred": [10, 10, 10, 5, 0], "n_true": [10, 10, 10, 0, 0],
+        "fp_area": [None, None, None, 0.05, 0.0], "fp_any": [None, None, None, True, False],
+        "pred_zone_count": [3, 2, 1, 1, 0], "ref_zone_count": [2, 2, 2, 0, 0],
+    })
+    cis = segmentation_cis(pred, n_boot=50)
+    assert cis["dice_mean"]["value"] == pytest.approx(0.6)
+    assert cis["dice_pooled"]["value"] == pytest.approx(2 * 18 / 60)
+    assert cis["iou_pooled"]["value"] == pytest.approx(18 / (60 - 18))
+    assert cis["dice_mean"]["low"] <= 0.6 <= cis["dice_mean"]["high"]
+    assert cis["fp_area_mean"]["value"] == pytest.approx(0.025) and cis["fp_any"]["value"] == pytest.approx(0.5)
+    assert cis["zone_count_mae"]["value"] == pytest.approx(3 / 5) and cis["zone_count_mae"]["n"] == 5

@@ -91,19 +91,10 @@ def network_size(pipe: Any) -> dict[str, float]:
     return out
 
 
-def _mean_ci(values: pd.Series, patients: pd.Series, n_boot: int, seed: int = 0) -> dict[str, float]:
-    from cxrlab.evaluate.bootstrap import bootstrap
-
-    v = values.to_numpy(float)
-    est = bootstrap(lambda idx: {"mean": float(np.mean(v[idx]))}, len(v), patients.to_numpy(), n_boot=n_boot,
-                    seed=seed)["mean"]
-    return est.as_dict()
-
-
 def evaluate_decoder(run: Path, *, part: str = "test", backend: str = "auto", speed_images: int = 32,
                      batch_size: int = 8, n_boot: int = 200, progress: Progress | None = None) -> dict[str, Any]:
     """The figures of one decoder's severity run (see the module docstring)."""
-    from cxrlab.severity.evaluation import predict_rows, summarize_severity
+    from cxrlab.severity.evaluation import predict_rows, segmentation_cis, summarize_severity
     from cxrlab.severity.pipeline import SeverityPipeline
 
     pipe = SeverityPipeline.from_run(run, backend=backend)
@@ -112,8 +103,7 @@ def evaluate_decoder(run: Path, *, part: str = "test", backend: str = "auto", sp
         raise ConfigError(f"{run}: the {part} part of the Stage II split is empty")
     pred = predict_rows(pipe, rows, batch_size=batch_size, progress=progress, stage=f"{run.name}: evaluate")
     summary = summarize_severity(pred, n_boot=n_boot)
-    seg = pred[pred["n_true"] > 0] if "n_true" in pred else pred.iloc[0:0]
-    zc = pred.dropna(subset=["pred_zone_count", "ref_zone_count"]) if "ref_zone_count" in pred else pred.iloc[0:0]
+    cis = segmentation_cis(pred, n_boot=n_boot)
     result: dict[str, Any] = {
         "decoder": run.name, "part": part, "n_images": int(len(rows)), "backend": pipe.backend,
         "disease": summary.get("disease", {}), "normal_false_positive": summary.get("normal_false_positive", {}),
@@ -121,13 +111,11 @@ def evaluate_decoder(run: Path, *, part: str = "test", backend: str = "auto", sp
         "grade_macro_mae": summary.get("involvement", {}).get("grade_macro_mae") or {},
         "failed_images": summary.get("failed_images", 0),
     }
-    if len(seg):
-        result["dice_mean_ci"] = _mean_ci(seg["dice"], seg[schema.PATIENT_ID], n_boot)
-        result["iou_mean_ci"] = _mean_ci(seg["iou"], seg[schema.PATIENT_ID], n_boot)
-    if len(zc):
-        err = (zc["pred_zone_count"] - zc["ref_zone_count"]).abs()
-        result["zone_count_mae_ci"] = _mean_ci(err, zc[schema.PATIENT_ID], n_boot)
-        result["zone_count_n"] = int(len(zc))
+    if "dice_mean" in cis:
+        result["dice_mean_ci"], result["iou_mean_ci"] = cis["dice_mean"], cis["iou_mean"]
+    if "zone_count_mae" in cis:
+        result["zone_count_mae_ci"] = cis["zone_count_mae"]
+        result["zone_count_n"] = cis["zone_count_mae"]["n"]
     paths = rows[schema.IMAGE].astype(str).tolist()[:speed_images]
     pipe.throughput(paths[: min(len(paths), batch_size)], batch_size=batch_size)  # warm-up: first calls compile
     speed = pipe.throughput(paths, batch_size=batch_size)
