@@ -29,7 +29,8 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-AREAS = ["data", "segment", "learn", "evaluate", "severity", "quality", "retrieval", "sequence", "serve", "demo"]
+AREAS = ["data", "segment", "learn", "evaluate", "severity", "quality", "retrieval", "sequence", "serve", "demo",
+         "study"]
 
 for _area in AREAS:
     try:

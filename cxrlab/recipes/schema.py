@@ -198,6 +198,9 @@ class TrainSpec(_Strict):
     cache_dir: str | None = Field(None, description="default: $CXRLAB_HOME/cache")
     num_workers: int = Field(2, ge=0, description="processes preparing images (keep both cores busy)")
     threads: int = Field(1, ge=1, description="torch intra-op threads (1: on a shared CPU more threads spin and stall)")
+    side: Literal["right", "left"] | None = Field(
+        None, description="per-lung ROI (lung, midline): train and early-stop on this lung's inputs only, an "
+        "independent one-sided model balanced on its own lung's grade (predictions are still written for both)")
 
     @field_validator("stages")
     @classmethod

@@ -119,6 +119,13 @@ class Trainer:
         self.balancer = get_balancer(tr.balancing)
         self.train_items = table.items("train")
         self.val_items = table.items("val")
+        if tr.side is not None:  # an independent one-sided model: the other lung's inputs are neither seen nor scored
+            if not tasks.per_side:
+                raise ConfigError(f"train.side={tr.side} needs a per-lung ROI (input.roi lung or midline); with "
+                                  f"input.roi={recipe.input.roi} give the task one side instead (sides: [{tr.side}])")
+            keep = table.item_side == (0 if tr.side == "right" else 1)
+            self.train_items = self.train_items[keep[self.train_items]]
+            self.val_items = self.val_items[keep[self.val_items]]
         strata = tasks.strata(table.item_targets)
         self.train_strata = None if strata is None else strata[self.train_items]
         if self.train_strata is None and tr.balancing != "none":

@@ -1,0 +1,53 @@
+"""``cxrlab study run|report|list``: a thin layer over :mod:`cxrlab.study`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cxrlab.cli._common import console
+
+study_app = typer.Typer(help="Studies: a grid of recipes × folds × sides on Ray Tune, with selection and report.",
+                        no_args_is_help=True)
+
+
+@study_app.command("run")
+def run_cmd(
+    study: str = typer.Argument(..., help="a shipped study name (aloe-opacity) or a study YAML path"),
+    data: list[Path] = typer.Option(..., "--data", help="manifest, in the order of the study's data roles "
+                                    "(aloe-opacity: COVID-QU-Ex, then ieee8023); repeatable"),
+    lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="lung segmentation run for images "
+                                              "without lung masks (and the HCS lungs)"),
+    out: Path = typer.Option(..., "--out", help="study directory (rerun the same command to resume)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local Ray)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="a budget preset of the study file (quick, paper)"),
+) -> None:
+    """Run or resume a study: every stage of its protocol, each trial one Ray Tune trial; writes DIR/best/."""
+    from cxrlab.study import run_study
+
+    run_study(study, data, out, lung_model=lung_model, address=address, preset=preset,
+              log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    console.print(f"study: {out} (report: {out / 'report.html'})")
+
+
+@study_app.command("report")
+def report_cmd(out: Path = typer.Argument(..., help="a study directory written by `cxrlab study run`")) -> None:
+    """(Re)write DIR/report.md and DIR/report.html from what the study directory holds."""
+    from cxrlab.study.report import write_report
+
+    write_report(out, log=lambda line: console.print(line, highlight=False))
+
+
+@study_app.command("list")
+def list_cmd() -> None:
+    """The shipped studies."""
+    from cxrlab.study.spec import list_studies
+
+    for name, text in list_studies().items():
+        console.print(f"{name}: {text}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(study_app, name="study")

@@ -1,0 +1,120 @@
+"""Running a list of trials on Ray Tune: one trial per (combination, fold, side), one CPU each, local by
+default (``ray.init()``) or on a cluster (``ray.init(address=...)``).
+
+Resume: each batch is a named Tune experiment under ``DIR/ray/``; after a kill it is continued with
+``Tuner.restore`` (``Tuner.can_restore``), and a trial whose cxrlab run directory already holds ``trial.json`` is
+skipped (an interrupted training resumes from its ``checkpoints/last.pt``). Progress: one line per finished
+trial with an overall bar.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cxrlab.errors import CxrlabError
+from cxrlab.study.trial import read_trial, run_trial, trial_done
+
+
+class StudyError(CxrlabError):
+    """A trial failed; the message is the trial and its error in one line."""
+
+
+def _trainable(config: dict[str, Any]) -> dict[str, Any]:
+    out = run_trial(config["trial"])
+    return {"done": 1, **{k: v for k, v in out["scores"].items() if isinstance(v, (int, float)) and v is not None}}
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    full = int(width * done / max(total, 1))
+    return f"[{'#' * full}{'.' * (width - full)}] {done}/{total}"
+
+
+def _line(out: dict[str, Any], done: int, total: int) -> str:
+    s = out.get("scores", {})
+    mm, hcs = s.get("macro_mae"), s.get("ma_hcs")
+    side = f" {out['side']}" if out.get("side") else ""
+    return (f"{_bar(done, total)} {out['combo']} fold {out['fold']}{side}: macro-MAE "
+            f"{'-' if mm is None else f'{mm:.3f}'}, MA-HCS {'-' if hcs is None else f'{hcs:.3f}'} "
+            f"({out.get('seconds', 0):.0f} s)")
+
+
+def _fit(path: Path, todo: list[dict[str, Any]], progress: Any, name: str) -> None:
+    """One Tune experiment at ``path``: restored when Tune saved its state there (after a kill), else new.
+    A restored experiment whose trials all ended leaves nothing to do; the caller starts a fresh one for the
+    trials still without a result (e.g. a trial directory removed by hand)."""
+    from ray import tune
+
+    trainable = tune.with_resources(_trainable, {"cpu": 1})
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if path.exists():  # killed before Tune saved its state: nothing to restore, start the batch again
+            shutil.rmtree(path)
+        tuner = tune.Tuner(
+            trainable, param_space={"trial": tune.grid_search(todo)},
+            run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent.resolve()), verbose=0,
+                                      callbacks=[progress], failure_config=tune.FailureConfig(max_failures=0),
+                                      checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
+    grid = tuner.fit()
+    if grid.errors:
+        failed = [r for r in grid if r.error is not None]
+        which = failed[0].config["trial"]["id"] if failed and failed[0].config else "a trial"
+        lines = [ln for ln in str(grid.errors[0]).strip().splitlines() if ln.strip()]
+        reason = lines[-1] if lines else "unknown error"
+        raise StudyError(f"{len(grid.errors)} trial(s) of {name} failed; {which}: {reason} "
+                         f"(logs under {path}; rerun the same command to resume)")
+
+
+def run_trials(trials: list[dict[str, Any]], storage: Path, name: str, *, address: str | None = None,
+               num_cpus: int | None = None, log: Callable[[str], None] = print,
+               counter: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Run ``trials`` (configs of :func:`cxrlab.study.trial.run_trial`) as the Tune experiment ``name``; returns
+    ``{trial id: trial.json}`` for all of them. ``counter`` ({"done", "total"}) carries the overall bar."""
+    counter = counter if counter is not None else {"done": 0, "total": len(trials)}
+    todo = [t for t in trials if not trial_done(t["run_dir"])]
+    if todo:
+        from ray import tune
+
+        ensure_ray(address, num_cpus)
+
+        class Progress(tune.Callback):
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                counter["done"] += 1
+                run_dir = trial.config["trial"]["run_dir"]
+                if trial_done(run_dir):
+                    log(_line(read_trial(run_dir), counter["done"], counter["total"]))
+
+        t0 = time.perf_counter()
+        attempt = 0
+        while todo:
+            # first the stage's own experiment (restored after a kill); then, for trials it did not finish (a
+            # restored experiment that had ended, a trial directory removed by hand), a fresh one
+            path = storage / (name if attempt == 0 else f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            _fit(path, todo, Progress(), name)
+            left = [t for t in trials if not trial_done(t["run_dir"])]
+            if len(left) >= len(todo) and attempt > 0:
+                break  # no progress: reported below
+            todo, attempt = left, attempt + 1
+        log(f"{name}: done in {time.perf_counter() - t0:.0f} s")
+    missing = [t["id"] for t in trials if not trial_done(t["run_dir"])]
+    if missing:
+        raise StudyError(f"{name}: {len(missing)} trial(s) have no result ({missing[0]}); rerun to resume")
+    return {t["id"]: read_trial(t["run_dir"]) for t in trials}

@@ -1,0 +1,283 @@
+"""The study report (``DIR/report.md`` and ``DIR/report.html`` from the same tables): the screen ranking
+(Table 3 analogue), the cross-validation mean ± sd and pooled out-of-fold scores (Tables 4-5), the joint
+selection, the final model against the readers (Tables 6-7: multiclass and the three binary collapses) and
+subgroup tables (Table 8: right/left/average with patient-bootstrap CIs).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cxrlab.errors import InputError
+from cxrlab.evaluate.ordinal import COLLAPSES, ordinal_metrics
+from cxrlab.study.trial import TRIAL_FILE
+
+Table = tuple[list[str], list[list[Any]]]
+AGE_BANDS = (0, 40, 60, 80, 200)
+SCREEN_KEYS = ["macro_mae", "mae", "ma_hcs", "weighted_f1", "accuracy", "kappa_quadratic"]
+CV_KEYS = ["weighted_precision", "weighted_recall", "weighted_f1", "macro_mae", "ma_hcs"]
+READER_KEYS = ["mae", "macro_mae", "weighted_precision", "weighted_recall", "weighted_f1", "accuracy",
+               "kappa_quadratic"]
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _est(e: dict | None) -> str:
+    if not e:
+        return "–"
+    return f"{_fmt(e.get('value'))} [{_fmt(e.get('low'))}, {_fmt(e.get('high'))}]"
+
+
+class Doc:
+    def __init__(self) -> None:
+        self.parts: list[tuple[str, Any]] = []
+
+    def h(self, text: str, level: int = 2) -> None:
+        self.parts.append(("h", (level, text)))
+
+    def p(self, text: str) -> None:
+        self.parts.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> None:
+        self.parts.append(("t", (header, rows)))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, x in self.parts:
+            if kind == "h":
+                out.append(f"{'#' * x[0]} {x[1]}\n")
+            elif kind == "p":
+                out.append(f"{x}\n")
+            else:
+                header, rows = x
+                out.append("| " + " | ".join(header) + " |")
+                out.append("|" + "---|" * len(header))
+                out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+                out.append("")
+        return "\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        body = []
+        for kind, x in self.parts:
+            if kind == "h":
+                body.append(f"<h{x[0]}>{html.escape(x[1])}</h{x[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{html.escape(x)}</p>")
+            else:
+                header, rows = x
+                head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+                trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+        style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
+                 "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}")
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _combo_cells(combo: str, grid_keys: list[str], trials: Path) -> list[str]:
+    """The grid values of a combination (read from one of its trials' recipe overrides via the id order)."""
+    parts = combo.split("__")
+    return parts if len(parts) == len(grid_keys) else [combo] + [""] * (len(grid_keys) - 1)
+
+
+def reader_predictions(out: Path, spec: dict, sides: list[str | None], lung_model: str | None) -> pd.DataFrame:
+    """The best model(s)' grades on the readers' images, cached in ``DIR/readers_predictions.parquet``."""
+    cache = out / "readers_predictions.parquet"
+    if cache.is_file():
+        return pd.read_parquet(cache)
+    from cxrlab.data.manifest import load_manifest
+    from cxrlab.study.prepare import reader_grades
+    from cxrlab.train import load_run
+
+    df = load_manifest(out / "data" / "readers.csv").df
+    res = df[[c for c in ("image", "patient_id", "sex", "age", "view", "source_dataset") if c in df]].copy()
+    for name, r in spec["readers"].items():
+        res[f"{name}_right"], res[f"{name}_left"] = reader_grades(df, r["right"]), reader_grades(df, r["left"])
+    for s in sides:
+        run = load_run(out / "best" / s if s else out / "best")
+        pred = run.predict(df, lung_model=lung_model, mask_cache=out / "lung_masks")
+        for side in ([s] if s else ["right", "left"]):
+            res[f"model_{side}"] = pred[f"pred_{spec['task_column']}_{side}"].to_numpy()
+    res.to_parquet(cache, index=False)
+    return res
+
+
+def _pair_rows(a: np.ndarray, b: np.ndarray, pid: np.ndarray, n: int, n_boot: int) -> dict:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if not ok.any():
+        return {}
+    return ordinal_metrics(a[ok], b[ok], n, patient_ids=pid[ok], n_boot=n_boot)
+
+
+def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None] = print) -> Path:
+    """Write ``report.md`` and ``report.html`` of the study directory ``out`` from what it holds."""
+    out = Path(out)
+    if not (out / "stages.json").is_file():
+        raise InputError(out, "not a study directory (no stages.json): run `cxrlab study run` first")
+    spec = yaml.safe_load((out / "study.yaml").read_text())
+    decisions = json.loads((out / "stages.json").read_text())
+    data_info = json.loads((out / "data" / "data.json").read_text()) if (out / "data" / "data.json").is_file() else {}
+    grid_keys = list(spec["grid"])
+    preset = spec.get("preset")
+    doc = Doc()
+    doc.h(f"Study {spec['name']}" + (f" (preset {preset})" if preset else ""), 1)
+    if spec.get("description"):
+        doc.p(spec["description"])
+    if spec.get("reference"):
+        doc.p(f"Reference: {spec['reference']}")
+    doc.h("Set-up")
+    doc.p(f"Base recipe {spec['recipe']}; overrides for every trial: {', '.join(spec['set']) or 'none'}.")
+    if preset and preset in spec.get("presets", {}):
+        p = spec["presets"][preset]
+        doc.p(f"Preset {preset}: {p.get('description', '')} Budget reductions: overrides {', '.join(p['set']) or 'none'}"
+              f"; training data sub-sampled to {p.get('max_patients') or 'all'} patients; HCS on "
+              f"{spec['hcs_images']} test images per trial.")
+    for role, info in data_info.items():
+        doc.p(f"Data ({role}): {info['source']} via preparer {info['prepare']}: {info['rows']} images, "
+              f"{info['patients']} patients" + (f"; sub-sampled to {info['subsampled_to_patients']} patients "
+                                                f"({info['rows_kept']} images)" if "subsampled_to_patients" in info
+                                                else "") + ".")
+    doc.p(f"Grid: " + "; ".join(f"{k} ∈ {v}" for k, v in spec["grid"].items()) +
+          f". Sides: {spec.get('sides') or 'one model for both lungs'}. {spec['folds']} patient-level folds "
+          "(one split file per fold, the same for every combination and side).")
+    for k, text in spec.get("grid_labels", {}).items():
+        doc.p(f"{k}: {text}")
+    for note in spec.get("notes", []):
+        doc.p(note)
+    doc.p(f"HCS definition: {spec['hcs']} (cxrlab.explain.hcs); MA-HCS = mean over true grades of the mean "
+          "per-image HCS, on a seeded sample of each trial's test images.")
+    for stage in decisions["stages"]:
+        for side, rec in stage["sides"].items():
+            if stage["kind"] == "screen":
+                doc.h(f"Screen on fold {stage['fold']} ({side}) — Table 3 analogue, ranked by {stage['metric']}")
+                rows = [[i + 1, *_combo_cells(r["combo"], grid_keys, out), *[_fmt(r.get(k)) for k in SCREEN_KEYS],
+                         "kept" if r["combo"] in rec["kept"] else ""] for i, r in enumerate(rec["ranking"])]
+                doc.table(["rank", *grid_keys, *SCREEN_KEYS, ""], rows)
+            elif stage["kind"] == "cv":
+                doc.h(f"{stage['folds']}-fold cross-validation ({side}) — Tables 4-5 analogue (mean ± sd over folds; "
+                      "pooled out-of-fold)")
+                rows = []
+                for c, r in rec.items():
+                    ms = r["mean_sd"]
+                    rows.append([*_combo_cells(c, grid_keys, out),
+                                 *[f"{_fmt(ms.get(k, {}).get('mean'))} ± {_fmt(ms.get(k, {}).get('sd'))}"
+                                   for k in CV_KEYS], _fmt(r["pooled"].get("macro_mae")), r["pooled"].get("n")])
+                doc.table([*grid_keys, *CV_KEYS, "pooled OOF macro_mae", "OOF lungs"], rows)
+            elif stage["kind"] == "select":
+                doc.h(f"Selection ({side})")
+                doc.p(f"Rule: {stage.get('rule') or stage['criterion']}. Chosen: {rec['best']}.")
+                rows = [[c, *[v for k, v in t.items()]] for c, t in sorted(rec["ranks"].items(),
+                                                                             key=lambda kv: kv[1]["rank_sum"])]
+                first = next(iter(rec["ranks"].values()))
+                doc.table(["combination", *first.keys()], rows)
+            elif stage["kind"] == "final":
+                doc.h(f"Final model ({side}) on a fresh split (seed {stage['seed']})")
+                t = rec["test"]
+                doc.p(f"{rec['combo']} retrained; written as {Path(rec['run_dir']).relative_to(out.resolve()) if Path(rec['run_dir']).is_absolute() and Path(rec['run_dir']).is_relative_to(out.resolve()) else rec['run_dir']}"
+                      " (an ordinary run directory).")
+                doc.table(["n lungs", *SCREEN_KEYS], [[t.get("n"), *[_fmt(t.get(k)) for k in SCREEN_KEYS]]])
+    _reader_sections(doc, out, spec, decisions, n_boot)
+    md = doc.markdown()
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(doc.html(f"Study {spec['name']}"))
+    log(f"report: {out / 'report.html'}")
+    return out / "report.html"
+
+
+def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: int) -> None:
+    final = next((s for s in decisions["stages"] if s["kind"] == "final"), None)
+    if final is None:
+        return
+    sides = spec.get("sides") or [None]
+    if spec.get("readers") and (out / "data" / "readers.csv").is_file():
+        lung = (json.loads((out / "best" / (sides[0] or "") / "data_filter.json").read_text()).get("lung_masks")
+                or {}).get("lung_run") if (out / "best" / (sides[0] or "") / "data_filter.json").is_file() else None
+        df = reader_predictions(out, spec, sides, lung)
+        readers = list(spec["readers"])
+        raters = ["model", *readers]
+        pid = df["patient_id"].astype(str).to_numpy()
+        pairs = [(r, "model") for r in readers] + [(readers[i], readers[j]) for i in range(len(readers))
+                                                   for j in range(i + 1, len(readers))]
+        doc.h("Model and readers — Tables 6-7 analogue (reference first; patient-bootstrap 95 % CIs)")
+        doc.p(f"{len(df)} images of the readers' set, {df['patient_id'].nunique()} patients. Per-lung reader grade "
+              "= the mean of the reader's three zone scores of that lung, rounded. The readers' set is never "
+              "trained on.")
+        results: dict[tuple[str, str, str], dict] = {}
+        for side in ("right", "left"):
+            for a, b in pairs:
+                results[(a, b, side)] = _pair_rows(df[f"{a}_{side}"].to_numpy(float),
+                                                   df[f"{b}_{side}"].to_numpy(float), pid, spec["n_grades"], n_boot)
+        rows = []
+        for a, b in pairs:
+            for side in ("right", "left"):
+                m = results[(a, b, side)].get("metrics", {})
+                rows.append([f"{a} vs {b}", side, results[(a, b, side)].get("n", 0), *[_est(m.get(k)) for k in READER_KEYS]])
+            avg = [np.mean([results[(a, b, s)].get("metrics", {}).get(k, {}).get("value", np.nan) for s in ("right", "left")])
+                   for k in READER_KEYS]
+            rows.append([f"{a} vs {b}", "average", "", *[_fmt(float(v)) for v in avg]])
+        doc.table(["pair", "side", "n", *READER_KEYS], rows)
+        doc.h("Binary collapses (Table 7 analogue)")
+        rows = []
+        for a, b in pairs:
+            for side in ("right", "left"):
+                m = results[(a, b, side)].get("metrics", {})
+                rows.append([f"{a} vs {b}", side, *[_est(m.get(f"{c}.weighted_f1")) for c in COLLAPSES]])
+        doc.table(["pair", "side", *[f"{c} weighted F1" for c in COLLAPSES]], rows)
+        _subgroups(doc, df, spec, readers[0], n_boot)
+    test_rows = []
+    for s in sides:
+        run = out / "best" / s if s else out / "best"
+        if (run / "predictions.parquet").is_file():
+            p = pd.read_parquet(run / "predictions.parquet")
+            test_rows.append(p[p["split"] == "test"])
+    if test_rows:
+        doc.p("On the final split's test part (truth = the training data's grades):")
+        t = test_rows[0].copy()
+        for s, part in zip(sides, test_rows):
+            for side in ([s] if s else ["right", "left"]):
+                col = f"{spec['task_column']}_{side}"
+                t[f"truth_{side}"] = part.set_index("image")[col].reindex(t["image"]).to_numpy()
+                t[f"model_{side}"] = part.set_index("image")[f"pred_{col}"].reindex(t["image"]).to_numpy()
+        _subgroups(doc, t, spec, "truth", n_boot)
+
+
+def _subgroups(doc: Doc, df: pd.DataFrame, spec: dict, reference: str, n_boot: int) -> None:
+    from cxrlab.evaluate.subgroups import bin_column
+
+    doc.h(f"Subgroups — Table 8 analogue (model vs {reference}: MAE [95 % CI], right / left / average)")
+    rows = []
+    for by in spec.get("subgroups", []):
+        if by not in df.columns or df[by].isna().all():
+            rows.append([by, "not recorded", "", "", "", ""])
+            continue
+        column = bin_column(df[by], AGE_BANDS) if by == "age" else df[by].astype(object)
+        column = column.where(column.notna(), "missing").astype(str)
+        for level in sorted(column.unique()):
+            sub = df[column == level]
+            pid = sub["patient_id"].astype(str).to_numpy()
+            cells = []
+            vals = []
+            for side in ("right", "left"):
+                r = _pair_rows(sub[f"{reference}_{side}"].to_numpy(float), sub[f"model_{side}"].to_numpy(float),
+                               pid, spec["n_grades"], n_boot)
+                m = r.get("metrics", {}).get("mae")
+                cells.append(_est(m))
+                vals.append(m["value"] if m else np.nan)
+            warn = "too few patients" if sub["patient_id"].nunique() < 20 else ""
+            rows.append([by, level, sub["patient_id"].nunique(), *cells, _fmt(float(np.nanmean(vals)))
+                         if np.isfinite(vals).any() else "–", warn])
+    doc.table(["subgroup", "level", "patients", "right MAE", "left MAE", "average", "note"],
+              [r if len(r) == 7 else [*r[:2], r[2], r[3], r[4], r[5], ""] for r in rows])

@@ -1,0 +1,216 @@
+"""The study runner (cxrlab.study) on the phantom: grid expansion, ranking, one split per fold shared by every
+combination, a 2-worker local Ray run of a whole protocol, resume after an interrupted study, per-side models,
+and the installed CLI refusing a bad study file in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlab.errors import ConfigError, InputError
+from cxrlab.study import expand_grid, joint_best, load_study, rank, top_k
+from cxrlab.study.spec import StudySpec
+
+TINY_SET = ["input.size=32", "model.backbone=resnet18", "model.weights=none", "input.augment=[]",
+            "train.batch_size=32", "train.num_workers=0", "train.early_stopping_patience=2",
+            "train.stages=[{epochs: 2, train_blocks: 0, lr: 0.01}, {epochs: 1, train_blocks: 1, lr: 0.001}]"]
+
+
+def tiny_study(**extra) -> dict:
+    return {"name": "tiny", "recipe": "aloe-opacity", "set": TINY_SET,
+            "grid": {"input.roi": ["none", "lung"], "train.balancing": ["under", "double"]},
+            "sides": ["right", "left"], "folds": 3, "hcs_images": 4, "stratify": None,
+            "selection_rule": "rank sum of pooled macro-MAE and MA-HCS",
+            "protocol": [{"kind": "screen", "fold": 0, "rank_by": {"name": "macro_mae"}, "top": 1},
+                         {"kind": "cv"},
+                         {"kind": "select", "criterion": [{"name": "macro_mae"}, {"name": "ma_hcs", "goal": "max"}]},
+                         {"kind": "final", "seed": 1}],
+            **extra}
+
+
+# --- grid, ranking, spec -----------------------------------------------------------------------------------
+def test_expand_grid_product_ids_and_overrides():
+    combos = expand_grid({"model.backbone": ["resnet50", "vgg16", "densenet121"], "input.roi": ["none", "lung"],
+                          "train.stages": [[{"epochs": 1}], [{"epochs": 2}]]})
+    assert len(combos) == 12
+    assert len({c.id for c in combos}) == 12
+    assert combos[0].as_dict() == {"model.backbone": "resnet50", "input.roi": "none", "train.stages": [{"epochs": 1}]}
+    assert combos[1].as_dict()["train.stages"] == [{"epochs": 2}]  # last key varies fastest
+    assert combos[0].overrides()[:2] == ["model.backbone=resnet50", "input.roi=none"]
+    assert combos[0].overrides()[2] == 'train.stages=[{"epochs": 1}]'
+
+
+def test_shipped_opacity_study_is_the_papers_grid():
+    spec = load_study("aloe-opacity")
+    assert len(expand_grid(spec.grid)) == 27
+    assert spec.grid["input.roi"] == ["none", "lung", "midline"]
+    assert spec.grid["train.balancing"] == ["under", "double", "over"]
+    assert spec.sides == ["right", "left"]
+    assert [s.kind for s in spec.protocol] == ["screen", "cv", "select", "final"]
+    assert "midline" in spec.grid_labels["input.roi"] and "spine" in spec.grid_labels["input.roi"]
+    assert "MA-HCS" in spec.selection_rule
+    quick = spec.with_preset("quick")
+    assert "input.size=64" in quick.set and quick.protocol[0].top == 2
+    assert "input.size=224" in spec.with_preset("paper").set
+    with pytest.raises(ConfigError, match="no preset 'huge'"):
+        spec.with_preset("huge")
+
+
+def test_rank_top_k_and_joint_selection():
+    scores = {"a": {"macro_mae": 0.5, "ma_hcs": 0.6}, "b": {"macro_mae": 0.4, "ma_hcs": 0.3},
+              "c": {"macro_mae": float("nan"), "ma_hcs": 0.9}, "d": {"macro_mae": 0.45, "ma_hcs": 0.8}}
+    assert rank(scores, "macro_mae") == ["b", "d", "a", "c"]  # NaN last
+    assert top_k(scores, "macro_mae", 2) == ["b", "d"]
+    assert top_k(scores, "ma_hcs", 1, goal="max") == ["c"]
+    best, table = joint_best(scores, [("macro_mae", "min"), ("ma_hcs", "max")])
+    assert best == "d"  # ranks 2 + 2 beat b (1 + 4) and c (4 + 1) on the tie-break by macro_mae
+    assert table["d"]["rank_sum"] == 4 and table["b"]["rank_sum"] == 5
+
+
+def test_bad_study_is_one_error_naming_the_field(tmp_path):
+    with pytest.raises(InputError, match="grid.input.roi"):
+        load_study({**tiny_study(), "grid": {"input.roi": []}})
+    with pytest.raises(InputError, match="protocol.1.*after a cv"):
+        load_study({**tiny_study(), "protocol": [{"kind": "screen", "rank_by": {"name": "mae"}},
+                                                 {"kind": "select", "criterion": [{"name": "mae"}]}]})
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nrecipe: aloe-opacity\ngrid: {a: [1]}\nprotocol: [{kind: cv}]\nfolds: 1\n")
+    with pytest.raises(InputError, match="bad.yaml.*folds"):
+        load_study(path)
+
+
+def test_installed_cli_bad_study_file_one_line(tmp_path):
+    path = tmp_path / "bad_study.yaml"
+    path.write_text("name: x\nrecipe: aloe-opacity\ngrid: {input.roi: [none]}\nprotocol: [{kind: cv}]\nbogus: 1\n")
+    cli = Path(sys.executable).with_name("cxrlab")
+    proc = subprocess.run([str(cli), "study", "run", str(path), "--data", str(tmp_path / "m.csv"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "bad_study.yaml" in lines[0] and "bogus" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_side_needs_a_per_lung_roi(phantom_root, tmp_path, cxrlab_home):
+    from cxrlab.train import train
+
+    with pytest.raises(ConfigError, match="train.side=right needs a per-lung ROI"):
+        train("aloe-opacity", [phantom_root / "manifest.csv"], tmp_path / "run", show_progress=False,
+              overrides=[*TINY_SET, "input.roi=none", "train.side=right", "train.balancing=under"])
+
+
+# --- a whole study on local Ray (2 workers) --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    from cxrlab.study.engine import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def study_dir(phantom_root, tmp_path_factory, ray_session, cxrlab_home):
+    from cxrlab.study import run_study
+
+    out = tmp_path_factory.mktemp("study") / "tiny"
+    lines: list[str] = []
+    run_study(StudySpec.model_validate(tiny_study()), [phantom_root / "manifest.csv"], out, log=lines.append)
+    (out / "log.txt").write_text("\n".join(lines))
+    return out
+
+
+def test_two_worker_ray_study_runs_the_protocol(study_dir):
+    stages = json.loads((study_dir / "stages.json").read_text())["stages"]
+    assert [s["kind"] for s in stages] == ["screen", "cv", "select", "final"]
+    for side in ("right", "left"):
+        ranking = stages[0]["sides"][side]["ranking"]
+        assert len(ranking) == 4
+        maes = [r["macro_mae"] for r in ranking]
+        assert maes == sorted(maes)  # ranked best first
+        kept = stages[0]["sides"][side]["kept"]
+        assert kept == [ranking[0]["combo"]]
+        assert list(stages[1]["sides"][side]) == kept
+        assert stages[2]["sides"][side]["best"] == kept[0]
+        oof = pd.read_parquet(study_dir / "oof" / f"{kept[0]}__{side}.parquet")
+        assert sorted(oof["fold"].unique()) == [0, 1, 2]
+        assert oof["patient_id"].duplicated().sum() == 0 or oof.groupby("patient_id")["fold"].nunique().max() == 1
+    log = (study_dir / "log.txt").read_text().splitlines()
+    finished = [ln for ln in log if "macro-MAE" in ln]
+    assert len(finished) == 4 * 2 + 2 * 2 + 2  # screen 8, cv 2 new folds x 2 sides, final 2: one line each
+    assert finished[-1].startswith("[####################] 14/14")
+    html = (study_dir / "report.html").read_text()
+    assert "Table 3 analogue" in html and "Tables 4-5 analogue" in html and "<table>" in html
+    assert (study_dir / "report.md").read_text().count("|---") >= 5
+
+
+def test_best_is_an_ordinary_run_dir_per_side(study_dir, phantom_root):
+    from cxrlab.train import load_run
+
+    for side in ("right", "left"):
+        run_dir = study_dir / "best" / side
+        recipe = (run_dir / "recipe.yaml").read_text()
+        pred = load_run(run_dir).predict(phantom_root / "manifest.csv")
+        assert pred[f"pred_opacity_{side}"].notna().all()
+        model = json.loads((run_dir / "model.json").read_text())
+        if model["per_image"] == 2:
+            assert f"side: {side}" in recipe  # one lung's inputs only
+        else:
+            assert list(model["heads"]) == [f"opacity:opacity_{side}"]  # one head: that lung
+
+
+def test_folds_identical_across_combinations_and_sides(study_dir):
+    from cxrlab.data.splits import load_split
+
+    for k in range(3):
+        ref = load_split(study_dir / "splits" / f"fold{k}.csv").set_index("image")["split"]
+        runs = list((study_dir / "trials").glob(f"*/*/fold{k}"))
+        assert len(runs) >= 8 if k == 0 else len(runs) >= 2
+        for run in runs:
+            got = pd.read_csv(run / "split.csv").set_index("image")["split"]
+            assert got.equals(ref.loc[got.index]), run
+    tests = [set(pd.read_csv(study_dir / "splits" / f"fold{k}.csv").query("split == 'test'")["patient_id"])
+             for k in range(3)]
+    assert not (tests[0] & tests[1]) and not (tests[1] & tests[2]) and not (tests[0] & tests[2])
+
+
+def test_resume_after_an_interrupted_study(study_dir, phantom_root, tmp_path, ray_session):
+    """A copy of the study as a kill leaves it: one trial without its result (its training interrupted after
+    the checkpoint), the final stage not run, no report. The rerun trains only what is missing."""
+    from cxrlab.study import run_study
+
+    out = tmp_path / "resumed"
+    shutil.copytree(study_dir, out)
+    for p in [*out.rglob("result.json")]:  # Tune's own trial records stay; cxrlab's results decide
+        pass
+    victim = next(out.glob("trials/*/right/fold1"))
+    (victim / "trial.json").unlink()
+    (victim / "metrics.json").unlink()
+    shutil.rmtree(out / "best")
+    for f in ("stages.json", "report.html", "report.md"):
+        (out / f).unlink()
+    for t in out.glob("trials/*/*/final"):
+        shutil.rmtree(t)
+    untouched = next(out.glob("trials/*/left/fold0"))
+    before = (untouched / "trial.json").stat().st_mtime_ns
+    # the copy's recorded paths point at the original: rewrite the run's own lung/cache paths is not needed,
+    # trials only read their config, which run_study rebuilds for `out`
+    lines: list[str] = []
+    run_study(StudySpec.model_validate(tiny_study()), [phantom_root / "manifest.csv"], out, log=lines.append)
+    done = [ln for ln in lines if "macro-MAE" in ln]
+    assert len(done) == 3  # the interrupted fold and the two final models, nothing else retrained
+    assert (untouched / "trial.json").stat().st_mtime_ns == before
+    assert (victim / "trial.json").is_file() and (out / "best" / "left" / "metrics.json").is_file()
+    a = json.loads((study_dir / "stages.json").read_text())["stages"][2]
+    b = json.loads((out / "stages.json").read_text())["stages"][2]
+    assert a["sides"]["right"]["best"] == b["sides"]["right"]["best"]
