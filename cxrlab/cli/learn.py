@@ -11,6 +11,19 @@ import typer
 from cxrlab.cli._common import console
 
 
+def _kind(recipe: str | Path) -> str | None:
+    """The ``kind:`` a recipe name / file declares, read without loading the model libraries (None: unreadable,
+    the normal loader then reports why)."""
+    from cxrlab.errors import ConfigError, InputError
+    from cxrlab.recipes.loader import read_recipe_file, recipe_path
+
+    try:
+        raw = read_recipe_file(recipe_path(recipe))
+    except (ConfigError, InputError):
+        return None
+    return raw.get("kind") if isinstance(raw, dict) else None
+
+
 def register(app: typer.Typer) -> None:
     recipes_app = typer.Typer(help="Shipped training recipes.", no_args_is_help=True)
 
@@ -18,7 +31,8 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         recipe: str = typer.Argument(..., help="recipe name (cxrlab recipes list) or path to a YAML file"),
         data: list[Path] = typer.Option(..., "--data", help="manifest(s); the first is split by patient, later "
-                                        "ones follow the recipe's data.extra (label fusion)"),
+                                        "ones follow the recipe's data.extra (label fusion; ensemble recipes "
+                                        "pool them all)"),
         out: Path = typer.Option(..., "--out", help="run directory"),
         set_: Optional[list[str]] = typer.Option(None, "--set", help="override a recipe key: train.lr=1e-4"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
@@ -41,6 +55,13 @@ def register(app: typer.Typer) -> None:
         """Train a recipe; writes a self-describing run directory."""
         from cxrlab.recipes import load_recipe
 
+        if _kind(out / "recipe.yaml" if resume else recipe) == "ensemble":  # FLANNEL-style ensemble (#18)
+            from cxrlab.train.ensemble import train_ensemble
+
+            run_dir = train_ensemble(recipe, data, out, resume=resume, overrides=list(set_ or []),
+                                     lung_model=lung_model, mask_cache=mask_cache)
+            console.print(f"ensemble run written to [bold]{run_dir}[/] (metrics.json, predictions.parquet)")
+            return
         overrides = list(set_ or [])
         if mlflow or mlflow_uri:  # recipe keys, so the run directory records them (a resumed run keeps its own)
             overrides.append("tracking.mlflow=true")
@@ -85,9 +106,10 @@ def register(app: typer.Typer) -> None:
         images = resolve_inputs(inputs)  # before the model libraries load: a wrong path fails at once
 
         from cxrlab.train import load_run
+        from cxrlab.train.ensemble import is_ensemble_run, load_ensemble
         from cxrlab.utils import atomic_path
 
-        model = load_run(run)
+        model = load_ensemble(run) if is_ensemble_run(run) else load_run(run)
         table = model.predict(images, lung_model=lung_model, quality=quality, keep_failing=keep_failing)
         if model.lung_masks_report is not None:
             r = model.lung_masks_report

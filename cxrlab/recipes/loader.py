@@ -50,6 +50,13 @@ def _sequence_schema() -> type[BaseModel]:
     return SequenceConfig
 
 
+@RECIPE_KINDS.register("ensemble", command="cxrlab train")
+def _ensemble_schema() -> type[BaseModel]:
+    from cxrlab.train.ensemble_config import EnsembleConfig
+
+    return EnsembleConfig
+
+
 def recipe_kind(raw: dict[str, Any], source: object = "recipe") -> str:
     """The ``kind:`` a raw recipe declares (``learning`` when absent); unknown kinds are a ConfigError."""
     kind = raw.get("kind", DEFAULT_KIND)

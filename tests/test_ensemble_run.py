@@ -1,0 +1,192 @@
+"""Ensemble runs end to end on the phantom (issue #18): `cxrlab train <ensemble recipe> --data M1 --data M2`
+pools both manifests and splits them by patient into folds shared by every learner; out-of-fold probabilities
+never come from a model that trained on that patient; `cxrlab predict` (installed command, subprocess) writes
+prob_<class> columns; `cxrlab evaluate` reads the run; a killed run resumes per finished fold; bad recipes
+fail with one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cxrlab.data import schema
+from cxrlab.ensemble import LeakageError
+from cxrlab.errors import ConfigError
+from cxrlab.recipes.loader import load_recipe
+from cxrlab.train import ensemble as ens
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CLASSES = ["covid19", "viral", "bacterial", "normal"]
+CLI = str(Path(sys.executable).parent / "cxrlab")
+FAST = {"train": {"num_workers": 0, "batch_size": 8, "stages": [{"epochs": 1, "train_blocks": "all", "lr": 0.003}]}}
+
+
+def _recipe(tmp: Path, **changes) -> Path:
+    raw = {
+        "kind": "ensemble", "name": "tiny-ensemble", "seed": 0, "folds": 3, "val_fraction": 0.25,
+        "data": {"extra": "pooled"},
+        "task": {"kind": "diagnosis", "column": "finding", "classes": CLASSES, "class_map": {"viral_other": "viral"}},
+        "base": {"input": {"size": 32, "roi": "none"}, "model": {"backbone": "pasa_cnn", "weights": "none"}, **FAST},
+        "learners": [
+            {"name": "global"},
+            {"name": "patch", "recipe": {"input": {"size": 32, "patches": {"canvas": 64, "size": 32, "count": 4,
+                                                                            "train_count": 2}}}},
+        ],
+        "combiner": {"name": "neural_tanh", "options": {"epochs": 20}},
+        "baselines": [{"name": "mean"}, {"name": "vote"}, {"name": "stacking"}],
+    }
+    raw.update(changes)
+    path = tmp / "ensemble.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_manifests(phantom_root, tmp_path_factory) -> tuple[Path, Path]:
+    """The phantom split by patient into two manifests (absolute paths); M2 has two rows outside the classes
+    (one fungal, one viral_other that the class_map makes viral)."""
+    df = pd.read_csv(phantom_root / "manifest.csv")
+    for c in df.columns:
+        if (c == schema.IMAGE or c.startswith("mask_")) and df[c].notna().any():
+            df[c] = df[c].map(lambda p: str(phantom_root / p) if isinstance(p, str) and p else p)
+    patients = sorted(df[schema.PATIENT_ID].astype(str).unique())
+    second = df[schema.PATIENT_ID].astype(str).isin(patients[::2])
+    m1, m2 = df[~second].copy(), df[second].reset_index(drop=True)
+    m2.loc[0, "finding"] = "fungal"
+    m2.loc[1, "finding"] = "viral_other"
+    m2["source_dataset"] = "second"
+    out = tmp_path_factory.mktemp("manifests")
+    m1.to_csv(out / "m1.csv", index=False)
+    m2.to_csv(out / "m2.csv", index=False)
+    return out / "m1.csv", out / "m2.csv"
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(two_manifests, phantom_root, cxrlab_home, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ensemble")
+    recipe = _recipe(tmp)
+    out = tmp / "run"
+    m1, m2 = two_manifests
+    proc = subprocess.run([CLI, "train", str(recipe), "--data", str(m1), "--data", str(m2), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "learner patch, fold 3/3" in proc.stderr  # progress lines
+    return out
+
+
+def test_ensemble_run_directory(ensemble_run):
+    for name in ("recipe.yaml", "folds.csv", "oof.parquet", "predictions.parquet", "metrics.json", "model.json",
+                 "data_filter.json", "ensemble.json", "combiners/neural_tanh.pkl", "combiners/stacking.pkl"):
+        assert (ensemble_run / name).is_file(), name
+    for learner in ("global", "patch"):
+        for k in range(3):
+            assert (ensemble_run / "learners" / learner / f"fold{k}" / "checkpoints" / "best.pt").is_file()
+    metrics = json.loads((ensemble_run / "metrics.json").read_text())
+    assert set(metrics["learners"]) == {"global", "patch"}
+    assert set(metrics["combiners"]) == {"neural_tanh", "mean", "vote", "stacking"}
+    scores = metrics["combiners"]["neural_tanh"]
+    assert len(scores["per_fold"]) == 3 and 0 <= scores["mean"]["macro_f1"] <= 1
+    report = json.loads((ensemble_run / "data_filter.json").read_text())
+    assert report["rows_dropped"] == 1 and report["dropped_by_source_label"] == {"second / fungal": 1}
+
+
+def test_pooled_manifests_are_split_by_patient(ensemble_run, two_manifests):
+    folds = pd.read_csv(ensemble_run / "folds.csv", dtype={schema.PATIENT_ID: str})
+    assert folds.groupby(schema.PATIENT_ID)["fold"].nunique().max() == 1
+    m2 = pd.read_csv(two_manifests[1])
+    second = folds[schema.IMAGE].isin(m2[schema.IMAGE])
+    assert second.sum() == len(m2) - 1                 # every M2 row but the fungal one is in the folds ...
+    assert folds.loc[second, "fold"].nunique() == 3    # ... spread over the folds: pooled, not train-only
+    assert "viral" in set(folds.loc[folds[schema.IMAGE] == m2.loc[1, schema.IMAGE], "_class"])
+    for k in range(3):
+        split = pd.read_csv(ensemble_run / "splits" / f"fold{k}.csv", dtype={schema.PATIENT_ID: str})
+        merged = split.merge(folds, on=[schema.IMAGE, schema.PATIENT_ID])
+        assert (merged.loc[merged["split"] == "test", "fold"] == k).all()
+        assert (merged.loc[merged["split"] != "test", "fold"] != k).all()
+
+
+def test_oof_never_from_a_model_that_saw_the_patient(ensemble_run):
+    oof = pd.read_parquet(ensemble_run / "oof.parquet")
+    for (learner, fold), part in oof.groupby(["learner", "fold"]):
+        split = pd.read_csv(ensemble_run / "learners" / learner / f"fold{fold}" / "split.csv",
+                            dtype={schema.PATIENT_ID: str})
+        trained = set(split.loc[split["split"] != "test", schema.PATIENT_ID])
+        assert not trained & set(part[schema.PATIENT_ID].astype(str)), (learner, fold)
+    # and the assembly refuses a probability whose model trained on that patient
+    cfg = load_recipe(ensemble_run / "recipe.yaml", kind="ensemble")
+    assignment = pd.read_csv(ensemble_run / "folds.csv", dtype={schema.PATIENT_ID: str})
+    preds = ens._fold_predictions(cfg, ensemble_run, assignment)
+    bad = preds[0]
+    other = assignment[assignment["fold"] != bad.fold].iloc[:1]  # a patient the fold-`bad.fold` model trained on
+    leaked = type(bad)(bad.learner, bad.fold, [*bad.images, other[schema.IMAGE].iloc[0]],
+                       np.vstack([bad.probs, np.full((1, 4), 0.25)]), bad.train_folds)
+    from cxrlab.ensemble import assemble_oof
+
+    with pytest.raises(LeakageError):
+        assemble_oof(assignment, [leaked, *preds[1:]])
+
+
+def test_predict_on_ensemble_run_installed_cli(ensemble_run, two_manifests, tmp_path):
+    out = tmp_path / "table.csv"
+    proc = subprocess.run([CLI, "predict", str(ensemble_run), str(two_manifests[0]), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(out)
+    probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    assert len(table) == len(pd.read_csv(two_manifests[0]))
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5) and (probs >= 0).all()
+    assert (table["pred_diagnosis"] == np.array(CLASSES)[probs.argmax(1)]).all()
+    assert {"global.prob_covid19", "patch.prob_normal"} <= set(table.columns)
+    # the combiner's output, not a copy of one learner's
+    model = ens.load_ensemble(ensemble_run)
+    learner = table[[f"global.prob_{c}" for c in CLASSES]].to_numpy()[:, None]
+    patch = table[[f"patch.prob_{c}" for c in CLASSES]].to_numpy()[:, None]
+    assert np.allclose(model.combiner.predict(np.concatenate([learner, patch], axis=1)), probs, atol=1e-5)
+
+
+def test_evaluate_reads_the_ensemble_run(ensemble_run, tmp_path):
+    proc = subprocess.run([CLI, "evaluate", str(ensemble_run), "--no-gallery", "--n-boot", "20",
+                           "--out", str(tmp_path / "eval")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_resume_keeps_finished_folds_and_retrains_missing(ensemble_run, two_manifests, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(ensemble_run, copy)
+    kept = copy / "learners" / "global" / "fold0" / "checkpoints" / "best.pt"
+    stamp = kept.stat().st_mtime_ns
+    shutil.rmtree(copy / "learners" / "patch" / "fold2")   # as if killed before that fold's first checkpoint
+    (copy / "ensemble.json").unlink()
+    proc = subprocess.run([CLI, "train", "ignored", "--data", str(two_manifests[0]), "--data",
+                           str(two_manifests[1]), "--out", str(copy), "--resume"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "learner global, fold 1/3: kept" in proc.stderr and "learner patch, fold 3/3: trained" in proc.stderr
+    assert kept.stat().st_mtime_ns == stamp and (copy / "ensemble.json").is_file()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"extra": "train_only"}}, "data.extra: pooled"),
+    ({"learners": [{"name": "a", "recipe": {"model": {"backbone": "pasa_cnn", "dropuot": 0.1}}}]}, "dropuot"),
+    ({"combiner": {"name": "averaging"}}, "averaging"),
+    ({"task": {"kind": "binary", "column": "went_icu"}}, "kind: diagnosis"),
+    ({"learners": [{"name": "a"}, {"name": "a"}]}, "used twice"),
+])
+def test_bad_ensemble_recipe_is_one_clear_line(tmp_path, two_manifests, change, message):
+    recipe = _recipe(tmp_path, **change)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(recipe, kind="ensemble")
+    proc = subprocess.run([CLI, "train", str(recipe), "--data", str(two_manifests[0]), "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+    assert message in proc.stderr + proc.stdout
