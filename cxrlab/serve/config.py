@@ -80,6 +80,9 @@ class ServiceConfig(BaseModel):
     store_dir: Path | None = Field(None, description="result store folder; default: a private temporary folder")
     heatmap: bool = True
     cam_method: str = "gradcam"
+    # auto: the diagnosis heatmap from the forward pass where Grad-CAM reduces to CAM (GAP + linear head), else
+    # Grad-CAM's backward pass; backward: always the backward pass (the path before #14, kept for comparison)
+    heatmap_pass: Literal["auto", "backward"] = "auto"
     torch_threads: int | None = Field(None, gt=0)
 
     @field_validator("backend")

@@ -73,7 +73,8 @@ class AnalysisPipeline:
             import torch
 
             torch.set_num_threads(config.torch_threads)
-        stages = create_stages(config.models.present(), backend=config.backend, cam_method=config.cam_method)
+        stages = create_stages(config.models.present(), backend=config.backend, cam_method=config.cam_method,
+                               heatmap_pass=config.heatmap_pass)
         gate = None
         if config.quality.run is not None:
             from cxrlab.quality import QualityGate

@@ -28,7 +28,7 @@ from cxrlab.errors import ConfigError
 from cxrlab.registry import Registry
 from cxrlab.utils import file_sha256
 
-#: role -> stage class (constructor ``(run_dir, *, backend, cam_method)``)
+#: role -> stage class (constructor ``(run_dir, *, backend, cam_method, heatmap_pass)``)
 STAGES: Registry[type] = Registry("service stage")
 
 DEFAULT_INTENDED_USE = {
@@ -168,14 +168,22 @@ class Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-def create_stages(runs: dict[str, Path], *, backend: str, cam_method: str = "gradcam") -> list[Stage]:
+#: how a classifier's heatmap is computed: "auto" = from the forward pass where Grad-CAM reduces to CAM (a global
+#: average pool + one linear head), the backward pass elsewhere; "backward" = always Grad-CAM's backward pass
+HEATMAP_PASSES = ("auto", "backward")
+
+
+def create_stages(runs: dict[str, Path], *, backend: str, cam_method: str = "gradcam",
+                  heatmap_pass: str = "auto") -> list[Stage]:
     """One stage per configured role. A severity run without a configured lung model brings its own Stage I."""
-    stages = [STAGES.create(role, path, backend=backend, cam_method=cam_method) for role, path in runs.items()]
+    stages = [STAGES.create(role, path, backend=backend, cam_method=cam_method, heatmap_pass=heatmap_pass)
+              for role, path in runs.items()]
     for stage in list(stages):
         if stage.role == "opacity" and "lung" not in runs:
             if stage.lung_run is None:
                 raise ConfigError(f"{stage.run_dir}: an opacity model needs lung masks: configure a lung model")
-            stages.append(STAGES.create("lung", stage.lung_run, backend=backend, cam_method=cam_method))
+            stages.append(STAGES.create("lung", stage.lung_run, backend=backend, cam_method=cam_method,
+                                        heatmap_pass=heatmap_pass))
     return stages
 
 
@@ -212,7 +220,7 @@ def fresh_onnx(run_dir: Path, name: str = "model.onnx") -> Path | None:
 class _SegmenterStage(Stage):
     """A segmentation run (:class:`cxrlab.anatomy.LungSegmenter` covers lung and disease models alike)."""
 
-    def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam"):
+    def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam", heatmap_pass: str = "auto"):
         import torch
 
         from cxrlab.anatomy.predict import LungSegmenter
@@ -271,7 +279,7 @@ class OpacityStage(_SegmenterStage):
     role = "opacity"
     target = "mask_disease"
 
-    def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam"):
+    def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam", heatmap_pass: str = "auto"):
         from cxrlab.severity.config import ScoringParams
         from cxrlab.severity.pipeline import PIPELINE_FILE, SCORING_FILE
 
@@ -286,7 +294,7 @@ class OpacityStage(_SegmenterStage):
             seg_dir = disease if disease.is_absolute() else run_dir / disease
         else:
             seg_dir = run_dir
-        super().__init__(seg_dir, backend=backend, cam_method=cam_method)
+        super().__init__(seg_dir, backend=backend, cam_method=cam_method, heatmap_pass=heatmap_pass)
         self.run_dir = run_dir  # the card describes the severity run, the version names its disease model
         if self.target not in self.segmenter.config.targets:
             raise ConfigError(f"{run_dir}: not an opacity model (targets {self.segmenter.config.targets})")
@@ -383,7 +391,7 @@ class _ClassifierStage(Stage):
 
     task_kind = ""
 
-    def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam"):
+    def __init__(self, run_dir: Path, *, backend: str, cam_method: str = "gradcam", heatmap_pass: str = "auto"):
         import torch
 
         from cxrlab.export import apply_backend, create_backend
@@ -399,6 +407,9 @@ class _ClassifierStage(Stage):
         self.pipeline, self.tasks = self.run_model.pipeline, self.run_model.tasks
         self.target_layers = self.run_model.cam_target_layers()
         self.cam_method = cam_method
+        if heatmap_pass not in HEATMAP_PASSES:
+            raise ConfigError(f"heatmap_pass {heatmap_pass!r}: choose one of {', '.join(HEATMAP_PASSES)}")
+        self.heatmap_pass = heatmap_pass
         spec = self.pipeline.spec
         self.sample = torch.rand(1, self.pipeline.in_chans, spec.size, spec.size)
         self.task = self._task()
@@ -501,7 +512,7 @@ class DiagnosisStage(_ClassifierStage):
     def _forward_cam_weight(self) -> Any:
         # Only Grad-CAM reduces to CAM (GAP + one linear layer, checked on an example); other CAM methods and
         # other heads keep the backward pass, in PyTorch fp32.
-        if self.cam_method != "gradcam":
+        if self.cam_method != "gradcam" or self.heatmap_pass == "backward":
             return None
         from cxrlab.export.cam import forward_cam_weight
 
