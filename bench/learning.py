@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from cxrlab.data.manifest import Manifest, load_manifest, save_manifest  # noqa: E402
 from cxrlab.evaluate.bootstrap import bootstrap  # noqa: E402
+from cxrlab.study.prepare import opacity_grade  # noqa: E402  (the paper's bins, shared with the opacity study)
 from cxrlab.tasks.ordinal import macro_mae  # noqa: E402
 
 NOT_MEASURED = [
@@ -51,14 +52,6 @@ INITS = ["none", "imagenet"]
 
 
 # --- derived manifests ---------------------------------------------------------------------------------------
-def opacity_grade(fraction: float) -> float:
-    """The opacity paper's per-lung grade from the opaque share: 0 %, 1-33 %, 34-66 %, 67-100 %."""
-    if pd.isna(fraction):
-        return np.nan
-    pct = round(100 * float(fraction))
-    return 0.0 if pct == 0 else 1.0 if pct <= 33 else 2.0 if pct <= 66 else 3.0
-
-
 def build_manifests(data: Path, work: Path) -> dict[str, list[Path]]:
     out = work / "manifests"
     out.mkdir(parents=True, exist_ok=True)
@@ -136,27 +129,14 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
 
 def run_cv(name: str, manifests: list[Path], args: argparse.Namespace, log: Callable[[str], None]
            ) -> dict[str, pd.DataFrame]:
-    from cxrlab.train import train
+    """Pooled out-of-fold predictions per initialisation, by the library's cross-validation."""
+    from cxrlab.study.crossval import cross_validate
 
     spec = EXPERIMENTS[name]
-    oof: dict[str, pd.DataFrame] = {}
-    for init in spec.get("inits", INITS):
-        parts = []
-        for fold in range(args.folds):
-            run_dir = args.work / "runs" / name / init / f"fold{fold}"
-            if not (run_dir / "metrics.json").is_file():
-                if (run_dir / "checkpoints" / "last.pt").is_file():
-                    train(spec["recipe"], manifests, run_dir, resume=True, show_progress=False)
-                else:
-                    t0 = time.perf_counter()
-                    train(spec["recipe"], manifests, run_dir, show_progress=False,
-                          overrides=common(args.size, args.work / "cache", args.epochs) + spec["set"] +
-                          [f"model.weights={init}", f"split.fold={fold}", f"split.folds={args.folds}"])
-                    log(f"{name} {init} fold {fold}: {time.perf_counter() - t0:.0f} s")
-            pred = pd.read_parquet(run_dir / "predictions.parquet")
-            parts.append(pred[pred["split"] == "test"].assign(fold=fold))
-        oof[init] = pd.concat(parts, ignore_index=True)
-    return oof
+    return {init: cross_validate(spec["recipe"], manifests, args.work / "runs" / name / init, args.folds,
+                                 overrides=common(args.size, args.work / "cache", args.epochs) + spec["set"] +
+                                 [f"model.weights={init}"], log=lambda line, i=init: log(f"{name} {i} {line}"))
+            for init in spec.get("inits", INITS)}
 
 
 # --- scoring -------------------------------------------------------------------------------------------------

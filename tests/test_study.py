@@ -19,14 +19,14 @@ from cxrlab.errors import ConfigError, InputError
 from cxrlab.study import expand_grid, joint_best, load_study, rank, top_k
 from cxrlab.study.spec import StudySpec
 
-TINY_SET = ["input.size=32", "model.backbone=resnet18", "model.weights=none", "input.augment=[]",
+TINY_SET = ["input.size=64", "model.backbone=resnet18", "model.weights=none", "input.augment=[]",
             "train.batch_size=32", "train.num_workers=0", "train.early_stopping_patience=2",
             "train.stages=[{epochs: 2, train_blocks: 0, lr: 0.01}, {epochs: 1, train_blocks: 1, lr: 0.001}]"]
 
 
 def tiny_study(**extra) -> dict:
-    return {"name": "tiny", "recipe": "aloe-opacity", "set": TINY_SET,
-            "grid": {"input.roi": ["none", "lung"], "train.balancing": ["under", "double"]},
+    return {"name": "tiny", "recipe": "aloe-opacity",
+            "set": TINY_SET + ["train.balancing=double"], "grid": {"input.roi": ["none", "lung"]},
             "sides": ["right", "left"], "folds": 3, "hcs_images": 4, "stratify": None,
             "selection_rule": "rank sum of pooled macro-MAE and MA-HCS",
             "protocol": [{"kind": "screen", "fold": 0, "rank_by": {"name": "macro_mae"}, "top": 1},
@@ -135,7 +135,8 @@ def test_two_worker_ray_study_runs_the_protocol(study_dir):
     assert [s["kind"] for s in stages] == ["screen", "cv", "select", "final"]
     for side in ("right", "left"):
         ranking = stages[0]["sides"][side]["ranking"]
-        assert len(ranking) == 4
+        assert len(ranking) == 2
+        assert all(r["ma_hcs"] is not None and 0 <= r["ma_hcs"] <= 1 for r in ranking)  # HCS for every ROI
         maes = [r["macro_mae"] for r in ranking]
         assert maes == sorted(maes)  # ranked best first
         kept = stages[0]["sides"][side]["kept"]
@@ -147,8 +148,8 @@ def test_two_worker_ray_study_runs_the_protocol(study_dir):
         assert oof["patient_id"].duplicated().sum() == 0 or oof.groupby("patient_id")["fold"].nunique().max() == 1
     log = (study_dir / "log.txt").read_text().splitlines()
     finished = [ln for ln in log if "macro-MAE" in ln]
-    assert len(finished) == 4 * 2 + 2 * 2 + 2  # screen 8, cv 2 new folds x 2 sides, final 2: one line each
-    assert finished[-1].startswith("[####################] 14/14")
+    assert len(finished) == 2 * 2 + 2 * 2 + 2  # screen 4, cv 2 new folds x 2 sides, final 2: one line each
+    assert finished[-1].startswith("[####################] 10/10")
     html = (study_dir / "report.html").read_text()
     assert "Table 3 analogue" in html and "Tables 4-5 analogue" in html and "<table>" in html
     assert (study_dir / "report.md").read_text().count("|---") >= 5
@@ -175,7 +176,7 @@ def test_folds_identical_across_combinations_and_sides(study_dir):
     for k in range(3):
         ref = load_split(study_dir / "splits" / f"fold{k}.csv").set_index("image")["split"]
         runs = list((study_dir / "trials").glob(f"*/*/fold{k}"))
-        assert len(runs) >= 8 if k == 0 else len(runs) >= 2
+        assert len(runs) == (4 if k == 0 else 2)
         for run in runs:
             got = pd.read_csv(run / "split.csv").set_index("image")["split"]
             assert got.equals(ref.loc[got.index]), run
@@ -191,8 +192,6 @@ def test_resume_after_an_interrupted_study(study_dir, phantom_root, tmp_path, ra
 
     out = tmp_path / "resumed"
     shutil.copytree(study_dir, out)
-    for p in [*out.rglob("result.json")]:  # Tune's own trial records stay; cxrlab's results decide
-        pass
     victim = next(out.glob("trials/*/right/fold1"))
     (victim / "trial.json").unlink()
     (victim / "metrics.json").unlink()
@@ -203,8 +202,6 @@ def test_resume_after_an_interrupted_study(study_dir, phantom_root, tmp_path, ra
         shutil.rmtree(t)
     untouched = next(out.glob("trials/*/left/fold0"))
     before = (untouched / "trial.json").stat().st_mtime_ns
-    # the copy's recorded paths point at the original: rewrite the run's own lung/cache paths is not needed,
-    # trials only read their config, which run_study rebuilds for `out`
     lines: list[str] = []
     run_study(StudySpec.model_validate(tiny_study()), [phantom_root / "manifest.csv"], out, log=lines.append)
     done = [ln for ln in lines if "macro-MAE" in ln]

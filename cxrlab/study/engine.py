@@ -34,7 +34,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
         ray.init(address=address, **kwargs)
@@ -70,6 +69,7 @@ def _fit(path: Path, todo: list[dict[str, Any]], progress: Any, name: str) -> No
             shutil.rmtree(path)
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(reuse_actors=True),  # one worker process per CPU: imports paid once
             run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent.resolve()), verbose=0,
                                       callbacks=[progress], failure_config=tune.FailureConfig(max_failures=0),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
@@ -85,10 +85,12 @@ def _fit(path: Path, todo: list[dict[str, Any]], progress: Any, name: str) -> No
 
 def run_trials(trials: list[dict[str, Any]], storage: Path, name: str, *, address: str | None = None,
                num_cpus: int | None = None, log: Callable[[str], None] = print,
-               counter: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+               counter: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Run ``trials`` (configs of :func:`cxrlab.study.trial.run_trial`) as the Tune experiment ``name``; returns
-    ``{trial id: trial.json}`` for all of them. ``counter`` ({"done", "total"}) carries the overall bar."""
-    counter = counter if counter is not None else {"done": 0, "total": len(trials)}
+    ``{trial id: trial.json}`` for all of them. ``counter`` ({"done": set of finished trial ids, "total"})
+    carries the overall bar across stages."""
+    counter = counter if counter is not None else {"done": set(), "total": len(trials)}
+    counter["done"].update(t["id"] for t in trials if trial_done(t["run_dir"]))
     todo = [t for t in trials if not trial_done(t["run_dir"])]
     if todo:
         from ray import tune
@@ -97,10 +99,10 @@ def run_trials(trials: list[dict[str, Any]], storage: Path, name: str, *, addres
 
         class Progress(tune.Callback):
             def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                counter["done"] += 1
                 run_dir = trial.config["trial"]["run_dir"]
                 if trial_done(run_dir):
-                    log(_line(read_trial(run_dir), counter["done"], counter["total"]))
+                    counter["done"].add(trial.config["trial"]["id"])
+                    log(_line(read_trial(run_dir), len(counter["done"]), counter["total"]))
 
         t0 = time.perf_counter()
         attempt = 0

@@ -116,7 +116,7 @@ class Study:
         self.lung_model, self.address, self.num_cpus, self.log = lung_model, address, num_cpus, log
         self.combos = {c.id: c for c in expand_grid(spec.grid)}
         self.sides: list[str | None] = list(spec.sides) if spec.sides else [None]
-        self.counter = {"done": 0, "total": 0}
+        self.counter: dict[str, Any] = {"done": set(), "total": 0}
 
     def column(self, side: str | None) -> str:
         return f"{self.spec.task_column}_{side}" if side else self.spec.task_column
@@ -136,10 +136,6 @@ class Study:
 
     def run(self, name: str, trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         from cxrlab.study.engine import run_trials
-        from cxrlab.study.trial import trial_done
-
-        fresh = [t for t in trials if not trial_done(t["run_dir"])]
-        self.counter["done"] += len(trials) - len(fresh)
         return run_trials(trials, self.out / "ray", name, address=self.address, num_cpus=self.num_cpus,
                           log=self.log, counter=self.counter)
 

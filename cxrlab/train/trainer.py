@@ -126,6 +126,13 @@ class Trainer:
             keep = table.item_side == (0 if tr.side == "right" else 1)
             self.train_items = self.train_items[keep[self.train_items]]
             self.val_items = self.val_items[keep[self.val_items]]
+        self.eval_targets = table.row_targets
+        if tr.side is not None:  # validation scores this lung only: the other side's targets are hidden
+            other = 1 if tr.side == "right" else 0
+            self.eval_targets = table.row_targets.copy()
+            for t, sl in zip(tasks.tasks, tasks.slices):
+                if getattr(t, "per_side", False):
+                    self.eval_targets[:, sl.start + other] = np.nan
         strata = tasks.strata(table.item_targets)
         self.train_strata = None if strata is None else strata[self.train_items]
         if self.train_strata is None and tr.balancing != "none":
@@ -326,7 +333,7 @@ class Trainer:
         logits, loss = self.predict_items(items, plan)
         rows = np.unique(self.table.item_row[items])
         decoded = self._decode(logits, items)
-        metrics = self.tasks.metrics(self.table.row_targets[rows], {k: v[rows] for k, v in decoded.items()})
+        metrics = self.tasks.metrics(self.eval_targets[rows], {k: v[rows] for k, v in decoded.items()})
         return metrics, loss
 
     def _decode(self, logits: dict[str, np.ndarray], items: np.ndarray) -> dict[str, np.ndarray]:
