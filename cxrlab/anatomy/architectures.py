@@ -69,7 +69,7 @@ def create_segmentation_model(arch: str, encoder: str, weights: str = "none", in
     ``arch_kwargs`` go to the smp class (e.g. ``decoder_channels`` for a lighter U-Net decoder)."""
     cls = ARCHITECTURES.get(arch)
     meta = ENCODERS.meta(encoder)
-    if weights not in meta["weights"]:
+    if weights not in meta["weights"] and not weights.startswith("run:"):
         raise ConfigError(f"encoder {encoder!r} has no weights {weights!r}; available: {sorted(meta['weights'])}")
     if in_channels < 1 or classes < 1:
         raise ConfigError(f"in_channels and classes must be >= 1, got {in_channels}, {classes}")
@@ -78,5 +78,10 @@ def create_segmentation_model(arch: str, encoder: str, weights: str = "none", in
                   **arch_kwargs)
     except TypeError as exc:
         raise ConfigError(f"architecture {arch!r}: {exc}") from None
+    if weights.startswith("run:"):  # a cxrlab pretrain run's backbone (its own input normalisation)
+        from cxrlab.anatomy.weights import load_run_backbone
+
+        mean, std = load_run_backbone(net.encoder, in_channels, weights[4:], encoder)
+        return SegmentationNet(net, in_channels, mean, std)
     meta["weights"][weights](net.encoder, in_channels)
     return SegmentationNet(net, in_channels, meta["mean"], meta["std"])

@@ -55,3 +55,25 @@ def load_lite0_imagenet(encoder: nn.Module, in_channels: int) -> None:
     if bad:
         raise RuntimeError(f"EfficientNet-Lite0 shape mismatch for {bad[:5]}")
     timm_net.load_state_dict(state, strict=True)
+
+
+def load_run_backbone(encoder: nn.Module, in_channels: int, run: str, encoder_name: str) -> tuple[float, float]:
+    """Load a ``cxrlab pretrain`` run's backbone (``weights: run:<run>``) into an smp timm encoder, strictly;
+    returns the run's input normalisation (mean, std) for the image channel."""
+    from cxrlab.errors import ConfigError
+    from cxrlab.models.weights import adapt_first_conv, read_run_backbone
+
+    saved = read_run_backbone(run)
+    if saved["backbone"] != encoder_name:
+        raise ConfigError(f"weights run:{run}: that run pretrained {saved['backbone']}, not the encoder {encoder_name}")
+    timm_net = encoder.model
+    target = timm_net.state_dict()
+    state = {k: v for k, v in saved["state_dict"].items() if k in target}
+    if "conv_stem.weight" in state:
+        state["conv_stem.weight"] = adapt_first_conv(state["conv_stem.weight"], in_channels)
+    missing = sorted(k for k in set(target) - set(state) if not k.endswith("num_batches_tracked"))
+    if missing:
+        raise ConfigError(f"weights run:{run}: the pretrained backbone leaves encoder keys unfilled: {missing[:5]}")
+    timm_net.load_state_dict(state, strict=False)
+    contract = saved["contract"]
+    return float(contract["mean"][0]), float(contract["std"][0])

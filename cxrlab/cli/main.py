@@ -30,7 +30,7 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 AREAS = ["data", "segment", "learn", "evaluate", "severity", "quality", "retrieval", "sequence", "serve", "demo",
-         "study"]
+         "study", "pretrain"]
 
 for _area in AREAS:
     try:

@@ -123,6 +123,9 @@ class BackboneEntry:
         mean, std = self.mean, self.std
         if src.kind == "xrv":
             mean, std = W.XRV_NORMALIZATION
+        elif src.kind == "run":
+            contract = W.read_run_backbone(src.arg)["contract"]
+            mean, std = contract["mean"], contract["std"]
         elif src.kind == "imagenet" and self.imagenet is not None:
             override = _imagenet_normalization(self.name)
             if override is not None:
@@ -158,6 +161,11 @@ class BackboneEntry:
             report = W.load_into(net, W.read_checkpoint(path), str(path), self.first_conv)
         elif src.kind == "file":
             report = W.load_into(net, W.read_checkpoint(src.arg), src.arg, self.first_conv)
+        elif src.kind == "run":
+            saved = W.read_run_backbone(src.arg)
+            if saved["backbone"] != self.name:
+                raise ConfigError(f"weights {src}: that run pretrained {saved['backbone']}, not {self.name}")
+            report = W.load_into(net, saved["state_dict"], str(src), self.first_conv, explicit=True)
         backbone = Backbone(net, self.stages(net), self.pool(net), self.num_features(net))
         return backbone, report
 

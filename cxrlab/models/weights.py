@@ -1,4 +1,4 @@
-"""Weight sources, offline by design: ``none``, ``imagenet``, ``xrv:<name>``, ``file:<path>``.
+"""Weight sources, offline by design: ``none``, ``imagenet``, ``xrv:<name>``, ``file:<path>``, ``run:<pretrain run>``.
 
 Nothing here downloads. A missing file raises ``WeightsNotFoundError`` naming where it was looked for and how
 to obtain it. Foreign checkpoints are matched onto the backbone's own key names (exact, then by suffix, then by
@@ -71,13 +71,22 @@ class WeightSource:
         value = (value or "none").strip()
         if value in ("none", "imagenet"):
             return cls(value)
-        for kind in ("xrv", "file"):
+        for kind in ("xrv", "file", "run"):
             if value.startswith(kind + ":") and value[len(kind) + 1:]:
                 return cls(kind, value[len(kind) + 1:])
-        raise ConfigError(f"weights {value!r}: expected none, imagenet, xrv:<name> or file:<path>")
+        raise ConfigError(f"weights {value!r}: expected none, imagenet, xrv:<name>, file:<path> or run:<pretrain run>")
 
     def __str__(self) -> str:
         return self.kind if not self.arg else f"{self.kind}:{self.arg}"
+
+
+def read_run_backbone(run: str | os.PathLike) -> dict[str, Any]:
+    """A ``cxrlab pretrain`` run's finished backbone: ``{"backbone", "state_dict", "contract"}``."""
+    path = Path(run) / "backbone.pt"
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights run:{run}: no {path} (not a pretraining run, or not finished: "
+                                   f"`cxrlab pretrain ... --out {run} --resume` completes it)")
+    return load_checkpoint(path, required=("backbone", "state_dict", "contract"))
 
 
 def xrv_cache_dir() -> Path:

@@ -164,8 +164,10 @@ class InputSpec(_Strict):
 
 class ModelSpec(_Strict):
     backbone: str = "resnet18"
-    weights: str = Field("none", description="none | imagenet | xrv:<name> | file:<path>")
+    weights: str = Field("none", description="none | imagenet | xrv:<name> | file:<path> | run:<pretrain run>")
     dropout: float = Field(0.0, ge=0, lt=1)
+    # run: backbones that saw a val/test patient are refused (cxrlab.pretrain.guard) unless this is true
+    allow_pretrain_overlap: bool = False
 
 
 class StageSpec(_Strict):

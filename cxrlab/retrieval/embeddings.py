@@ -164,6 +164,12 @@ class Embedder:
             raise ConfigError(f"precision {precision!r}: expected auto, fp32 or bf16")
         precision = resolve_precision(precision)
         path = Path(source)
+        if path.is_dir() and (path / "backbone.pt").is_file():  # a cxrlab pretrain run: its backbone, its contract
+            from cxrlab.models.weights import read_run_backbone
+
+            contract = read_run_backbone(path)["contract"]
+            source, weights, size = contract["backbone"], f"run:{path}", int(contract["size"])
+            path = Path(source)
         if path.is_dir():
             from cxrlab.train import load_run
 

@@ -230,6 +230,9 @@ def build_table(recipe: Recipe, manifests: list[Manifest], tasks: TaskSet, per_i
     df, targets = df[~removed].reset_index(drop=True), targets[~removed]
     df[SPLIT] = parts[~removed].to_numpy()
     assert_patient_disjoint(df, SPLIT, source="run split")
+    from cxrlab.pretrain.guard import check_pretrain_overlap  # a run: backbone must not have seen val/test
+
+    check_pretrain_overlap(recipe.model.weights, df, SPLIT, allow=recipe.model.allow_pretrain_overlap)
     if df.loc[df[TRAIN_ONLY], SPLIT].ne("train").any():  # the invariant the whole fusion design rests on
         raise AssertionError("a train-only row reached val/test")
     for part in ("train", "val"):
