@@ -108,6 +108,23 @@ def test_batch_mode_one_table_and_bad_file_does_not_stop_it(runs, test_rows, tmp
     assert (tmp_path / "pred" / "predictions.csv").exists()
 
 
+def test_overlays_outline_the_reference_disease_when_the_manifest_has_one(runs, test_rows, tmp_path):
+    pipe = SeverityPipeline.from_run(runs["run"])
+    with_mask = test_rows[test_rows[schema.MASK_DISEASE].map(lambda p: isinstance(p, str) and p != "")]
+    row = with_mask[with_mask[schema.MASK_DISEASE].map(lambda p: read_image(p)[0].any())].head(1)
+    assert len(row) == 1
+    no_truth = row.assign(**{schema.MASK_DISEASE: None})
+    stem = Path(row[schema.IMAGE].iloc[0]).stem
+
+    def magenta(out_dir: Path) -> int:
+        pipe.predict_manifest(row if out_dir.name == "truth" else no_truth, out_dir=out_dir, overlays=True)
+        rgb = cv2.cvtColor(cv2.imread(str(out_dir / "overlays" / f"{stem}.png")), cv2.COLOR_BGR2RGB).astype(int)
+        return int(((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] > 200)).sum())
+
+    assert magenta(tmp_path / "truth") > 0
+    assert magenta(tmp_path / "plain") == 0
+
+
 def test_cli_predict_writes_record_and_overlay(runs, test_rows, tmp_path):
     image = test_rows[schema.IMAGE].iloc[0]
     res = CliRunner().invoke(app, ["severity", "predict", image, "--run", str(runs["run"]), "--out", str(tmp_path)])

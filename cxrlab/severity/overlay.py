@@ -1,4 +1,5 @@
-"""Overlay PNG of one scored image: lung contours, disease in red, zone boundaries and each zone's score."""
+"""Overlay PNG of one scored image: lung contours, predicted disease in red, the ground-truth disease outline
+(when known) in magenta, zone boundaries and each zone's score."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cxrlab.utils import atomic_write_bytes
 LUNG_BGR = (80, 220, 80)
 ZONE_BGR = (0, 220, 255)
 DISEASE_BGR = (0, 0, 255)
+TRUTH_BGR = (255, 0, 255)  # magenta: apart from the red fill, the green lungs and the yellow zones
 TEXT_BGR = (255, 255, 255)
 
 
@@ -33,8 +35,10 @@ def render_overlay(
     record: Mapping[str, float],
     *,
     alpha: float = 0.45,
+    truth_disease: np.ndarray | None = None,
 ) -> np.ndarray:
-    """RGB uint8 overlay. ``disease`` should already be restricted to the lungs; ``record`` from ``score_masks``."""
+    """RGB uint8 overlay. ``disease`` should already be restricted to the lungs; ``record`` from ``score_masks``;
+    ``truth_disease``: a reference disease mask of the same size, drawn as an outline over the prediction."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise InputError("overlay", f"expected a 2-D grayscale image, got shape {img.shape}", field="image")
@@ -50,6 +54,12 @@ def render_overlay(
             cv2.drawContours(out, _contours(zones[z]), -1, ZONE_BGR, thick)
     for lung in (patient_right, patient_left):
         cv2.drawContours(out, _contours(lung), -1, LUNG_BGR, thick + 1)
+    if truth_disease is not None:
+        truth = np.asarray(truth_disease, bool)
+        if truth.shape != d.shape:
+            raise InputError("overlay", f"ground-truth disease mask {truth.shape} is not the image's size {d.shape}",
+                             field="mask_disease")
+        cv2.drawContours(out, _contours(truth), -1, TRUTH_BGR, thick + 1)
     scale = max(0.3, min(img.shape) / 600)
     for z in BRIXIA_ZONES:
         zm = np.asarray(zones.get(z, np.zeros(0)), bool)
@@ -64,6 +74,10 @@ def render_overlay(
     total = record.get("brixia_global", float("nan"))
     caption = "Brixia " + ("?" if np.isnan(total) else str(int(total))) + "/18"
     cv2.putText(out, caption, (4, int(18 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_BGR, thick, cv2.LINE_AA)
+    if truth_disease is not None:
+        legend = "red: predicted, magenta: reference"
+        cv2.putText(out, legend, (4, out.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.7, TRUTH_BGR, thick,
+                    cv2.LINE_AA)
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
 
 

@@ -23,7 +23,7 @@ from cxrlab.anatomy.predict import LungSegmenter
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest
 from cxrlab.errors import ConfigError, CxrlabError, InputError
-from cxrlab.io import read_image, write_png
+from cxrlab.io import read_image, read_mask, write_png
 from cxrlab.severity.config import ScoringParams
 from cxrlab.severity.engine import PRECISION_BACKENDS, resolve_backend, stage_segmenter
 from cxrlab.severity.overlay import render_overlay, write_overlay
@@ -59,13 +59,15 @@ class SeverityResult:
             **self.meta,
         }
 
-    def overlay(self, image: np.ndarray) -> np.ndarray:
+    def overlay(self, image: np.ndarray, truth_disease: np.ndarray | None = None) -> np.ndarray:
         m = self.masks
         return render_overlay(image, m[schema.KEY_RIGHT_MASK], m[schema.KEY_LEFT_MASK], m[schema.KEY_DISEASE_MASK],
-                              self.zones, self.record)
+                              self.zones, self.record, truth_disease=truth_disease)
 
-    def save(self, out_dir: str | Path, stem: str, image: np.ndarray | None = None) -> dict[str, str]:
-        """Write ``<stem>.json``, ``masks/<kind>/<stem>.png`` and, given the image, ``overlays/<stem>.png``."""
+    def save(self, out_dir: str | Path, stem: str, image: np.ndarray | None = None,
+             truth_disease: np.ndarray | None = None) -> dict[str, str]:
+        """Write ``<stem>.json``, ``masks/<kind>/<stem>.png`` and, given the image, ``overlays/<stem>.png`` (with
+        the reference disease outline when ``truth_disease`` is given)."""
         out_dir = Path(out_dir)
         paths = {}
         for key in MASK_KEYS:
@@ -74,12 +76,24 @@ class SeverityResult:
             paths[f"mask_{key.removesuffix('_mask')}"] = str(p)
         if image is not None:
             p = out_dir / "overlays" / f"{stem}.png"
-            write_overlay(p, self.overlay(image))
+            write_overlay(p, self.overlay(image, truth_disease))
             paths["overlay"] = str(p)
         p = out_dir / "records" / f"{stem}.json"
         atomic_write_json(p, {**self.to_json(), "files": paths})
         paths["record"] = str(p)
         return paths
+
+
+def _truth_disease(row: pd.Series, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The row's reference disease mask (``mask_disease``) when it has one of the image's size, else None."""
+    path = row.get(schema.MASK_DISEASE)
+    if not isinstance(path, str) or not path.strip():
+        return None
+    try:
+        mask = read_mask(path)
+    except CxrlabError:
+        return None  # an unreadable reference must not stop the scoring of the image
+    return mask if mask.shape == tuple(shape) else None
 
 
 class SeverityPipeline:
@@ -208,7 +222,7 @@ class SeverityPipeline:
             chunk = df.iloc[start:start + batch_size]
             images, keep = [], []
             for i, row in chunk.iterrows():
-                base = {schema.IMAGE: row[schema.IMAGE], schema.PATIENT_ID: row.get(schema.PATIENT_ID)}
+                base = {schema.IMAGE: row[schema.IMAGE], schema.PATIENT_ID: row.get(schema.PATIENT_ID), "_row": i}
                 if checks is not None:
                     base.update(checks.loc[i].to_dict())
                     if checks.at[i, "quality_verdict"] == "refuse" and not keep_failing:
@@ -230,11 +244,12 @@ class SeverityPipeline:
                 row_out = {**base, **{f"pred_{k}": v for k, v in res.record.items()}, "error": None}
                 if out_dir is not None and (overlays or save_masks):
                     stem = Path(str(base[schema.IMAGE])).stem
-                    res.save(out_dir, stem, image if overlays else None)
+                    truth = _truth_disease(df.loc[base["_row"]], image.shape) if overlays else None
+                    res.save(out_dir, stem, image if overlays else None, truth)
                 rows.append(row_out)
             if on_batch:
                 on_batch(min(start + batch_size, n), n)
-        table = pd.DataFrame(rows)
+        table = pd.DataFrame(rows).drop(columns="_row", errors="ignore")
         if out_dir is not None:
             with atomic_path(Path(out_dir) / "predictions.csv") as tmp:
                 table.to_csv(tmp, index=False)
