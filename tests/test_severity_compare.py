@@ -106,6 +106,16 @@ def test_decoder_config_and_errors(study):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_page_can_be_written_into_docs(study, tmp_path):
+    from cxrlab.severity.compare import write_comparison
+
+    comparison = json.loads((study["out"] / "comparison.json").read_text())
+    files = write_comparison(comparison, study["out"], tmp_path / "docs" / "decoders.md", command="cxrlab x")
+    page = files["markdown"].read_text()
+    assert files["plot"] == tmp_path / "docs" / "decoders.png" and files["plot"].exists()
+    assert "Produced by `cxrlab x`" in page and "![decoders](decoders.png)" in page
+
+
 def test_segmentation_cis_on_a_hand_made_table():
     from cxrlab.severity.evaluation import segmentation_cis
 

@@ -151,6 +151,8 @@ def compare_cmd(
     backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
     speed_images: int = typer.Option(32, "--speed-images", help="held-out images timed per decoder"),
     n_boot: int = typer.Option(200, help="bootstrap resamples for CIs"),
+    doc: Optional[Path] = typer.Option(None, "--doc", help="write the page here (plot beside it) instead of "
+                                                           "OUT/comparison.md, e.g. docs/benchmarks/severity_decoders.md"),
 ) -> None:
     """The paper's decoder study: each Stage II decoder on the same Stage I, split and budget → Dice/IoU, zone-count
     MAE, grade macro-MAE, FP area on normals, images/s, parameters and MACs; a table and a scatter plot.
@@ -169,7 +171,11 @@ def compare_cmd(
         comparison = compare_decoders(config, out, names, overrides=list(set_), part=part, backend=backend,
                                       speed_images=speed_images, n_boot=n_boot, progress=stage_callback(bar),
                                       on_decoder=show)
-    files = write_comparison(comparison, out)
+    import shlex
+    import sys
+
+    command = "cxrlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["severity"] else None
+    files = write_comparison(comparison, out, doc, command=command)
     console.print(f"written: {files['markdown']} and {files['plot']}")
 
 

@@ -260,16 +260,20 @@ def comparison_plot(table: pd.DataFrame, path: str | Path, title: str = "") -> P
     return path
 
 
-def write_comparison(comparison: dict[str, Any], out: str | Path) -> dict[str, Path]:
-    """``comparison.md`` (table + provenance) and ``comparison.png`` under ``out``."""
+def write_comparison(comparison: dict[str, Any], out: str | Path, doc: str | Path | None = None,
+                     command: str | None = None) -> dict[str, Path]:
+    """``comparison.md`` (table + provenance) and ``comparison.png`` under ``out``; with ``doc`` the page is
+    written there instead, its plot beside it (``<doc stem>.png``), e.g. into ``docs/benchmarks/``."""
     out = Path(out)
+    md_path = Path(doc) if doc is not None else out / "comparison.md"
     table = comparison_table(comparison)
-    plot = comparison_plot(table, out / "comparison.png")
+    plot = comparison_plot(table, md_path.with_suffix(".png") if doc is not None else out / "comparison.png")
     cfg = comparison["config"]
     disease = cfg.get("disease", {})
     text = "\n".join([
         "# Stage II decoder comparison",
         "",
+        *([f"Produced by `{command}`.", ""] if command else []),
         f"- Machine: {comparison['machine']}; date (UTC) {comparison['date_utc']}; load before "
         f"{comparison['load_before']}, after {comparison['load_after']}.",
         f"- Stage I: `{cfg.get('lung_run')}`; Stage II budget: {json.dumps(disease)}; seed {cfg.get('seed')}; "
@@ -281,5 +285,5 @@ def write_comparison(comparison: dict[str, Any], out: str | Path) -> dict[str, P
         f"![decoders]({plot.name})",
         "",
     ])
-    atomic_write_text(out / "comparison.md", text)
-    return {"markdown": out / "comparison.md", "plot": plot}
+    atomic_write_text(md_path, text)
+    return {"markdown": md_path, "plot": plot}
