@@ -190,3 +190,14 @@ def test_bad_ensemble_recipe_is_one_clear_line(tmp_path, two_manifests, change, 
                            str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
     assert message in proc.stderr + proc.stdout
+
+
+def test_single_model_paths_and_the_service_refuse_an_ensemble_clearly(ensemble_run):
+    from cxrlab.errors import InputError
+    from cxrlab.serve.stages import STAGES
+    from cxrlab.train import load_run
+
+    with pytest.raises(InputError, match="is an ensemble run"):
+        load_run(ensemble_run)
+    with pytest.raises(InputError, match="do not serve ensembles yet"):
+        STAGES.create("diagnosis", ensemble_run, backend="torch")

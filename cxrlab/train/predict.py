@@ -53,6 +53,9 @@ class RunModel:
         if not recipe_file.is_file():
             raise InputError(run_dir, "not a training run directory (no recipe.yaml)")
         raw = read_yaml_mapping(recipe_file, "run recipe")
+        if raw.get("kind") == "ensemble":  # cxrlab.train.ensemble.load_ensemble: several models and a combiner
+            raise InputError(run_dir, "is an ensemble run: `cxrlab predict` and `cxrlab evaluate` use it; the "
+                             "service, explain and export do not serve ensembles yet (they need one model)")
         if "tasks" not in raw and "arch" in raw:
             raise InputError(run_dir, "is a lung segmentation run (use it as --lung-model), not a training run")
         if "tasks" not in raw and ("lung_run" in raw or raw.get("kind") == "severity"):

@@ -1,0 +1,426 @@
+"""FLANNEL-style ensemble benchmark (issue #18): docs/benchmarks/ensemble.md from one command.
+
+    .venv/bin/python bench/ensemble.py                         # quick budget, ~1 h on 2 shared cores
+    .venv/bin/python bench/ensemble.py --render-only           # rewrite the page from <work>/results.json
+
+A thin caller of the library (``cxrlab.train.ensemble``, the ``flannel-patch-quick`` recipe):
+
+- **A** ieee8023 frontal (covid19, viral_other -> viral, bacterial, normal) + Kermany (4 classes): the
+  ensemble recipe trained with 5 patient-level folds; per-class F1 and macro-F1, mean (sd) over the folds, for each
+  base learner and combiner (the folds' out-of-fold predictions).
+- **B** COVID-QU-Ex adults only, 3 classes (covid19 / normal / other_pneumonia_unspecified), same recipe.
+- **C** the default (all three sources pooled, 4 classes; COVID-QU-Ex other_pneumonia_unspecified dropped).
+- **False COVID-19 rate** of A and C on JSRT ``no_nodule`` films (adult normal PA films of a source never trained
+  on), with Clopper-Pearson 95 % intervals.
+- **Source probe**: a logistic regression (patient-grouped 5-fold CV) predicting the source dataset from the frozen
+  ImageNet Lite0 features the global learner uses, overall and within one class.
+- **K sweep**: A's patch learner (fold 0 model) on its held-out fold at K patches per image: macro-F1, accuracy,
+  images/s (K = 100 and the recipe's K included).
+
+Everything derived from the shared data (subset manifests, runs, caches) stays under --work (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cxrlab.data import schema  # noqa: E402
+from cxrlab.data.manifest import load_manifest  # noqa: E402
+from cxrlab.machine import load_average, machine_info  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+RECIPE = "flannel-patch-quick"
+K_VALUES = [1, 4, 8, 16, 32, 100]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+def _absolute(manifest_path: Path) -> pd.DataFrame:
+    return load_manifest(manifest_path).df.copy()  # paths resolved by the loader
+
+
+def _cap(df: pd.DataFrame, column: str, cap: int, seed: int) -> pd.DataFrame:
+    """At most ``cap`` images per class, whole patients drawn at random (seeded)."""
+    parts = []
+    rng = np.random.default_rng(seed)
+    for _, part in df.groupby(column):
+        patients = part[schema.PATIENT_ID].unique()
+        rng.shuffle(patients)
+        counts = part.groupby(schema.PATIENT_ID).size().loc[patients].cumsum()
+        parts.append(part[part[schema.PATIENT_ID].isin(counts[counts <= cap].index)])
+    return pd.concat(parts).sort_index()
+
+
+def manifests(work: Path, cap: int, seed: int) -> dict[str, Path]:
+    out = work / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    ieee = _absolute(SHARED / "ieee8023_covid_chestxray" / "manifest.csv")
+    kermany = _cap(_absolute(SHARED / "kermany_pediatric_pneumonia" / "manifest.csv"), "finding_coarse", cap, seed)
+    quex = _absolute(SHARED / "covid_qu_ex_infection_seg" / "manifest.csv")
+    quex = _cap(quex, "finding_coarse", cap, seed)
+    jsrt = _absolute(SHARED / "jsrt_scr_lung_masks" / "manifest.csv")
+    jsrt = jsrt[jsrt["finding"] == "no_nodule"]
+    paths = {}
+    for name, df in (("ieee8023", ieee), ("kermany", kermany), ("covid_qu_ex", quex), ("jsrt_normal", jsrt)):
+        paths[name] = out / f"{name}.csv"
+        df.to_csv(paths[name], index=False)
+    return paths
+
+
+# --- the ensemble runs ----------------------------------------------------------------------------------------
+
+def run_ensemble(work: Path, name: str, data: list[Path], lung_model: Path, overrides: list[str]) -> Path:
+    from cxrlab.recipes.loader import load_recipe
+    from cxrlab.train.ensemble import FINISHED, train_ensemble
+
+    out = work / "runs" / name
+    if (out / FINISHED).is_file():
+        log(f"{name}: finished before, kept")
+        return out
+    resume = (out / "recipe.yaml").is_file()
+    cfg = None if resume else load_recipe(RECIPE, overrides, kind="ensemble")
+    log(f"{name}: training ({'resumed' if resume else 'new'})")
+    train_ensemble(cfg, data, out, resume=resume, lung_model=lung_model, mask_cache=work / "lung_masks")
+    return out
+
+
+def summary(run: Path) -> dict[str, Any]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    report = json.loads((run / "data_filter.json").read_text())
+    folds = pd.read_csv(run / "folds.csv")
+    return {"metrics": metrics, "data": report, "images": int(len(folds)),
+            "patients": int(folds[schema.PATIENT_ID].nunique()),
+            "class_counts": folds["_class"].value_counts().to_dict()}
+
+
+def false_covid(run: Path, jsrt: Path, lung_model: Path, work: Path) -> dict[str, Any]:
+    """Share of held-out adult normal films called covid19, per learner and per combiner."""
+    import pickle
+
+    from scipy.stats import beta
+
+    from cxrlab.train.ensemble import load_ensemble
+
+    model = load_ensemble(run)
+    df = load_manifest(jsrt).df
+    t0 = time.perf_counter()
+    _, probs = model.learner_probabilities(df, lung_model=lung_model, mask_cache=work / "lung_masks")
+    seconds = time.perf_counter() - t0
+    classes = model.cfg.classes
+    covid = classes.index("covid19")
+    out: dict[str, Any] = {"n": int(len(df)), "seconds": round(seconds, 1), "learners": {}, "combiners": {}}
+
+    def rate(labels: np.ndarray) -> dict[str, float]:
+        k, n = int((labels == covid).sum()), len(labels)
+        lo = beta.ppf(0.025, k, n - k + 1) if k else 0.0
+        hi = beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+        counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
+        return {"k": k, "rate": k / n, "lo": float(lo), "hi": float(hi), "called": counts}
+
+    for j, name in enumerate(model.models):
+        out["learners"][name] = rate(probs[:, j].argmax(1))
+    for path in sorted((run / "combiners").glob("*.pkl")):
+        combiner = pickle.loads(path.read_bytes())
+        out["combiners"][path.stem] = rate(combiner.predict_label(probs))
+    return out
+
+
+# --- source probe ---------------------------------------------------------------------------------------------
+
+def source_probe(run: Path) -> dict[str, Any]:
+    """Frozen Lite0 features (the global learner's backbone, fold 0: frozen, so the ImageNet weights) → source."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from cxrlab.data.dataset import load_sample
+    from cxrlab.recipes.loader import load_recipe
+    from cxrlab.train.predict import load_run
+
+    cfg = load_recipe(run / "recipe.yaml", kind="ensemble")
+    glob = next(lr.name for lr in cfg.learners if "patches" not in (lr.recipe.get("input") or {}))
+    model = load_run(run / "learners" / glob / "fold0")
+    split = pd.read_csv(run / "learners" / glob / "fold0" / "split.csv", dtype={schema.PATIENT_ID: str})
+    pred = pd.read_parquet(run / "learners" / glob / "fold0" / "predictions.parquet")
+    folds = pd.read_csv(run / "folds.csv", dtype={schema.PATIENT_ID: str})
+    df = pred[[schema.IMAGE, schema.PATIENT_ID, "source_dataset"]].merge(folds[[schema.IMAGE, "_class"]])
+    assert len(df) == len(split)
+    feats = []
+    with torch.no_grad():
+        for _, row in df.iterrows():
+            sample = load_sample(row, [], label_columns=[])
+            feats.append(model.model.features(model.inputs_for(sample)).float().numpy()[0])
+    x = np.stack(feats)
+
+    def probe(mask: np.ndarray, target: np.ndarray) -> dict[str, Any]:
+        y, groups = target[mask], df[schema.PATIENT_ID].to_numpy()[mask]
+        if len(np.unique(y)) < 2:
+            return {}
+        pred = np.empty(len(y), dtype=object)
+        cv = StratifiedGroupKFold(5, shuffle=True, random_state=0)
+        for tr, te in cv.split(x[mask], y, groups):
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced"))
+            clf.fit(x[mask][tr], y[tr])
+            pred[te] = clf.predict(x[mask][te])
+        counts = pd.Series(y).value_counts().to_dict()
+        return {"n": int(mask.sum()), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+                "chance": 1 / len(counts), "counts": {str(k): int(v) for k, v in counts.items()}}
+
+    source = df["source_dataset"].astype(str).to_numpy()
+    cls = df["_class"].astype(str).to_numpy()
+    out = {"features": f"{cfg.base['model']['backbone']} ImageNet (frozen) pooled, {cfg.base['input']['size']} px",
+           "source_all": probe(np.ones(len(df), bool), source), "class_all": probe(np.ones(len(df), bool), cls)}
+    for c in sorted(set(cls)):
+        r = probe(cls == c, source)
+        if r:
+            out[f"source_within_{c}"] = r
+    return out
+
+
+# --- K sweep --------------------------------------------------------------------------------------------------
+
+def k_sweep(run: Path, lung_model: Path, work: Path, max_images: int) -> dict[str, Any]:
+    from sklearn.metrics import f1_score
+
+    from cxrlab.recipes.loader import load_recipe
+    from cxrlab.train.predict import load_run
+
+    cfg = load_recipe(run / "recipe.yaml", kind="ensemble")
+    patch = next(lr for lr in cfg.learners if "patches" in (lr.recipe.get("input") or {}))
+    fold_dir = run / "learners" / patch.name / "fold0"
+    model = load_run(fold_dir)
+    pred = pd.read_parquet(fold_dir / "predictions.parquet")
+    test = pred[pred["split"] == "test"].sample(frac=1.0, random_state=0).head(max_images)
+    folds = pd.read_csv(run / "folds.csv")
+    y = test[[schema.IMAGE]].merge(folds[[schema.IMAGE, "_class"]])["_class"].to_numpy()
+    manifest = pd.concat([load_manifest(p).df for p in json.loads((run / "bench_data.json").read_text())])
+    df = manifest[manifest[schema.IMAGE].isin(test[schema.IMAGE])].set_index(schema.IMAGE).loc[
+        test[schema.IMAGE]].reset_index()
+    classes = cfg.classes
+    spec = model.pipeline.spec.patches
+    chosen = spec.count
+    rows = []
+    model.predict(df.head(2), lung_model=lung_model, mask_cache=work / "lung_masks")  # warm-up, masks cached
+    for k in sorted(set(K_VALUES) | {chosen}):
+        spec.count = k
+        t0 = time.perf_counter()
+        table = model.predict(df, lung_model=lung_model, mask_cache=work / "lung_masks")
+        seconds = time.perf_counter() - t0
+        p = table[[f"prob_{c}" for c in classes]].to_numpy().argmax(1)
+        t = np.array([classes.index(c) for c in y])
+        rows.append({"k": k, "images": int(len(df)), "seconds": round(seconds, 2),
+                     "images_per_s": len(df) / seconds, "accuracy": float((p == t).mean()),
+                     "macro_f1": float(f1_score(t, p, labels=list(range(len(classes))), average="macro",
+                                                zero_division=0))})
+        log(f"K={k}: {rows[-1]}")
+    spec.count = chosen
+    return {"learner": patch.name, "fold": 0, "chosen_k": chosen, "canvas": spec.canvas, "patch": spec.size,
+            "aggregate": spec.aggregate, "rows": rows}
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+
+def _ms(scores: dict[str, Any], key: str) -> str:
+    return f"{scores['mean'][key]:.2f} ({scores['sd'][key]:.2f})"
+
+
+def _table(result: dict[str, Any]) -> list[str]:
+    m = result["metrics"]
+    classes = m["classes"]
+    head = "| model | " + " | ".join(f"F1 {c}" for c in classes) + " | macro-F1 | accuracy |"
+    lines = [head, "|" + "---|" * (len(classes) + 3)]
+    for kind, group in (("learner", m["learners"]), ("combiner", m["combiners"])):
+        for name, s in group.items():
+            star = " (the run's combiner)" if kind == "combiner" and name == m["combiner"] else ""
+            lines.append(f"| {kind} `{name}`{star} | " + " | ".join(_ms(s, f"f1_{c}") for c in classes)
+                         + f" | **{_ms(s, 'macro_f1')}** | {_ms(s, 'accuracy')} |")
+    return lines
+
+
+def _short(source: str) -> str:
+    """A source dataset's name up to its first space or slash (ieee8023, Kermany, COVID-QU-Ex)."""
+    return source.replace("/", " ").split(" ")[0]
+
+
+def render(results: dict[str, Any], path: Path) -> None:
+    from cxrlab.recipes.loader import load_recipe, recipe_yaml
+
+    cfg = load_recipe(RECIPE, kind="ensemble")
+    env = results["env"]
+    L: list[str] = [
+        "# Ensemble benchmark (FLANNEL focal-loss ensemble, patch + global learners; issue #18)", "",
+        f"Written by `{results['command']}` on {env['date']} ({env['machine']}, {env['cores']} cores, "
+        f"**shared** with other jobs: load average {env['load_start']} at start, {results.get('load_end')} at "
+        f"the end; {results.get('minutes', '?')} min). Every number below comes from this command.", "",
+        "**Budget (quick, CPU).** Recipe `flannel-patch-quick`: EfficientNet-Lite0, ImageNet weights, backbone "
+        "frozen (linear heads only), global learner at "
+        f"{cfg.base['input']['size']} px (features cached), patch learner on a {results['k_sweep']['canvas'] if 'k_sweep' in results else '?'}-px "
+        "lung-masked canvas with "
+        f"{results['k_sweep']['patch'] if 'k_sweep' in results else '?'}-px patches, K = "
+        f"{results['k_sweep']['chosen_k'] if 'k_sweep' in results else '?'} patches per image at inference, "
+        "majority vote; few epochs (recipe). "
+        f"At most {results['cap']} images per class from Kermany and from COVID-QU-Ex (whole patients drawn with a "
+        "seed) so that the whole page fits in about an hour; ieee8023 is used whole (frontal films only). "
+        "Lung masks: the manifests' own where present, else the lung run "
+        f"`{results['lung_model']}`. 5 patient-level folds (stratified by class), one split shared by every "
+        "learner; the combiners are evaluated out-of-fold too (fitted on the other folds' out-of-fold "
+        "probabilities). Mean (sd) over the 5 folds. The full budget (`flannel-patch`: 224-px patches on a "
+        "1024-px canvas, K = 100, fine-tuned Lite0/1/2) needs a GPU and was **not run** (no accelerator was "
+        "lent to this task).", "",
+    ]
+    if "A" in results:
+        a = results["A"]
+        target = max(s["mean"]["macro_f1"] for g in ("learners", "combiners") for s in a["metrics"][g].values())
+        L += ["## A. ieee8023 frontal + Kermany, 4 classes (the FLANNEL setting)", "",
+              f"{a['images']} images, {a['patients']} patients; classes {a['class_counts']}; "
+              f"{a['data']['rows_dropped']} rows outside the four classes dropped "
+              f"({a['data']['dropped_by_source_label']}).", "", *_table(a), "",
+              f"**Target (best 4-class macro-F1 >= 0.84, FLANNEL's published figure): "
+              f"{'met' if target >= 0.84 else 'NOT met'}** (best {target:.3f}).", ""]
+    if "B" in results:
+        b = results["B"]
+        L += ["## B. COVID-QU-Ex adults, 3 classes (one compiled source)", "",
+              f"{b['images']} images; classes {b['class_counts']}.", "", *_table(b), ""]
+    if "C" in results:
+        c = results["C"]
+        L += ["## C. The default: ieee8023 + Kermany + COVID-QU-Ex pooled, 4 classes", "",
+              f"{c['images']} images; classes {c['class_counts']}; dropped: {c['data']['dropped_by_source_label']} "
+              "(COVID-QU-Ex `other_pneumonia_unspecified` is neither viral nor bacterial, so it is dropped, "
+              "not guessed).", "", *_table(c), ""]
+    fc = {k: results[k] for k in ("false_covid_A", "false_covid_C") if k in results}
+    if fc:
+        L += ["## False COVID-19 rate on adult normal films of a held-out source (JSRT `no_nodule`)", "",
+              "Share of JSRT normal PA films (a source no model trained on) called covid19; 95 % Clopper-Pearson "
+              "interval.", "", "| trained on | model | called covid19 | rate [95 % CI] | calls |", "|---|---|---|---|---|"]
+        for key, r in fc.items():
+            data = "A: ieee8023 + Kermany" if key.endswith("A") else "C: + COVID-QU-Ex (default)"
+            for kind in ("learners", "combiners"):
+                for name, v in r[kind].items():
+                    L.append(f"| {data} | {kind[:-1]} `{name}` | {v['k']}/{r['n']} | {v['rate']:.2f} "
+                             f"[{v['lo']:.2f}, {v['hi']:.2f}] | {v['called']} |")
+        L.append("")
+    if "probe" in results:
+        p = results["probe"]
+        L += ["## Source probe (\"predict the source\" on the same features)", "",
+              f"Features: {p['features']} (data C, all images). Logistic regression, patient-grouped 5-fold CV, "
+              "balanced accuracy (chance = 1 / number of sources).", "",
+              "| target | images | balanced accuracy | chance | counts |", "|---|---|---|---|---|"]
+        for key, r in p.items():
+            if isinstance(r, dict) and r:
+                counts = ", ".join(f"{_short(k)} {v}" for k, v in r["counts"].items())
+                L.append(f"| {key.replace('_', ' ')} | {r['n']} | {r['balanced_accuracy']:.3f} | "
+                         f"{r['chance']:.2f} | {counts} |")
+        L.append("")
+    if "k_sweep" in results:
+        k = results["k_sweep"]
+        L += ["## Patch count K: accuracy, time and inference speed", "",
+              f"Patch learner `{k['learner']}` of A, fold-0 model, on {k['rows'][0]['images']} images of its "
+              f"held-out fold; {k['canvas']}-px canvas, {k['patch']}-px patches, {k['aggregate']}; one process, "
+              "one thread, lung masks cached before timing (so this is the patch model's speed, not the "
+              "segmenter's).", "", "| K | macro-F1 | accuracy | seconds | images/s |", "|---|---|---|---|---|"]
+        for r in k["rows"]:
+            mark = " (chosen)" if r["k"] == k["chosen_k"] else ""
+            L.append(f"| {r['k']}{mark} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['seconds']:.1f} | "
+                     f"{r['images_per_s']:.2f} |")
+        L.append("")
+    L += ["## What these numbers can and cannot mean", "",
+          "- In A, class and source coincide: COVID-19 films are adults from ieee8023, the other classes mostly "
+          "Kermany children (224-px source, pediatric). A high 4-class F1 there can be reached by recognising the "
+          "source or the age, not the disease; the source probe shows how easily the features tell the sources "
+          "apart, and the JSRT row shows what such a model calls a normal adult film from a new hospital.",
+          "- B is one compiled source for all three classes, but its classes still come from different "
+          "original collections (COVID-19 mostly BIMCV, normal / pneumonia mostly RSNA/NIH), so it is less, not "
+          "un-confounded.",
+          "- Quick budget: frozen ImageNet features, small images and patches, capped class sizes; these are "
+          "not the published FLANNEL or patch-model settings, and the published figures are not reproduced by "
+          "this page. Fold sd over 5 folds of a few hundred images is large; the per-fold values are in each "
+          "run's metrics.json under --work.",
+          "- JSRT is one Japanese source of PA films with nodules excluded here; a low false COVID-19 rate on it "
+          "does not show the rate on another hospital's normals.", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(L))
+    log(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-ensemble")
+    ap.add_argument("--lung-model", type=Path, default=ROOT / "runs" / "lung_bench")
+    ap.add_argument("--cap", type=int, default=200, help="max images per class from Kermany and COVID-QU-Ex")
+    ap.add_argument("--only", default="A,jsrtA,ksweep,C,jsrtC,probe,B", help="steps, in order")
+    ap.add_argument("--k-images", type=int, default=60, help="images of the K sweep")
+    ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "ensemble.md")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    results_path = args.work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if args.render_only:
+        render(results, args.out)
+        return
+    t_start = time.time()
+    info = machine_info()
+    results.update(command="python bench/ensemble.py " + " ".join(sys.argv[1:]), cap=args.cap,
+                   lung_model=str(args.lung_model.relative_to(ROOT)) if args.lung_model.is_relative_to(ROOT)
+                   else str(args.lung_model),
+                   env={"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                        "machine": info.get("cpu", info.get("model", str(info))), "cores": os.cpu_count(),
+                        "load_start": load_average()})
+    data = manifests(args.work, args.cap, 0)
+
+    def save() -> None:
+        results["load_end"] = load_average()
+        results["minutes"] = round((time.time() - t_start) / 60, 1)
+        args.work.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1, default=str))
+        render(results, args.out)
+
+    sets = {"A": [data["ieee8023"], data["kermany"]],
+            "C": [data["ieee8023"], data["kermany"], data["covid_qu_ex"]],
+            "B": [data["covid_qu_ex"]]}
+    b_overrides = ["task.classes=[covid19, normal, other_pneumonia_unspecified]", "task.class_map={}"]
+    for step in args.only.split(","):
+        t0 = time.time()
+        if step in sets:
+            run = run_ensemble(args.work, step, sets[step], args.lung_model, b_overrides if step == "B" else [])
+            (run / "bench_data.json").write_text(json.dumps([str(p) for p in sets[step]]))
+            results[step] = summary(run)
+        elif step.startswith("jsrt"):
+            results[f"false_covid_{step[-1]}"] = false_covid(args.work / "runs" / step[-1], data["jsrt_normal"],
+                                                             args.lung_model, args.work)
+        elif step == "probe":
+            results["probe"] = source_probe(args.work / "runs" / "C")
+        elif step == "ksweep":
+            results["k_sweep"] = k_sweep(args.work / "runs" / "A", args.lung_model, args.work, args.k_images)
+        else:
+            raise SystemExit(f"unknown step {step!r}")
+        log(f"step {step}: {time.time() - t0:.0f} s")
+        save()
+
+
+if __name__ == "__main__":
+    main()
