@@ -24,10 +24,15 @@ TINY_SET = ["input.size=64", "model.backbone=resnet18", "model.weights=none", "i
             "train.stages=[{epochs: 2, train_blocks: 0, lr: 0.01}, {epochs: 1, train_blocks: 1, lr: 0.001}]"]
 
 
+ZONES = {"right": ["brixia_A", "brixia_B", "brixia_C"], "left": ["brixia_D", "brixia_E", "brixia_F"]}
+
+
 def tiny_study(**extra) -> dict:
     return {"name": "tiny", "recipe": "aloe-opacity",
             "set": TINY_SET + ["train.balancing=double"], "grid": {"input.roi": ["none", "lung"]},
             "sides": ["right", "left"], "folds": 3, "hcs_images": 4, "stratify": None,
+            "data": [{"role": "train"}, {"role": "readers"}],  # readers: the phantom's Brixia zones, twice
+            "readers": {"r1": ZONES, "r2": ZONES},
             "selection_rule": "rank sum of pooled macro-MAE and MA-HCS",
             "protocol": [{"kind": "screen", "fold": 0, "rank_by": {"name": "macro_mae"}, "top": 1},
                          {"kind": "cv"},
@@ -125,7 +130,7 @@ def study_dir(phantom_root, tmp_path_factory, ray_session, cxrlab_home):
 
     out = tmp_path_factory.mktemp("study") / "tiny"
     lines: list[str] = []
-    run_study(StudySpec.model_validate(tiny_study()), [phantom_root / "manifest.csv"], out, log=lines.append)
+    run_study(StudySpec.model_validate(tiny_study()), [phantom_root / "manifest.csv"] * 2, out, log=lines.append)
     (out / "log.txt").write_text("\n".join(lines))
     return out
 
@@ -153,6 +158,25 @@ def test_two_worker_ray_study_runs_the_protocol(study_dir):
     html = (study_dir / "report.html").read_text()
     assert "Table 3 analogue" in html and "Tables 4-5 analogue" in html and "<table>" in html
     assert (study_dir / "report.md").read_text().count("|---") >= 5
+
+
+def test_reader_and_subgroup_tables(study_dir, phantom_root):
+    from cxrlab.study.prepare import reader_grades
+
+    md = (study_dir / "report.md").read_text()
+    assert "Tables 6-7 analogue" in md and "Table 7 analogue" in md and "Table 8 analogue" in md
+    rows = {ln.split("|")[1].strip() + "/" + ln.split("|")[2].strip(): ln for ln in md.splitlines()
+            if ln.startswith("| r1 vs")}
+    assert rows["r1 vs r2/right"].split("|")[4].strip().startswith("0.000")  # identical readers: MAE 0
+    assert "r1 vs model/average" in rows
+    pred = pd.read_parquet(study_dir / "readers_predictions.parquet")
+    df = pd.read_csv(phantom_root / "manifest.csv")
+    assert len(pred) == len(df)
+    assert np.array_equal(pred["r1_right"].to_numpy(), reader_grades(df, ZONES["right"]))
+    for side in ("right", "left"):
+        assert set(pred[f"model_{side}"].unique()) <= {0.0, 1.0, 2.0, 3.0}
+    table8 = md[md.index("Table 8 analogue"):]
+    assert "| sex | F |" in table8 and "| sex | M |" in table8 and "| age | " in table8
 
 
 def test_best_is_an_ordinary_run_dir_per_side(study_dir, phantom_root):
@@ -203,7 +227,7 @@ def test_resume_after_an_interrupted_study(study_dir, phantom_root, tmp_path, ra
     untouched = next(out.glob("trials/*/left/fold0"))
     before = (untouched / "trial.json").stat().st_mtime_ns
     lines: list[str] = []
-    run_study(StudySpec.model_validate(tiny_study()), [phantom_root / "manifest.csv"], out, log=lines.append)
+    run_study(StudySpec.model_validate(tiny_study()), [phantom_root / "manifest.csv"] * 2, out, log=lines.append)
     done = [ln for ln in lines if "macro-MAE" in ln]
     assert len(done) == 3  # the interrupted fold and the two final models, nothing else retrained
     assert (untouched / "trial.json").stat().st_mtime_ns == before

@@ -28,7 +28,7 @@ def run_cmd(
     from cxrlab.study import run_study
 
     run_study(study, data, out, lung_model=lung_model, address=address, preset=preset,
-              log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+              log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
     console.print(f"study: {out} (report: {out / 'report.html'})")
 
 
@@ -37,7 +37,7 @@ def report_cmd(out: Path = typer.Argument(..., help="a study directory written b
     """(Re)write DIR/report.md and DIR/report.html from what the study directory holds."""
     from cxrlab.study.report import write_report
 
-    write_report(out, log=lambda line: console.print(line, highlight=False))
+    write_report(out, log=lambda line: console.print(line, highlight=False, markup=False))
 
 
 @study_app.command("list")

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ray import tune
+
 from cxrlab.errors import CxrlabError
 from cxrlab.study.trial import read_trial, run_trial, trial_done
 
@@ -55,6 +57,25 @@ def _line(out: dict[str, Any], done: int, total: int) -> str:
             f"({out.get('seconds', 0):.0f} s)")
 
 
+# the driver-side log and counter of each running batch, by name: Tune pickles its callbacks with the
+# experiment state, so the callback holds only the name (a console or a lock cannot be pickled)
+_SINKS: dict[str, tuple[Callable[[str], None], dict[str, Any]]] = {}
+
+
+class Progress(tune.Callback):
+    """One line per finished trial with the overall bar; module-level so Tune pickles it by reference."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log, counter = _SINKS.get(self.key, (print, {"done": set(), "total": 0}))
+        run_dir = trial.config["trial"]["run_dir"]
+        if trial_done(run_dir):
+            counter["done"].add(trial.config["trial"]["id"])
+            log(_line(read_trial(run_dir), len(counter["done"]), counter["total"]))
+
+
 def _fit(path: Path, todo: list[dict[str, Any]], progress: Any, name: str) -> None:
     """One Tune experiment at ``path``: restored when Tune saved its state there (after a kill), else new.
     A restored experiment whose trials all ended leaves nothing to do; the caller starts a fresh one for the
@@ -62,9 +83,13 @@ def _fit(path: Path, todo: list[dict[str, Any]], progress: Any, name: str) -> No
     from ray import tune
 
     trainable = tune.with_resources(_trainable, {"cpu": 1})
+    tuner = None
     if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
-    else:
+        try:
+            tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        except Exception:  # noqa: BLE001 - a state file cut short by the kill: start the batch again
+            tuner = None
+    if tuner is None:
         if path.exists():  # killed before Tune saved its state: nothing to restore, start the batch again
             shutil.rmtree(path)
         tuner = tune.Tuner(
@@ -93,24 +118,16 @@ def run_trials(trials: list[dict[str, Any]], storage: Path, name: str, *, addres
     counter["done"].update(t["id"] for t in trials if trial_done(t["run_dir"]))
     todo = [t for t in trials if not trial_done(t["run_dir"])]
     if todo:
-        from ray import tune
-
         ensure_ray(address, num_cpus)
 
-        class Progress(tune.Callback):
-            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                run_dir = trial.config["trial"]["run_dir"]
-                if trial_done(run_dir):
-                    counter["done"].add(trial.config["trial"]["id"])
-                    log(_line(read_trial(run_dir), len(counter["done"]), counter["total"]))
-
+        _SINKS[name] = (log, counter)
         t0 = time.perf_counter()
         attempt = 0
         while todo:
             # first the stage's own experiment (restored after a kill); then, for trials it did not finish (a
             # restored experiment that had ended, a trial directory removed by hand), a fresh one
-            path = storage / (name if attempt == 0 else f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-            _fit(path, todo, Progress(), name)
+            path = storage.resolve() / (name if attempt == 0 else f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            _fit(path, todo, Progress(name), name)
             left = [t for t in trials if not trial_done(t["run_dir"])]
             if len(left) >= len(todo) and attempt > 0:
                 break  # no progress: reported below

@@ -166,6 +166,9 @@ def run_study(study: str | os.PathLike | StudySpec, data: Sequence[str | os.Path
               lung_model: str | os.PathLike | None = None, address: str | None = None, preset: str | None = None,
               num_cpus: int | None = None, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) the study's whole protocol into ``out``; returns ``out``. See the module doc."""
+    import time
+
+    t_start = time.time()
     spec = study if isinstance(study, StudySpec) else load_study(study)
     max_patients = spec.presets[preset].max_patients if preset and preset in spec.presets else None
     spec = spec.with_preset(preset)
@@ -240,10 +243,26 @@ def run_study(study: str | os.PathLike | StudySpec, data: Sequence[str | os.Path
                                                   "test": res[t["id"]]["scores"]}
             decisions["stages"].append(record)
         atomic_write_json(out / "stages.json", _finite(decisions))
+    _record_time(out, t_start, len(st.counter["done"]))
     from cxrlab.study.report import write_report
 
     write_report(out, log=log)
     return out
+
+
+def _record_time(out: Path, t_start: float, trials: int) -> None:
+    """Append this invocation's wall time to ``DIR/timing.json`` (a resumed study has several)."""
+    import time
+
+    from cxrlab.machine import load_average
+
+    path = out / "timing.json"
+    old = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
+    old["invocations"].append({"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
+                               "seconds": round(time.time() - t_start, 1), "trials_done": trials,
+                               "load_average_at_end": load_average()})
+    old["total_seconds"] = round(sum(i["seconds"] for i in old["invocations"]), 1)
+    atomic_write_json(path, old)
 
 
 def fold_summary(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
