@@ -205,6 +205,18 @@ def test_request_errors(client):
     assert client.get("/v1/results/not-an-id/image.png").status_code == 404
 
 
+def test_unknown_query_parameters_are_named(client, phantom):
+    png = encode_png(phantom["image"])
+    r = client.post("/v1/analyze?heatmaps=false", files={"file": ("x.png", png)})
+    assert r.status_code == 422
+    reason = r.json()["error"]["reason"]
+    assert "heatmaps" in reason and "heatmap" in reason.replace("heatmaps", "")
+    assert client.get("/v1/health?verbose=1").status_code == 422
+    ok = client.post("/v1/analyze?heatmap=false", files={"file": ("x.png", png)})
+    assert ok.status_code == 200 and "heatmap" not in ok.json()["links"]
+    assert client.get("/?v=2").status_code == 200  # the viewer page itself is not an API route
+
+
 def test_size_and_pixel_limits(service_runs, pipeline, store, phantom):
     limits = LimitsConfig(max_upload_bytes=20_000, max_pixels=200 * 200, min_side=64, max_batch=2)
     cfg = load_service_config(service_runs["config"]).model_copy(update={"limits": limits})

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -58,6 +58,19 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     return data
 
 
+def _known_query_parameters(request: Request) -> None:
+    """A misspelt option (``?heatmaps=false``) is an error naming it, not silently ignored (API routes only)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.url.path.startswith(f"/{API_VERSION}/"):
+        return
+    known = {p.alias for p in dependant.query_params}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise StarletteHTTPException(422, f"unknown query parameter(s) {', '.join(unknown)}; this route takes "
+                                          f"{', '.join(sorted(known)) or 'none'}")
+
+
 def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
                store: ResultStore | None = None, *, max_queue: int = 32) -> FastAPI:
     """Build the app; the pipeline (models) is loaded here unless given (tests share one)."""
@@ -88,7 +101,8 @@ def create_app(config: ServiceConfig, pipeline: AnalysisPipeline | None = None,
                 task.cancel()
             store.close()
 
-    app = FastAPI(title="cxrlab", version=API_VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="cxrlab", version=API_VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  dependencies=[Depends(_known_query_parameters)])
     app.state.pipeline, app.state.store, app.state.config = pipeline, store, config
 
     @app.middleware("http")
