@@ -282,11 +282,23 @@ def main() -> None:
                          for p in data["ieee"].loc[v7, "mask_v7_lungs"]])
     backbones = {"imagenet": "imagenet", **{v: f"run:{run}" for v, run in runs.items()}}
     feats = {}
+    import hashlib
+
+    rows_key = hashlib.sha256("|".join(list(data["ieee"][schema.IMAGE]) + list(data["qu"][schema.IMAGE]))
+                              .encode()).hexdigest()[:16]
     for name, weights in backbones.items():
         t = time.time()
-        feats[name] = {"ieee": features(weights, imgs["ieee"], hyper=False)[0],
-                       "qu": features(weights, imgs["qu"], hyper=False)[0],
-                       "v7": features(weights, imgs["ieee"][v7], hyper=True)[1]}
+        stamp = "" if weights == "imagenet" else str((Path(weights[4:]) / "backbone.pt").stat().st_mtime_ns)
+        cache = OUT / "features" / f"{name}-{rows_key}-{hashlib.sha256((weights + stamp).encode()).hexdigest()[:12]}.npz"
+        if cache.is_file():
+            feats[name] = dict(np.load(cache))
+        else:
+            feats[name] = {"ieee": features(weights, imgs["ieee"], hyper=False)[0],
+                           "qu": features(weights, imgs["qu"], hyper=False)[0],
+                           "v7": features(weights, imgs["ieee"][v7], hyper=True)[1]}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache.with_suffix(".tmp.npz"), **feats[name])
+            os.replace(cache.with_suffix(".tmp.npz"), cache)
         log(f"features {name}: {time.time() - t:.0f} s")
 
     ieee, qu = data["ieee"], data["qu"]

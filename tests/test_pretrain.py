@@ -131,7 +131,12 @@ def test_weight_source_loads_into_recipe_model(lite0_run):
 
     with pytest.raises(WeightsNotFoundError, match="not finished"):
         entry.create(in_chans=1, weights=f"run:{lite0_run.parent}")
-    del create_model
+    # a recipe's model (CxrNet), also with an image + lung-mask input: the first conv is adapted, the rest loads
+    model, report = create_model("efficientnet_lite0", {"icu": 1}, in_chans=2, weights=f"run:{lite0_run}")
+    assert report.adapted == ["conv_stem.weight"] and not report.missing
+    assert torch.equal(model.backbone.net.state_dict()["blocks.3.0.conv_pw.weight"],
+                       saved["state_dict"]["blocks.3.0.conv_pw.weight"])
+    assert model(torch.rand(2, 2, 64, 64))["icu"].shape[0] == 2
 
 
 def test_weight_source_loads_into_segmentation(lite0_run):
