@@ -236,7 +236,7 @@ def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: i
                 m = results[(a, b, side)].get("metrics", {})
                 rows.append([f"{a} vs {b}", side, *[_est(m.get(f"{c}.weighted_f1")) for c in COLLAPSES]])
         doc.table(["pair", "side", *[f"{c} weighted F1" for c in COLLAPSES]], rows)
-        _subgroups(doc, df, spec, readers[0], n_boot)
+        _subgroups(doc, df, spec, readers[0], n_boot, "the readers' set")
     test_rows = []
     for s in sides:
         run = out / "best" / s if s else out / "best"
@@ -244,20 +244,26 @@ def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: i
             p = pd.read_parquet(run / "predictions.parquet")
             test_rows.append(p[p["split"] == "test"])
     if test_rows:
-        doc.p("On the final split's test part (truth = the training data's grades):")
         t = test_rows[0].copy()
+        train_csv = out / "data" / "train.csv"
+        if train_csv.is_file():  # sex, age... are manifest columns, not prediction columns
+            from cxrlab.data.manifest import load_manifest
+
+            extra = load_manifest(train_csv).df
+            cols = [c for c in spec.get("subgroups", []) if c in extra.columns and c not in t.columns]
+            t = t.merge(extra[["image", *cols]].drop_duplicates("image"), on="image", how="left")
         for s, part in zip(sides, test_rows):
             for side in ([s] if s else ["right", "left"]):
                 col = f"{spec['task_column']}_{side}"
                 t[f"truth_{side}"] = part.set_index("image")[col].reindex(t["image"]).to_numpy()
                 t[f"model_{side}"] = part.set_index("image")[f"pred_{col}"].reindex(t["image"]).to_numpy()
-        _subgroups(doc, t, spec, "truth", n_boot)
+        _subgroups(doc, t, spec, "truth", n_boot, "the final split's test part")
 
 
-def _subgroups(doc: Doc, df: pd.DataFrame, spec: dict, reference: str, n_boot: int) -> None:
+def _subgroups(doc: Doc, df: pd.DataFrame, spec: dict, reference: str, n_boot: int, where: str) -> None:
     from cxrlab.evaluate.subgroups import bin_column
 
-    doc.h(f"Subgroups — Table 8 analogue (model vs {reference}: MAE [95 % CI], right / left / average)")
+    doc.h(f"Subgroups on {where} — Table 8 analogue (model vs {reference}: MAE [95 % CI], right / left / average)")
     rows = []
     for by in spec.get("subgroups", []):
         if by not in df.columns or df[by].isna().all():
