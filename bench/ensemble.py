@@ -271,9 +271,11 @@ def render(results: dict[str, Any], path: Path) -> None:
     env = results["env"]
     L: list[str] = [
         "# Ensemble benchmark (FLANNEL focal-loss ensemble, patch + global learners; issue #18)", "",
-        f"Written by `{results['command']}` on {env['date']} ({env['machine']}, {env['cores']} cores, "
-        f"**shared** with other jobs: load average {env['load_start']} at start, {results.get('load_end')} at "
-        f"the end; {results.get('minutes', '?')} min). Every number below comes from this command.", "",
+        f"Written by `{results['command']}` from {env['date']} to {results.get('end', '?')} ({env['machine']}, "
+        f"{env['cores']} cores, **shared** with other helpers' jobs: load average {env['load_start']} at start, "
+        f"{results.get('load_end')} at the end). Every number below comes from this command; its steps resume "
+        "and can run as separate invocations (`--only A,jsrtA,...`, `--work`), as they did here, partly in "
+        "parallel, to fit the deadline.", "",
         "**Budget (quick, CPU).** Recipe `flannel-patch-quick`: EfficientNet-Lite0, ImageNet weights, backbone "
         "frozen (linear heads only), global learner at "
         f"{cfg.base['input']['size']} px (features cached), patch learner on a {results['k_sweep']['canvas'] if 'k_sweep' in results else '?'}-px "
@@ -321,10 +323,18 @@ def render(results: dict[str, Any], path: Path) -> None:
                     L.append(f"| {data} | {kind[:-1]} `{name}` | {v['k']}/{r['n']} | {v['rate']:.2f} "
                              f"[{v['lo']:.2f}, {v['hi']:.2f}] | {v['called']} |")
         L.append("")
+        if len(fc) == 2:
+            name = results["A"]["metrics"]["combiner"] if "A" in results else "neural_tanh"
+            a, c = fc["false_covid_A"]["combiners"].get(name), fc["false_covid_C"]["combiners"].get(name)
+            if a and c:
+                L += [f"The run's combiner `{name}` called {a['k']} of {fc['false_covid_A']['n']} held-out adult "
+                      f"normal films COVID-19 when trained without adult normals (A), and {c['k']} of "
+                      f"{fc['false_covid_C']['n']} when trained with COVID-QU-Ex's adult normals (C, the default "
+                      "recipe).", ""]
     if "probe" in results:
         p = results["probe"]
         L += ["## Source probe (\"predict the source\" on the same features)", "",
-              f"Features: {p['features']} (data C, all images). Logistic regression, patient-grouped 5-fold CV, "
+              f"Features: {p['features']} (data A, all images). Logistic regression, patient-grouped 5-fold CV, "
               "balanced accuracy (chance = 1 / number of sources).", "",
               "| target | images | balanced accuracy | chance | counts |", "|---|---|---|---|---|"]
         for key, r in p.items():
@@ -335,6 +345,7 @@ def render(results: dict[str, Any], path: Path) -> None:
         L.append("")
     if "k_sweep" in results:
         k = results["k_sweep"]
+        by_k = {r["k"]: r for r in k["rows"]}
         L += ["## Patch count K: accuracy, time and inference speed", "",
               f"Patch learner `{k['learner']}` of A, fold-0 model, on {k['rows'][0]['images']} images of its "
               f"held-out fold; {k['canvas']}-px canvas, {k['patch']}-px patches, {k['aggregate']}; one process, "
@@ -345,6 +356,12 @@ def render(results: dict[str, Any], path: Path) -> None:
             L.append(f"| {r['k']}{mark} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['seconds']:.1f} | "
                      f"{r['images_per_s']:.2f} |")
         L.append("")
+        if 100 in by_k and k["chosen_k"] in by_k:
+            L += [f"Patch-model inference: **{by_k[100]['images_per_s']:.2f} images/s at K = 100** and "
+                  f"**{by_k[k['chosen_k']]['images_per_s']:.2f} images/s at the chosen K = {k['chosen_k']}** "
+                  f"({k['patch']}-px patches, one thread, shared CPU; the time includes reading the film and "
+                  "building its lung-masked canvas). A sweep on one fold's few images: differences of a few "
+                  "hundredths in F1 between K values are within noise.", ""]
     L += ["## What these numbers can and cannot mean", "",
           "- In A, class and source coincide: COVID-19 films are adults from ieee8023, the other classes mostly "
           "Kermany children (224-px source, pediatric). A high 4-class F1 there can be reached by recognising the "
@@ -372,6 +389,9 @@ def main() -> None:
     ap.add_argument("--only", default="A,jsrtA,ksweep,C,jsrtC,probe,B", help="steps, in order")
     ap.add_argument("--k-images", type=int, default=60, help="images of the K sweep")
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--merge", type=Path, action="append", default=[],
+                    help="another --work of this command (steps run in parallel): its runs and results are taken "
+                         "in (runs moved into this --work, result keys this one lacks copied)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "ensemble.md")
     args = ap.parse_args()
     import torch
@@ -379,22 +399,33 @@ def main() -> None:
     torch.set_num_threads(1)
     results_path = args.work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for other in args.merge:
+        theirs = json.loads((other / "results.json").read_text())
+        for key in ("A", "B", "C", "false_covid_A", "false_covid_C", "probe", "k_sweep"):
+            if key in theirs and key not in results:
+                results[key] = theirs[key]
+        for run in sorted((other / "runs").glob("*")):
+            if not (args.work / "runs" / run.name).exists():
+                (args.work / "runs").mkdir(parents=True, exist_ok=True)
+                run.rename(args.work / "runs" / run.name)
+        results_path.write_text(json.dumps(results, indent=1, default=str))
     if args.render_only:
         render(results, args.out)
         return
-    t_start = time.time()
     info = machine_info()
-    results.update(command="python bench/ensemble.py " + " ".join(sys.argv[1:]), cap=args.cap,
+    # the numbers depend on these options only (--only / --work pick steps and folders; steps resume)
+    results.update(command=f"python bench/ensemble.py --cap {args.cap} --k-images {args.k_images}", cap=args.cap,
                    lung_model=str(args.lung_model.relative_to(ROOT)) if args.lung_model.is_relative_to(ROOT)
                    else str(args.lung_model),
-                   env={"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                        "machine": info.get("cpu", info.get("model", str(info))), "cores": os.cpu_count(),
-                        "load_start": load_average()})
+                   )
+    results.setdefault("env", {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                               "machine": info.get("cpu", info.get("model", str(info))), "cores": os.cpu_count(),
+                               "load_start": load_average()})
     data = manifests(args.work, args.cap, 0)
 
     def save() -> None:
         results["load_end"] = load_average()
-        results["minutes"] = round((time.time() - t_start) / 60, 1)
+        results["end"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         args.work.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1, default=str))
         render(results, args.out)
@@ -413,7 +444,7 @@ def main() -> None:
             results[f"false_covid_{step[-1]}"] = false_covid(args.work / "runs" / step[-1], data["jsrt_normal"],
                                                              args.lung_model, args.work)
         elif step == "probe":
-            results["probe"] = source_probe(args.work / "runs" / "C")
+            results["probe"] = source_probe(args.work / "runs" / "A")
         elif step == "ksweep":
             results["k_sweep"] = k_sweep(args.work / "runs" / "A", args.lung_model, args.work, args.k_images)
         else:
