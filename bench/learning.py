@@ -434,7 +434,11 @@ def opacity_study(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     out = args.opacity_study
     started = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
     load_start = load_average()
-    if not args.report_only:
+    if args.report_only:
+        from cxrlab.study import write_report
+
+        write_report(out, log=log)
+    else:
         run_study("aloe-opacity", [args.data / "covid_qu_ex_infection_seg" / "manifest.csv",
                                    args.data / "ieee8023_covid_chestxray" / "manifest.csv"],
                   out, lung_model=args.lung_model, preset=args.preset, log=log)
@@ -446,8 +450,11 @@ def opacity_study(args: argparse.Namespace, log: Callable[[str], None]) -> None:
              f"--lung-model {args.lung_model}` (the same as `cxrlab study run aloe-opacity --preset {args.preset} "
              "--data <COVID-QU-Ex> --data <ieee8023> --lung-model LUNG --out DIR`, then this page).", "",
              f"- Date: {started} UTC (this invocation); study invocations: "
-             + "; ".join(f"{i['start']} for {i['seconds']:.0f} s" for i in timing.get("invocations", [])), 
-             f"- Wall time of the study (all invocations): {timing.get('total_seconds', 'not recorded')} s",
+             + "; ".join(f"{i['start']} for {i['seconds']:.0f} s" if "seconds" in i else f"{i['start']} (killed)"
+                         for i in timing.get("invocations", [])),
+             f"- Wall time of the finished invocations: "
+             f"{timing.get('finished_seconds', timing.get('total_seconds', 'not recorded'))} s",
+             *[f"- {note}" for note in args.note],
              f"- Machine: {m['cpu']}, {m['cores']} cores, shared with other helpers' jobs (load at start "
              f"{load_start}, at end {load_average()}); no GPU.",
              "- What this cannot show: a quick-preset number is not the paper's set-up (64 px, one architecture, "
@@ -473,6 +480,7 @@ def main() -> None:
                     "(resumes) and write docs/benchmarks/opacity.md; nothing else runs")
     ap.add_argument("--preset", default="quick", help="the opacity study's preset")
     ap.add_argument("--lung-model", type=Path, default=ROOT / "runs" / "lung_bench")
+    ap.add_argument("--note", action="append", default=[], help="a line for the opacity page (repeatable)")
     ap.add_argument("--report-opacity", type=Path, default=ROOT / "docs" / "benchmarks" / "opacity.md")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -182,6 +182,7 @@ def run_study(study: str | os.PathLike | StudySpec, data: Sequence[str | os.Path
         raise InputError(lung_model, "no such lung run directory")
     if not saved.is_file():
         saved.write_text(resolved)
+    _record_time(out, t_start, None)  # an invocation killed later stays listed (without an end)
     paths = prepare_data(spec, data, out, max_patients)
     splits = make_splits(spec, paths["train"], out)
     st = Study(spec, paths, splits, out, None if lung_model is None else str(lung_model), address, num_cpus, log)
@@ -250,18 +251,22 @@ def run_study(study: str | os.PathLike | StudySpec, data: Sequence[str | os.Path
     return out
 
 
-def _record_time(out: Path, t_start: float, trials: int) -> None:
-    """Append this invocation's wall time to ``DIR/timing.json`` (a resumed study has several)."""
+def _record_time(out: Path, t_start: float, trials: int | None) -> None:
+    """This invocation in ``DIR/timing.json``: listed at its start, its wall time added at its end (a study
+    resumed after a kill shows the killed invocation without an end)."""
     import time
 
     from cxrlab.machine import load_average
 
     path = out / "timing.json"
     old = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
-    old["invocations"].append({"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
-                               "seconds": round(time.time() - t_start, 1), "trials_done": trials,
-                               "load_average_at_end": load_average()})
-    old["total_seconds"] = round(sum(i["seconds"] for i in old["invocations"]), 1)
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start))
+    entry = {"start": start, "load_average_at_start": load_average()}
+    if trials is not None:
+        entry.update(seconds=round(time.time() - t_start, 1), trials_done=trials, load_average_at_end=load_average())
+    rest = [i for i in old["invocations"] if i["start"] != start]
+    old["invocations"] = rest + [{**next((i for i in old["invocations"] if i["start"] == start), {}), **entry}]
+    old["finished_seconds"] = round(sum(i.get("seconds", 0) for i in old["invocations"]), 1)
     atomic_write_json(path, old)
 
 
