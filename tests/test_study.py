@@ -236,3 +236,25 @@ def test_resume_after_an_interrupted_study(study_dir, phantom_root, tmp_path, ra
     a = json.loads((study_dir / "stages.json").read_text())["stages"][2]
     b = json.loads((out / "stages.json").read_text())["stages"][2]
     assert a["sides"]["right"]["best"] == b["sides"]["right"]["best"]
+
+
+def test_one_sided_task_balances_on_its_own_lung():
+    from cxrlab.tasks import TaskSet
+
+    targets = np.array([[0, 3], [2, 0], [1, 1], [np.nan, 2]], dtype=np.float32)  # (right, left) per image
+    both = TaskSet.from_config([{"kind": "opacity", "sides": ["right", "left"]}])
+    right = TaskSet.from_config([{"kind": "opacity", "sides": ["right"]}])
+    assert both.strata(targets).tolist() == [3, 2, 1, 2]  # the two-headed model: the worse lung
+    assert right.strata(targets[:, :1]).tolist() == [0, 2, 1, -1]  # the right model: the right lung only
+
+
+def test_train_side_trains_and_validates_one_lung(phantom_root, tmp_path, cxrlab_home):
+    from cxrlab.train import train
+
+    run = train("aloe-opacity", [phantom_root / "manifest.csv"], tmp_path / "left", show_progress=False,
+                overrides=[*TINY_SET, "input.roi=lung", "train.side=left", "train.balancing=double"])
+    hist = pd.read_csv(run / "history.csv")
+    assert any(c.startswith("val_opacity_left.") for c in hist.columns)
+    assert not any(c.startswith("val_opacity_right.") for c in hist.columns)  # the other lung is not scored
+    pred = pd.read_parquet(run / "predictions.parquet")
+    assert pred["pred_opacity_left"].notna().all()
