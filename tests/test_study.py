@@ -5,7 +5,6 @@ and the installed CLI refusing a bad study file in one line."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -17,7 +17,6 @@ import yaml
 
 from cxrlab.errors import InputError
 from cxrlab.evaluate.ordinal import COLLAPSES, ordinal_metrics
-from cxrlab.study.trial import TRIAL_FILE
 
 Table = tuple[list[str], list[list[Any]]]
 AGE_BANDS = (0, 40, 60, 80, 200)
@@ -87,8 +86,8 @@ class Doc:
                 f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def _combo_cells(combo: str, grid_keys: list[str], trials: Path) -> list[str]:
-    """The grid values of a combination (read from one of its trials' recipe overrides via the id order)."""
+def _combo_cells(combo: str, grid_keys: list[str]) -> list[str]:
+    """The grid values of a combination, from its id (``value1__value2__...``, one part per grid key)."""
     parts = combo.split("__")
     return parts if len(parts) == len(grid_keys) else [combo] + [""] * (len(grid_keys) - 1)
 
@@ -142,8 +141,9 @@ def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None]
     doc.p(f"Base recipe {spec['recipe']}; overrides for every trial: {', '.join(spec['set']) or 'none'}.")
     if preset and preset in spec.get("presets", {}):
         p = spec["presets"][preset]
-        doc.p(f"Preset {preset}: {p.get('description', '')} Budget reductions: overrides {', '.join(p['set']) or 'none'}"
-              f"; training data sub-sampled to {p.get('max_patients') or 'all'} patients; HCS on "
+        doc.p(f"Preset {preset}: {p.get('description', '')} Budget reductions: overrides "
+              f"{', '.join(p['set']) or 'none'}; training data sub-sampled to {p.get('max_patients') or 'all'} "
+              "patients; HCS on "
               f"{spec['hcs_images']} test images per trial.")
     for role, info in data_info.items():
         doc.p(f"Data ({role}): {info['source']} via preparer {info['prepare']}: {info['rows']} images, "
@@ -163,16 +163,16 @@ def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None]
         for side, rec in stage["sides"].items():
             if stage["kind"] == "screen":
                 doc.h(f"Screen on fold {stage['fold']} ({side}) — Table 3 analogue, ranked by {stage['metric']}")
-                rows = [[i + 1, *_combo_cells(r["combo"], grid_keys, out), *[_fmt(r.get(k)) for k in SCREEN_KEYS],
+                rows = [[i + 1, *_combo_cells(r["combo"], grid_keys), *[_fmt(r.get(k)) for k in SCREEN_KEYS],
                          "kept" if r["combo"] in rec["kept"] else ""] for i, r in enumerate(rec["ranking"])]
                 doc.table(["rank", *grid_keys, *SCREEN_KEYS, ""], rows)
             elif stage["kind"] == "cv":
-                doc.h(f"{stage['folds']}-fold cross-validation ({side}) — Tables 4-5 analogue (mean ± sd over folds; "
-                      "pooled out-of-fold)")
+                doc.h(f"{stage['folds']}-fold cross-validation ({side}) — Tables 4-5 analogue (mean ± sd over "
+                      "folds; pooled out-of-fold)")
                 rows = []
                 for c, r in rec.items():
                     ms = r["mean_sd"]
-                    rows.append([*_combo_cells(c, grid_keys, out),
+                    rows.append([*_combo_cells(c, grid_keys),
                                  *[f"{_fmt(ms.get(k, {}).get('mean'))} ± {_fmt(ms.get(k, {}).get('sd'))}"
                                    for k in CV_KEYS], _fmt(r["pooled"].get("macro_mae")), r["pooled"].get("n")])
                 doc.table([*grid_keys, *CV_KEYS, "pooled OOF macro_mae", "OOF lungs"], rows)
@@ -186,8 +186,7 @@ def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None]
             elif stage["kind"] == "final":
                 doc.h(f"Final model ({side}) on a fresh split (seed {stage['seed']})")
                 t = rec["test"]
-                doc.p(f"{rec['combo']} retrained; written as {Path(rec['run_dir']).relative_to(out.resolve()) if Path(rec['run_dir']).is_absolute() and Path(rec['run_dir']).is_relative_to(out.resolve()) else rec['run_dir']}"
-                      " (an ordinary run directory).")
+                doc.p(f"{rec['combo']} retrained; written as {rec['run_dir']} (an ordinary run directory).")
                 doc.table(["n lungs", *SCREEN_KEYS], [[t.get("n"), *[_fmt(t.get(k)) for k in SCREEN_KEYS]]])
     _reader_sections(doc, out, spec, decisions, n_boot)
     md = doc.markdown()
@@ -224,9 +223,10 @@ def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: i
         for a, b in pairs:
             for side in ("right", "left"):
                 m = results[(a, b, side)].get("metrics", {})
-                rows.append([f"{a} vs {b}", side, results[(a, b, side)].get("n", 0), *[_est(m.get(k)) for k in READER_KEYS]])
-            avg = [np.mean([results[(a, b, s)].get("metrics", {}).get(k, {}).get("value", np.nan) for s in ("right", "left")])
-                   for k in READER_KEYS]
+                rows.append([f"{a} vs {b}", side, results[(a, b, side)].get("n", 0),
+                             *[_est(m.get(k)) for k in READER_KEYS]])
+            avg = [np.mean([results[(a, b, s)].get("metrics", {}).get(k, {}).get("value", np.nan)
+                            for s in ("right", "left")]) for k in READER_KEYS]
             rows.append([f"{a} vs {b}", "average", "", *[_fmt(float(v)) for v in avg]])
         doc.table(["pair", "side", "n", *READER_KEYS], rows)
         doc.h("Binary collapses (Table 7 analogue)")
