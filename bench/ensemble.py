@@ -343,6 +343,11 @@ def render(results: dict[str, Any], path: Path) -> None:
                 L.append(f"| {key.replace('_', ' ')} | {r['n']} | {r['balanced_accuracy']:.3f} | "
                          f"{r['chance']:.2f} | {counts} |")
         L.append("")
+        if p.get("source_all") and p.get("class_all"):
+            L += [f"The features the learners start from tell the source apart (balanced accuracy "
+                  f"{p['source_all']['balanced_accuracy']:.2f}) better than the four classes "
+                  f"({p['class_all']['balanced_accuracy']:.2f}), and still tell it apart within one class, where "
+                  "the label cannot help: a classifier on them can score well on A by recognising the source.", ""]
     if "k_sweep" in results:
         k = results["k_sweep"]
         by_k = {r["k"]: r for r in k["rows"]}
@@ -360,8 +365,9 @@ def render(results: dict[str, Any], path: Path) -> None:
             L += [f"Patch-model inference: **{by_k[100]['images_per_s']:.2f} images/s at K = 100** and "
                   f"**{by_k[k['chosen_k']]['images_per_s']:.2f} images/s at the chosen K = {k['chosen_k']}** "
                   f"({k['patch']}-px patches, one thread, shared CPU; the time includes reading the film and "
-                  "building its lung-masked canvas). A sweep on one fold's few images: differences of a few "
-                  "hundredths in F1 between K values are within noise.", ""]
+                  "building its lung-masked canvas; timings vary with the shared machine's load, e.g. K = 8 and 16 "
+                  "took about as long). A sweep on one fold's 60 images: differences of a few hundredths in F1 "
+                  "between K values are within noise.", ""]
     L += ["## What these numbers can and cannot mean", "",
           "- In A, class and source coincide: COVID-19 films are adults from ieee8023, the other classes mostly "
           "Kermany children (224-px source, pediatric). A high 4-class F1 there can be reached by recognising the "
