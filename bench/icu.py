@@ -165,15 +165,22 @@ def main(argv: list[str] | None = None) -> int:
         from cxrlab.icu.gallery import explain_arm, gallery_png
 
         tested = primary.assign(image=primary["image"].astype(str)).sort_values("image")
-        films = (tested[tested[TARGET] == 1]["image"].head(3).tolist()
-                 + tested[tested[TARGET] == 0]["image"].head(3).tolist())
+        sample = []  # HCS sample (CPU budget): 2 ICU + 2 non-ICU test films per fold, the same for every arm
+        for f in split_files:
+            s = pd.read_csv(f, dtype={"patient_id": str})
+            t = tested[tested["image"].isin(s.loc[s["split"] == "test", "image"].astype(str))]
+            sample += t[t[TARGET] == 1]["image"].head(2).tolist() + t[t[TARGET] == 0]["image"].head(2).tolist()
+        chosen = tested[tested["image"].isin(sample)]
+        films = (chosen[chosen[TARGET] == 1]["image"].head(3).tolist()
+                 + chosen[chosen[TARGET] == 0]["image"].head(3).tolist())
         captions = {f: f"{'ICU' if t == 1 else 'no ICU'}, {v}" for f, t, v in
                     zip(tested["image"], tested[TARGET], tested["view"])}
         for name in preds:
             if get_arm(name).kind != "finetune":
                 continue
-            exp = explain_arm(args.work / "arms" / name, split_files, manifest, args.work / "explain" / name)
+            exp = explain_arm(args.work / "arms" / name, split_files, manifest, args.work / "explain" / name, sample)
             rows[name]["hcs"] = float(exp["hcs"].mean())
+            rows[name]["hcs_films"] = int(exp["hcs"].notna().sum())
             png = gallery_png({name: exp}, films, {name: get_arm(name).label},
                               args.work / "galleries" / f"{name}.png", captions)
             galleries[name] = "../../" + str(png.relative_to(ROOT))

@@ -126,3 +126,22 @@ def test_arms_registry():
     assert get_arm("c_xray").weights(None) is None and get_arm("c_xray").weights("run:x") == "run:x"
     with pytest.raises(ConfigError, match="unknown ICU arm"):
         get_arm("nope")
+
+
+def test_gallery_png_one_row_per_arm_same_films(tmp_path):
+    from PIL import Image
+
+    from cxrlab.icu.gallery import gallery_png
+
+    frames = {}
+    for arm in ("a", "b"):
+        rows = []
+        for i in range(3):
+            path = tmp_path / f"{arm}{i}.png"
+            Image.new("RGB", (16, 16), (i * 80, 0, 0)).save(path)
+            rows.append({schema.IMAGE: f"img{i}", "fold": 0, "hcs": 0.1 * i, "overlay": str(path)})
+        frames[arm] = pd.DataFrame(rows)
+    out = gallery_png(frames, ["img0", "img2"], {"a": "A", "b": "B"}, tmp_path / "g" / "gallery.png")
+    assert out.is_file() and not list(out.parent.glob("*.tmp.png"))
+    w, h = Image.open(out).size
+    assert w > 0 and h > 0

@@ -28,8 +28,10 @@ def explain_arm(arm_dir: str | os.PathLike, split_files: Sequence[Path], data: s
         target = out / f"fold{fold}"
         if not (target / "explain.json").is_file():
             s = pd.read_csv(split, dtype={schema.PATIENT_ID: str})
-            explain_images(Path(arm_dir) / f"fold{fold}", s.loc[s[SPLIT] == "test", schema.IMAGE].tolist(), target,
-                           data=data)
+            test = s.loc[s[SPLIT] == "test", schema.IMAGE].astype(str)
+            if images is not None:
+                test = test[test.isin(set(map(str, images)))]
+            explain_images(Path(arm_dir) / f"fold{fold}", test.tolist(), target, data=data)
         for r in json.loads((target / "explain.json").read_text())["images"]:
             rows.append({schema.IMAGE: str(Path(r["image"]).resolve()), "fold": fold, "hcs": r["hcs"],
                          "overlay": str(target / r["overlay"])})

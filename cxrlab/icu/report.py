@@ -117,8 +117,9 @@ def render(results: dict[str, Any]) -> str:
     if results.get("galleries"):
         lines += ["", "## Grad-CAM galleries (fine-tuned arms)", "",
                   "Grad-CAM of each fold's model on its own test films (probability-weighted, lung contour drawn); "
-                  "HCS = share of the heatmap inside the lungs (`cxrlab.explain.hcs`, default definition), mean over "
-                  "every tested film of the arm in the table above. The same films for every arm. Embedding arms have "
+                  "HCS = share of the heatmap inside the lungs (`cxrlab.explain.hcs`, default definition); the table's HCS "
+                  "is the mean over a fixed sample of 2 ICU + 2 non-ICU test films per fold (the same films for every "
+                  "arm; the CPU budget did not allow all films). The same films for every arm. Embedding arms have "
                   "no fine-tuned convolutional head to explain and no gallery.", ""]
         for name, png in results["galleries"].items():
             lines.append(f"![{name}]({png})")
