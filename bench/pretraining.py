@@ -386,6 +386,16 @@ def main() -> None:
         "Probes: StandardScaler + LogisticRegressionCV (C in 0.003/0.03/0.3, inner 3-fold patient-grouped CV) or "
         "RidgeCV (alpha 1..1e5) per outer fold; segmentation probe C = 0.1 fixed.",
         "One pretraining seed per variant: the spread between pretraining seeds is not measured.",
+        "ICU admission is the one task where no X-ray backbone beats ImageNet (the gains' CIs straddle zero): 70 "
+        "patients, few negatives, one label per patient; and ICU films differ from ward films mostly by "
+        "devices, tubes and supine AP projection, which none of the pretraining sources label (Kermany, "
+        "COVID-QU-Ex and JSRT have no ICU films) — a guess this benchmark does not test.",
+        "Pretraining times were measured while the variants and other helpers' jobs shared the two cores "
+        "(load average 8-16): speeds are lower bounds. The `both` run is runs/pretrain_icu (made with the same "
+        "config by `cxrlab pretrain` before the benchmark, for the ICU study); it predates the per-step seeding "
+        "of numpy/random, so a rerun of this command makes an equivalent but not bit-identical backbone.",
+        "Speed / resolution trade-off not explored: 224 px and more epochs, which the issue's accelerator "
+        "option would allow, were not available (no device lent to this task).",
     ]
     res = {"argv": " ".join(sys.argv[1:]), "machine": machine_info(), "load_start": load_start,
            "load_end": load_average(), "eval_seconds": time.time() - t_start, "pretrained": pretrained,
