@@ -201,3 +201,12 @@ def test_single_model_paths_and_the_service_refuse_an_ensemble_clearly(ensemble_
         load_run(ensemble_run)
     with pytest.raises(InputError, match="do not serve ensembles yet"):
         STAGES.create("diagnosis", ensemble_run, backend="torch")
+
+
+def test_training_options_an_ensemble_cannot_use_are_refused(tmp_path, two_manifests):
+    recipe = _recipe(tmp_path)
+    proc = subprocess.run([CLI, "train", str(recipe), "--data", str(two_manifests[0]), "--out", str(tmp_path / "r"),
+                           "--split", str(two_manifests[0])], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+    assert "--split not supported for ensemble recipes" in proc.stderr + proc.stdout
+    assert not (tmp_path / "r").exists()

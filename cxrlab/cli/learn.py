@@ -56,7 +56,14 @@ def register(app: typer.Typer) -> None:
         from cxrlab.recipes import load_recipe
 
         if _kind(out / "recipe.yaml" if resume else recipe) == "ensemble":  # FLANNEL-style ensemble (#18)
+            from cxrlab.errors import ConfigError
             from cxrlab.train.ensemble import train_ensemble
+
+            given = (("--quality", quality), ("--split", split), ("--mlflow", mlflow or mlflow_uri))
+            unsupported = [option for option, value in given if value]
+            if unsupported:
+                raise ConfigError(f"{', '.join(unsupported)} not supported for ensemble recipes yet (the ensemble "
+                                  "makes its own patient-level folds)")
 
             run_dir = train_ensemble(recipe, data, out, resume=resume, overrides=list(set_ or []),
                                      lung_model=lung_model, mask_cache=mask_cache)
