@@ -145,3 +145,29 @@ def test_gallery_png_one_row_per_arm_same_films(tmp_path):
     assert out.is_file() and not list(out.parent.glob("*.tmp.png"))
     w, h = Image.open(out).size
     assert w > 0 and h > 0
+
+
+def test_explain_arm_explains_only_the_sample_of_each_folds_test_films(tmp_path, monkeypatch):
+    import json
+
+    from cxrlab.explain import run as explain_run
+    from cxrlab.icu.gallery import explain_arm
+
+    folds = make_folds(_primary(), "went_icu", k=5)
+    paths = write_folds(folds, tmp_path / "folds")
+    calls = {}
+
+    def fake(run_dir, images, out, data=None):  # the real explainer needs a trained run; record what it is asked
+        calls[Path(run_dir).name] = list(images)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "explain.json").write_text(json.dumps(
+            {"images": [{"image": i, "hcs": 0.5, "overlay": "x.png"} for i in images]}))
+
+    from pathlib import Path
+
+    monkeypatch.setattr(explain_run, "explain_images", fake)
+    sample = [f.loc[f["split"] == "test", "image"].iloc[0] for f in folds]
+    out = explain_arm(tmp_path / "arm", paths, "m.csv", tmp_path / "exp", sample)
+    for k, f in enumerate(folds):  # fold k's model explains only its own test films
+        assert set(calls[f"fold{k}"]) <= set(f.loc[f["split"] == "test", "image"]) and len(calls[f"fold{k}"]) == 1
+    assert len(out) == 5 and out["hcs"].eq(0.5).all()

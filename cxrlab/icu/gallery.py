@@ -17,9 +17,9 @@ from cxrlab.data.splits import SPLIT
 
 
 def explain_arm(arm_dir: str | os.PathLike, split_files: Sequence[Path], data: str | os.PathLike,
-                out: str | os.PathLike) -> pd.DataFrame:
-    """``image, fold, hcs, overlay`` for every test film of every fold (skipped when ``fold<i>/explain.json``
-    exists)."""
+                out: str | os.PathLike, images: Sequence[str] | None = None) -> pd.DataFrame:
+    """``image, fold, hcs, overlay`` for every test film of every fold, or only those in ``images`` (skipped when
+    ``fold<i>/explain.json`` exists)."""
     from cxrlab.explain.run import explain_images
 
     out = Path(out)
