@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,24 @@ def prepare(args) -> tuple[Path, Path, list[Path], pd.DataFrame]:
     if len(split_files) != args.folds:
         split_files = write_folds(make_folds(primary, TARGET, args.folds, seed=0), work / "folds")
     return manifest, fusion, split_files, primary
+
+
+def arm_timing(arm_dir: Path) -> dict:
+    """When an arm's predictions were written (UTC) and the fold runs' summed training seconds (fine-tuned arms)."""
+    pred = arm_dir / "predictions.parquet"
+    seconds = 0.0
+    for m in sorted(arm_dir.glob("fold*/metrics.json")):
+        seconds += float(json.loads(m.read_text())["run"].get("train_seconds_this_call") or 0)
+    return {"finished": dt.datetime.fromtimestamp(pred.stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds"),
+            "train_seconds": round(seconds)}
+
+
+def xray_note(backbone: str | None) -> str:
+    """What the X-ray backbone is, from a pretraining run's READY file (first line) when there is one."""
+    if not backbone or not backbone.startswith("run:"):
+        return ""
+    ready = Path(backbone.removeprefix("run:")) / "READY"
+    return ready.read_text().splitlines()[-1].strip() if ready.is_file() else ""
 
 
 def fusion_counts(fusion: Path) -> dict:
@@ -195,13 +215,16 @@ def main(argv: list[str] | None = None) -> int:
                         "removed_by_event_filter": report.get("rows_removed"),
                         "fusion": fusion_counts(fusion),
                         "fusion_threshold": args.fusion_threshold},
+               "xray_note": xray_note(args.xray_backbone),
                "protocol": {"folds": args.folds, "size": args.size, "epochs": args.epochs,
                             "xray_backbone": args.xray_backbone, "lung_model": args.lung_model,
                             "n_boot": args.n_boot},
                "machine": machine_info(), "load_before": load_before, "load_after": load_average(),
                "started": started.isoformat(timespec="seconds"),
                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "command": "python bench/icu.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+               "command": "python bench/icu.py " + shlex.join(a for a in (argv if argv is not None else sys.argv[1:])
+                                                              if a != "--report-only"),
+               "training": {name: arm_timing(args.work / "arms" / name) for name in preds}}
     write_page(args, results, primary)
     return 0
 

@@ -31,7 +31,12 @@ def render(results: dict[str, Any]) -> str:
         f"Regenerate: `{results['command']}` (`--report-only` rewrites this page from the saved predictions).",
         f"Machine: {m.get('cpu')} with {m.get('cores')} cores, torch {m.get('torch')}, one torch thread per process; "
         f"**shared** with other jobs (load average before {results['load_before']}, after "
-        f"{results['load_after']}). Run {results['started']} → {results['finished']} (UTC).",
+        f"{results['load_after']}) for this page, {results['started']} → {results['finished']} (UTC). The arms "
+        "were trained by earlier invocations of the same command (finished folds are reused); when each arm "
+        "finished and its summed fold training time: " + "; ".join(
+            f"{k} {v['finished']}" + (f" ({v['train_seconds']} s)" if v.get("train_seconds") else "")
+            for k, v in results.get("training", {}).items()) + ". During training the machine was heavily loaded "
+        "(two arms in parallel plus other helpers' jobs on 2 cores); its load was not recorded per arm.",
         "",
         "## Data and protocol",
         "",
@@ -58,8 +63,8 @@ def render(results: dict[str, Any]) -> str:
         "tested in `tests/test_icu_study.py`, `tests/test_icu_arms.py`) and pass the same COVID-19 / frontal / "
         "event filters. COVID-QU-Ex infection fractions were not used (that source was not built; see below).",
         f"- X-ray-pretrained backbone: `{proto['xray_backbone']}` (a cxrlab pretraining run on sources other than "
-        "ieee8023, issue #15). TorchXRayVision/ELIXR weights cannot be downloaded offline; `xrv:` loads a local "
-        "file only.",
+        "ieee8023, issue #15)" + (f": {results['xray_note']}" if results.get("xray_note") else "") + ". "
+        "TorchXRayVision/ELIXR weights cannot be downloaded offline; `xrv:` loads a local file only.",
         f"- AUC: pooled out-of-fold test predictions, patient-level bootstrap 95 % CI ({proto['n_boot']} draws). "
         "Sensitivity/specificity: each fold's threshold is the Youden point of its **validation** films, applied to "
         "its test films, pooled. Paired comparison with the baseline on the same films: patient-level paired "
@@ -82,7 +87,7 @@ def render(results: dict[str, Any]) -> str:
             f"| {arm.label} | {_ci(r['auc'])} | {r['sensitivity']:.2f} | {r['specificity']:.2f} | "
             f"{r['images']} / {r['patients']} | {_ci(vs['difference']) if vs else 'baseline'} | "
             f"{_p(vs['bootstrap_p']) if vs else ''} | {_p(vs['delong'].get('p')) if vs else ''} | "
-            f"{'—' if hcs is None else f'{hcs:.2f}'} |")
+            f"{'—' if hcs is None else f'{hcs:.3f}'} |")
     lines += ["", "## The acquisition-view confound", "",
               "View-only baseline: AP/supine = 1, PA = 0 as the score, on the same films as each arm. Each arm's "
               "AUC within AP/supine films and within PA films (patient-level bootstrap CIs).", "",
@@ -108,8 +113,9 @@ def render(results: dict[str, Any]) -> str:
     if best:
         met = best[1]["auc"]["value"] >= 0.75
         lines.append(f"Best arm: {best[1]['label']}, CV AUC {_ci(best[1]['auc'])} — the target CV AUC ≥ 0.75 "
-                     f"is **{'met' if met else 'not met'}** (point estimate; the CI shows how little 45 patients "
-                     "pin it down).")
+                     f"is **{'met' if met else 'not met'}** by the point estimate only: the CI shows how little "
+                     f"{data['patients']} patients pin it down, and the best of {len(arms)} arms on one CV is an "
+                     "optimistic pick (no arm differs from the baseline by the paired tests).")
     missing = results.get("missing_arms") or []
     if missing:
         lines += ["", "Arms without numbers: " + ", ".join(f"`{a}`" for a in missing) + ". " +
@@ -119,7 +125,7 @@ def render(results: dict[str, Any]) -> str:
                   "Grad-CAM of each fold's model on its own test films (probability-weighted, lung contour drawn); "
                   "HCS = share of the heatmap inside the lungs (`cxrlab.explain.hcs`, default definition); the table's HCS "
                   "is the mean over a fixed sample of 2 ICU + 2 non-ICU test films per fold (the same films for every "
-                  "arm; the CPU budget did not allow all films). The same films for every arm. Embedding arms have "
+                  "arm; the CPU budget did not allow all films). Embedding arms have "
                   "no fine-tuned convolutional head to explain and no gallery.", ""]
         for name, png in results["galleries"].items():
             lines.append(f"![{name}]({png})")
@@ -130,6 +136,12 @@ def render(results: dict[str, Any]) -> str:
               "AUC the view alone explains. Within-view AUCs rest on very few films per view — see the film counts "
               "under the confound table (AP/supine films are almost all ICU, so the within-AP/supine AUC rests on a "
               "handful of non-ICU films).",
+              "- **Thresholds.** Each fold's validation part holds only a handful of films, so the Youden cuts "
+              "(and the sensitivity/specificity they give) are noisy; they are honest (never chosen on test), not "
+              "stable.",
+              "- **HCS.** With the default (`nonzero`) definition a Grad-CAM map that covers the whole film scores "
+              "about the lungs' share of the image, so near-equal HCS across arms says little about where each "
+              "model looks; the galleries are the qualitative evidence, on six films.",
               "- **Source shortcuts.** ieee8023 films come from many publications; ICU and non-ICU patients come "
               "from different papers (different processing, crops, annotations), which a CNN can learn.",
               "- **Fusion labels are a proxy.** Severity ≥ threshold is not ICU admission; the fused films are also "
