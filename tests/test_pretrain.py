@@ -3,6 +3,7 @@ is a weight source for recipes, segmentation and embed, and the leakage guard re
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,45 @@ def test_cli_errors_are_one_line(small_phantom, lite0_run, tmp_path):
     res = subprocess.run([CXRLAB, "pretrain", str(bad), "--data", str(small_phantom), "--out", str(tmp_path / "p")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "multiple of 32" in res.stderr and "Traceback" not in res.stderr
+
+
+def _seg_config(manifest: Path, weights: str, **over) -> dict:
+    return {"manifests": [str(manifest)], "size": 64, "arch": "unet", "encoder": "efficientnet_lite0",
+            "weights": weights, "arch_kwargs": {"decoder_channels": [16, 8, 8, 8, 8]}, "epochs": 1,
+            "batch_size": 4, "samples_per_epoch": 8, "val_max_images": 4, "threads": 1, "seed": 0, **over}
+
+
+def test_segmentation_training_applies_the_guard(small_phantom, lite0_run, tmp_path):
+    from cxrlab.anatomy import train_segmentation
+
+    out = tmp_path / "seg"
+    with pytest.raises(ConfigError, match="allow_pretrain_overlap: true"):
+        train_segmentation(_seg_config(small_phantom, f"run:{lite0_run}"), out=out)
+    assert not out.exists()  # refused before anything was written
+    # the same backbone with a record of other patients only trains
+    disjoint = tmp_path / "disjoint"
+    shutil.copytree(lite0_run, disjoint)
+    pd.read_csv(lite0_run / "seen.csv", dtype=str).assign(patient_id="PH999-0001", image="/x/other.png") \
+        .to_csv(disjoint / "seen.csv", index=False)
+    run = train_segmentation(_seg_config(small_phantom, f"run:{disjoint}"), out=tmp_path / "seg2")
+    assert (run / "checkpoints" / "best.pt").is_file()
+    with pytest.raises(ConfigError, match="allow_pretrain_overlap: true"):
+        train_segmentation(_seg_config(small_phantom, f"run:{lite0_run}"), out=tmp_path / "seg3")
+
+
+def test_embeddings_carry_the_guard_to_heads(lite0_run, small_phantom, tmp_path):
+    from cxrlab.retrieval import embed, read_embeddings
+    from cxrlab.train.embedding_head import HeadConfig, cross_validate_head
+
+    emb = read_embeddings(embed(lite0_run, small_phantom, tmp_path / "emb.parquet", precision="fp32"))
+    assert (emb.meta["seen_in_pretraining"] == 1.0).all()  # the run saw every phantom patient
+    meta = emb.meta.assign(label=np.arange(len(emb)) % 2)
+    with pytest.raises(ConfigError, match="saw .* patient"):
+        cross_validate_head(emb.vectors, meta, "label", k=2, stratify=False)
+    # the same vectors pass once the patients are marked unseen (a backbone pretrained without them)
+    oof = cross_validate_head(emb.vectors, meta.assign(seen_in_pretraining=0.0), "label", k=2, stratify=False,
+                              cfg=HeadConfig(epochs=2, hidden=0))
+    assert len(oof) == len(meta)
+    # an ImageNet backbone's vectors carry no mark at all
+    plain = read_embeddings(embed("efficientnet_lite0", small_phantom, tmp_path / "plain.parquet", precision="fp32"))
+    assert "seen_in_pretraining" not in plain.meta.columns

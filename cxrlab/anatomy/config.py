@@ -46,6 +46,8 @@ class SegmentationConfig(_Strict):
     arch: str = "unet"
     encoder: str = "efficientnet_lite0"
     weights: str = "imagenet"
+    # a ``run:`` backbone that saw a val/test patient is refused (cxrlab.pretrain.guard) unless this is true
+    allow_pretrain_overlap: bool = False
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to the smp class (decoder_channels...)
     size: int = 256
     targets: list[str] = Field(default_factory=lambda: list(LUNG_TARGETS))

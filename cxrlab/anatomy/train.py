@@ -145,6 +145,11 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
     seed_everything(cfg.seed)
 
     df = assign_split(load_table(cfg), cfg)
+    if cfg.weights.startswith("run:"):  # refused before anything is written
+        from cxrlab.pretrain.guard import check_pretrain_overlap
+
+        check_pretrain_overlap(cfg.weights, df, "split", allow=cfg.allow_pretrain_overlap,
+                               allow_key="allow_pretrain_overlap")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", _resolved_recipe(cfg, precision))
     save_split(df, run_dir / "split.csv")

@@ -58,9 +58,11 @@ def finetune_cv(recipe: str, data: Sequence[str | os.PathLike], split_files: Seq
 
 
 def head_cv(vectors: np.ndarray, meta: pd.DataFrame, folds: Sequence[pd.DataFrame], column: str,
-            cfg=None) -> pd.DataFrame:
+            cfg=None, allow_pretrain_overlap: bool = False) -> pd.DataFrame:
     """One head per fold on ``vectors`` (rows of ``meta``); primary rows are placed by the fold's split table,
-    train-only rows (``train_only`` column) train unless their patient is in the fold's val/test."""
+    train-only rows (``train_only`` column) train unless their patient is in the fold's val/test. Vectors of a
+    pretrained backbone that saw a val/test patient are refused (cxrlab.pretrain.guard) unless allowed."""
+    from cxrlab.pretrain.guard import check_embedding_overlap
     from cxrlab.train.embedding_head import HeadConfig, fit_head, predict_head
 
     cfg = cfg or HeadConfig()
@@ -79,6 +81,7 @@ def head_cv(vectors: np.ndarray, meta: pd.DataFrame, folds: Sequence[pd.DataFram
         if missing:
             raise InputError("embeddings", f"{len(missing)} fold image(s) without an embedding, first: "
                                            f"{sorted(missing)[0]}")
+        check_embedding_overlap(meta, np.isin(part, ["val", "test"]), allow_pretrain_overlap)
         held = set(pids[np.isin(part, ["val", "test"])])
         fused = only & np.isfinite(y) & ~np.isin(pids, list(held))
         train = ((part == "train") & np.isfinite(y)) | fused

@@ -17,6 +17,7 @@ from cxrlab.errors import ConfigError, InputError
 from cxrlab.models.weights import WeightSource
 
 SEEN_FILE = "seen.csv"
+SEEN_COLUMN = "seen_in_pretraining"  # beside each vector of an EMB file made with a run: backbone
 
 
 def seen_by(run: str | Path) -> pd.DataFrame:
@@ -43,8 +44,10 @@ def pretrain_overlap(weights: str | None, df: pd.DataFrame, split_column: str,
             "held_out_patients": int(held[schema.PATIENT_ID].nunique())}
 
 
-def check_pretrain_overlap(weights: str | None, df: pd.DataFrame, split_column: str, allow: bool = False) -> dict | None:
-    """Refuse (``ConfigError``) a ``run:`` backbone that saw a val/test patient or image, unless ``allow``."""
+def check_pretrain_overlap(weights: str | None, df: pd.DataFrame, split_column: str, allow: bool = False,
+                           allow_key: str = "model.allow_pretrain_overlap") -> dict | None:
+    """Refuse (``ConfigError``) a ``run:`` backbone that saw a val/test patient or image, unless ``allow``
+    (``allow_key`` is the config key the message names: recipes nest it under ``model``)."""
     found = pretrain_overlap(weights, df, split_column)
     if found is None or allow or not (found["patients"] or found["images"]):
         return found
@@ -53,4 +56,33 @@ def check_pretrain_overlap(weights: str | None, df: pd.DataFrame, split_column: 
         f"weights run:{found['run']}: the pretrained backbone saw {len(found['patients'])} of this run's "
         f"{found['held_out_patients']} val/test patients ({found['images']} images, e.g. {example}); pretrain "
         f"without them (cxrlab pretrain --exclude-patients-of MANIFEST or --exclude-sources) or set "
-        f"model.allow_pretrain_overlap: true")
+        f"{allow_key}: true")
+
+
+def seen_in_pretraining(weights: str | None, df: pd.DataFrame) -> pd.Series | None:
+    """Per row of ``df``: did the ``run:`` backbone see this patient (or this very image)? None for other sources.
+    ``cxrlab embed`` stores it beside each vector, so heads fitted on the vectors can apply the guard later."""
+    src = WeightSource.parse(weights)
+    if src.kind != "run":
+        return None
+    seen = seen_by(src.arg)
+    images = df["image_path" if "image_path" in df.columns else schema.IMAGE].astype(str)  # seen.csv: absolute
+    hit = df[schema.PATIENT_ID].astype(str).isin(set(seen["patient_id"])) | images.isin(set(seen["image"]))
+    return hit.astype("float64")
+
+
+def check_embedding_overlap(meta: pd.DataFrame, held: "pd.Series | list[bool]", allow: bool = False) -> None:
+    """Refuse (``ConfigError``) a head whose val/test rows (``held``) have vectors from a pretrained backbone that
+    saw their patient (the ``seen_in_pretraining`` column ``cxrlab embed`` writes), unless ``allow``."""
+    if allow or SEEN_COLUMN not in meta.columns:
+        return
+    flags = pd.to_numeric(meta[SEEN_COLUMN], errors="coerce").fillna(0).to_numpy() > 0
+    bad = flags & pd.Series(held).to_numpy(bool)
+    if bad.any():
+        patients = sorted(set(meta.loc[bad, schema.PATIENT_ID].astype(str)))
+        raise ConfigError(
+            f"embeddings: the pretrained backbone that made them saw {len(patients)} patient(s) this head "
+            f"validates or tests on ({int(bad.sum())} films, e.g. {', '.join(patients[:3])}); embed with a backbone "
+            f"pretrained without them (cxrlab pretrain --exclude-patients-of MANIFEST or --exclude-sources) or pass "
+            f"allow_pretrain_overlap=True")
+

@@ -38,7 +38,9 @@ TEXT_COLUMNS = [schema.IMAGE, IMAGE_PATH, schema.PATIENT_ID, schema.STUDY_ID, sc
 # outcome columns kept as recorded (numbers stay numbers, anything else becomes text)
 OUTCOME_COLUMNS = [schema.WENT_ICU, schema.SURVIVAL_DAYS, schema.DEATH_EVENT, "survival", "intubated",
                    schema.OPACITY_RIGHT, schema.OPACITY_LEFT]
-META_COLUMNS = [*TEXT_COLUMNS, schema.OFFSET_DAYS, *OUTCOME_COLUMNS]
+# 1.0 where the pretrained (``run:``) backbone that made the vector saw the film's patient (the leakage guard)
+SEEN_IN_PRETRAINING = "seen_in_pretraining"
+META_COLUMNS = [*TEXT_COLUMNS, schema.OFFSET_DAYS, *OUTCOME_COLUMNS, SEEN_IN_PRETRAINING]
 
 
 @dataclass
@@ -69,7 +71,8 @@ def clean_meta(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             continue
         values = df[col]
-        if col == schema.OFFSET_DAYS or (col in OUTCOME_COLUMNS and pd.api.types.is_numeric_dtype(values)):
+        numeric = col in (schema.OFFSET_DAYS, SEEN_IN_PRETRAINING)
+        if numeric or (col in OUTCOME_COLUMNS and pd.api.types.is_numeric_dtype(values)):
             out[col] = pd.to_numeric(values, errors="coerce").astype("float64")
         else:
             out[col] = pd.Series([None if _missing(v) or str(v) == "" else str(v) for v in values], dtype=object)
@@ -296,6 +299,10 @@ def embed(source: str | os.PathLike | Embedder, data: str | os.PathLike | Sequen
     done = set(meta[IMAGE_PATH]) if len(meta) else set()
     todo = df[~df[IMAGE_PATH].isin(done)].reset_index(drop=True)
     info = {"source": embedder.source, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if str(embedder.source.get("weights", "")).startswith("run:"):  # mark films whose patient the backbone saw
+        from cxrlab.pretrain.guard import seen_in_pretraining
+
+        todo = todo.assign(**{SEEN_IN_PRETRAINING: seen_in_pretraining(embedder.source["weights"], todo)})
     parts_v, parts_m = [vectors], [meta]
     pending = 0
     total = len(todo)

@@ -107,12 +107,18 @@ def predict_head(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def cross_validate_head(vectors: np.ndarray, meta: pd.DataFrame, column: str, k: int = 5, seed: int = 0,
-                        cfg: HeadConfig | None = None, stratify: bool = True) -> pd.DataFrame:
+                        cfg: HeadConfig | None = None, stratify: bool = True,
+                        allow_pretrain_overlap: bool = False) -> pd.DataFrame:
     """Out-of-fold probabilities for the labelled primary rows: one head per patient-level fold.
+
+    Every primary row is tested once, so vectors from a pretrained backbone that saw any of their patients are
+    refused (``seen_in_pretraining``, see cxrlab.pretrain.guard) unless ``allow_pretrain_overlap``.
 
     Returns ``image, patient_id, fold, <column>, prob_<column>`` (one row per tested film); its ``attrs``
     hold per-fold summaries (train/val/test images, train-only rows used and dropped, epochs).
     """
+    from cxrlab.pretrain.guard import check_embedding_overlap
+
     cfg = cfg or HeadConfig(seed=seed)
     if column not in meta.columns:
         raise InputError("embeddings", "label column missing", field=column)
@@ -127,6 +133,7 @@ def cross_validate_head(vectors: np.ndarray, meta: pd.DataFrame, column: str, k:
     x = vectors[labelled]
     only = train_only_rows(df)
     primary = df[~only]
+    check_embedding_overlap(df, ~only, allow_pretrain_overlap)
     if primary[schema.PATIENT_ID].nunique() < k:
         raise ConfigError(f"k-fold: {primary[schema.PATIENT_ID].nunique()} labelled primary patients for k={k}")
     folds = kfold_patients(primary.assign(_label=primary["_y"].astype(int)), k, seed,
