@@ -4,6 +4,8 @@ three inference backends giving the same answers through the service's stages.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -119,3 +121,29 @@ def test_openvino_parity_on_a_run_export(service_runs, tmp_path):
     assert got.fast.onnx_path == run / "model.onnx" and got.card()["engine"]["name"] == "openvino"
     x = torch.rand(2, *ref.sample.shape[1:])
     torch.testing.assert_close(got.fast(x), ref.fast(x), atol=1e-4, rtol=1e-4)
+
+
+OPENVINO_TEARDOWN = r"""
+import gc, signal, subprocess, sys, faulthandler
+import torch
+from cxrlab.export import backends
+
+faulthandler.enable()  # as pytest does: Python's own alternate signal stack is in place first
+net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU()).eval()
+sample = torch.rand(1, 1, 16, 16)
+first = backends.create_backend("openvino", net, sample=sample)
+second = backends.create_backend("openvino", net, sample=sample)
+del first; gc.collect()   # freed in creation order, not the reverse
+del second; gc.collect()
+signal.signal(signal.SIGCHLD, lambda *a: None)  # torch's DataLoader installs one like it
+subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("survived")
+"""
+
+
+def test_openvino_models_freed_in_any_order_leave_signal_handling_intact():
+    """Each OpenVINO Core used to install its own alternate signal stack and restore its predecessor's on release:
+    two models freed in creation order left the thread on a freed stack, and the next handled signal (SIGCHLD of
+    a finished subprocess) killed the process with SIGSEGV (the test suite died that way)."""
+    res = subprocess.run([sys.executable, "-c", OPENVINO_TEARDOWN], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "survived" in res.stdout, (res.returncode, res.stderr[-2000:])

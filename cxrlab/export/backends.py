@@ -13,6 +13,7 @@ Gradients (Grad-CAM) need the PyTorch fp32 graph, so callers keep the original m
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import time
@@ -135,6 +136,17 @@ class OnnxRuntimeModule(_Wrapped):
         return tensors[0] if self.single else tuple(tensors)
 
 
+@functools.lru_cache(maxsize=1)
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, never released. Each Core loads the CPU plugin, which installs its own
+    alternate signal stack on the loading thread and, when that Core's last model is freed, restores the stack it
+    found. Cores freed out of creation order therefore leave the thread on a freed stack, and the next Python
+    signal handler run there (e.g. torch's SIGCHLD handler when a subprocess exits) dies with SIGSEGV."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVinoModule(_Wrapped):
     """Runs the exported ONNX graph compiled by OpenVINO's CPU plugin (oneDNN kernels; AVX-512 / AMX bf16 when the
     precision is ``bf16``). Outputs come back in the graph's order, re-keyed like the PyTorch module's."""
@@ -148,7 +160,7 @@ class OpenVinoModule(_Wrapped):
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                   # the same thread budget as torch (the service's torch_threads), one stream: latency first
                   "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "NUM_STREAMS": 1}
-        self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+        self.compiled = openvino_core().compile_model(str(onnx_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         with torch.no_grad():
             template = module.eval()(sample)
