@@ -32,4 +32,6 @@ def test_benchmark_times_current_and_previous_heatmap_paths(service_runs, tmp_pa
     assert result["load_test"]["backend"] == "torch-fp32"  # the load test runs the current path only
     page = out_md.read_text()
     assert "backward Grad-CAM" in page and "#14 latency" in page and "lungs + disease + diagnosis" in page
+    # the share of the GEMM peak is given for every network of the two-stage batch, the disease network included
+    assert all(f"| {m} | torch-fp32 |" in page for m in ("lung", "opacity", "diagnosis"))
     assert json.loads(out_json.read_text())["summary"][before]["batch_all_images_per_s"] > 0

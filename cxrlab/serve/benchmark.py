@@ -285,7 +285,8 @@ def _achieved(r: dict[str, Any]) -> list[str]:
     rows = []
     peak32, peak16 = r["gemm_peak_gflops"]["fp32"], r["gemm_peak_gflops"]["bf16"]
     for backend, b in r["backends"].items():
-        batch_roles = b["batch"]["roles"]
+        # every network a batch run timed: lungs + diagnosis, and the disease network of the two-stage batch
+        batch_roles = set(b["batch"]["roles"]) | set(b.get("batch_all", {}).get("roles", []))
         for m in r["model_flops"]:
             if m["model"] not in batch_roles:
                 continue
