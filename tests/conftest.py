@@ -50,6 +50,23 @@ def service_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
+def other_films():
+    """``other_films(df, folder)``: the rows pointing at copies of their images, i.e. a second dataset's films
+    (training refuses a film listed twice, so fused test data may not re-use the phantom's own files)."""
+    import shutil
+
+    import pandas as pd
+
+    def copy_rows(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
+        folder.mkdir(parents=True, exist_ok=True)
+        out = df.copy()
+        out["image"] = [shutil.copy(p, folder / f"{i}_{Path(p).name}") for i, p in enumerate(df["image"])]
+        return out
+
+    return copy_rows
+
+
+@pytest.fixture
 def one_torch_thread():
     """One intra-op thread: on a 2-core machine extra threads spin and stall (docs/benchmarks/learning.md)."""
     import torch

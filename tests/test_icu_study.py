@@ -113,8 +113,8 @@ def test_given_split_is_checked(fused, phantom_manifest):
         split_from_table(_table(recipe, [fused])[0].df, leaky)
 
 
-def test_label_map_maps_values_before_targets(phantom_manifest):
-    extra = phantom_manifest.df.copy().drop(columns=["went_icu"])
+def test_label_map_maps_values_before_targets(phantom_manifest, other_films, tmp_path):
+    extra = other_films(phantom_manifest.df.drop(columns=["went_icu"]), tmp_path / "films")
     extra[schema.PATIENT_ID] = "R-" + extra[schema.PATIENT_ID].astype(str)
     grades = np.array(["negative", "Mild", "moderate", "SEVERE"])
     extra["grade"] = grades[np.arange(len(extra)) % 4]
@@ -519,3 +519,38 @@ def test_label_bins_turn_a_fused_severity_score_into_icu_labels(phantom_manifest
     primary = table.df[~table.df[schema.PATIENT_ID].str.startswith("S-")]
     # like label_map, the bins apply in every manifest holding the column (documented): the primary's too
     assert set(primary["geographic_extent"]) == {0, 1} and set(primary["went_icu"].astype(float)) <= {0.0, 1.0}
+
+
+# --- a film listed twice is refused (it would train twice, or straddle train and test under two patient ids) ---
+
+def test_duplicate_films_are_refused_within_and_across_manifests(phantom_manifest, tmp_path):
+    recipe = load_recipe("phantom-diagnosis", ["split.stratify=null"])
+    manifest = phantom_manifest
+    assert len(_table(recipe, [manifest])[0].df) == len(manifest.df)  # the clean manifest passes
+    twice = manifest.df.iloc[[0]].assign(patient_id="someone-else")  # the same film under another patient
+    doubled = Manifest(pd.concat([manifest.df, twice], ignore_index=True), source=tmp_path / "doubled.csv")
+    with pytest.raises(InputError, match="listed more than once") as err:
+        _table(recipe, [doubled])
+    assert manifest.df[schema.IMAGE].iloc[0] in str(err.value) and "doubled.csv" in str(err.value)
+    fused = load_recipe("phantom-diagnosis", ["split.stratify=null", "data.extra=train_only"])
+    with pytest.raises(InputError, match="listed more than once"):
+        _table(fused, [manifest, Manifest(twice, source=tmp_path / "extra.csv")])
+    # a primary copy without a label (dropped anyway) does not count: the film is labelled once, by the fused row
+    unlabelled = manifest.df.copy()
+    unlabelled.loc[0, "finding"] = None
+    table, _ = _table(fused, [Manifest(unlabelled, source=tmp_path / "p.csv"), Manifest(twice, source=tmp_path / "e.csv")])
+    assert (table.df[schema.IMAGE] == manifest.df[schema.IMAGE].iloc[0]).sum() == 1
+
+
+def test_cli_refuses_a_duplicated_film_in_one_line(phantom_root, tmp_path):
+    df = pd.read_csv(phantom_root / "manifest.csv", dtype=str)
+    df = pd.concat([df, df.iloc[[3]]], ignore_index=True)
+    df[schema.IMAGE] = [str(phantom_root / p) for p in df[schema.IMAGE]]
+    for col in [c for c in df.columns if c.startswith("mask_")]:
+        df[col] = [str(phantom_root / p) if isinstance(p, str) and p else p for p in df[col]]
+    df.to_csv(tmp_path / "dup.csv", index=False)
+    res = subprocess.run([str(CLI), "train", "phantom-diagnosis", "--data", str(tmp_path / "dup.csv"), "--out",
+                          str(tmp_path / "run"), *sum((["--set", s] for s in FAST), [])],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "listed more than once" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

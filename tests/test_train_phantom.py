@@ -137,8 +137,8 @@ def test_feature_cache_gives_the_uncached_result(phantom_root, home, tmp_path):
     np.testing.assert_allclose(ha[["train_loss", "val_loss"]], hb[["train_loss", "val_loss"]], rtol=2e-2)
 
 
-def test_extra_manifest_trains_only(phantom_root, home, tmp_path):
-    extra = load_manifest(phantom_root / "manifest.csv").df.head(12).copy()
+def test_extra_manifest_trains_only(phantom_root, home, other_films, tmp_path):
+    extra = other_films(load_manifest(phantom_root / "manifest.csv").df.head(12), tmp_path / "films")
     extra["patient_id"] = "EXTRA-" + extra["patient_id"]
     extra = extra.rename(columns={"finding": "diagnosis_label"})
     save_manifest(extra, tmp_path / "extra.csv")

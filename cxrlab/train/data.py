@@ -57,6 +57,18 @@ def fuse_manifests(recipe: Recipe, manifests: list[Manifest]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def refuse_duplicate_films(df: pd.DataFrame, source: object) -> None:
+    """A film labelled twice (in one manifest or across the fused ones) would train twice, and under two patient
+    ids could sit in train and in val/test at once: ``InputError`` naming the image. Call it on the rows that
+    keep a target: a copy without a label (dropped anyway, e.g. a fused film's unlabelled primary row) is fine."""
+    repeated = df[schema.IMAGE].astype(str).duplicated(keep=False)
+    if repeated.any():
+        first = df.loc[repeated, schema.IMAGE].iloc[0]
+        raise InputError(source, f"{int(df.loc[repeated, schema.IMAGE].nunique())} labelled image(s) are listed more "
+                                 f"than once across the data (e.g. {first}, {int(repeated.sum())} rows in all); a film "
+                                 "must be one row — remove the duplicates", field=schema.IMAGE)
+
+
 def _value_key(value: Any) -> str | None:
     """Matching key of a label value: numbers by value (1, 1.0 and "1" match), text stripped and lower-case."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -220,6 +232,7 @@ def build_table(recipe: Recipe, manifests: list[Manifest], tasks: TaskSet, per_i
     keep = tasks.labelled(targets)
     dropped = int((~keep).sum())
     df, targets = df[keep].reset_index(drop=True), targets[keep]
+    refuse_duplicate_films(df, source)
     if not len(df):
         raise InputError(source, f"no row has a target for {tasks.columns}")
     parts = assign_split(df, recipe) if split is None else split_from_table(df, split, split_source)

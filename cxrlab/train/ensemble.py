@@ -69,7 +69,7 @@ def is_ensemble_run(run_dir: str | os.PathLike) -> bool:
 def pooled_table(cfg: EnsembleConfig, manifests: list[Manifest]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Every manifest pooled, rows with a class kept (``_class`` column), and what was dropped, per source."""
     from cxrlab.tasks import TaskSet
-    from cxrlab.train.data import fuse_manifests
+    from cxrlab.train.data import fuse_manifests, refuse_duplicate_films
 
     recipe = cfg.learner_recipe(cfg.learners[0])
     df = fuse_manifests(recipe, manifests)
@@ -82,6 +82,7 @@ def pooled_table(cfg: EnsembleConfig, manifests: list[Manifest]) -> tuple[pd.Dat
     dropped = (pd.DataFrame({"source": source[~keep], "label": df.loc[~keep, task.column].astype(str)})
                .value_counts().sort_index())
     kept = df[keep].reset_index(drop=True)
+    refuse_duplicate_films(kept, manifests[0].source or "manifest")
     kept[CLASS] = np.array(task.classes, dtype=object)[code[keep].astype(int)]
     if not len(kept):
         raise InputError(manifests[0].source or "manifest", f"no row has a class among {task.classes}")
