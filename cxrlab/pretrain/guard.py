@@ -67,7 +67,9 @@ def seen_in_pretraining(weights: str | None, df: pd.DataFrame) -> pd.Series | No
         return None
     seen = seen_by(src.arg)
     images = df["image_path" if "image_path" in df.columns else schema.IMAGE].astype(str)  # seen.csv: absolute
-    hit = df[schema.PATIENT_ID].astype(str).isin(set(seen["patient_id"])) | images.isin(set(seen["image"]))
+    # images given directly (a folder) have no patient id: only the image itself can match
+    pids = df[schema.PATIENT_ID].astype(str) if schema.PATIENT_ID in df.columns else pd.Series("", index=df.index)
+    hit = pids.isin(set(seen["patient_id"]) - {""}) | images.isin(set(seen["image"]))
     return hit.astype("float64")
 
 
