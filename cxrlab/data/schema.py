@@ -18,6 +18,8 @@ SOURCE_DATASET = "source_dataset"
 
 CORE_COLUMNS = [IMAGE, PATIENT_ID, STUDY_ID, OFFSET_DAYS, VIEW, SEX, AGE, SOURCE_DATASET]
 REQUIRED_COLUMNS = [IMAGE, PATIENT_ID, SOURCE_DATASET]
+# 1.0 where the pretrained (``run:``) backbone that made an embedding saw the film's patient (cxrlab.pretrain.guard)
+SEEN_IN_PRETRAINING = "seen_in_pretraining"
 
 # Canonical mask columns (binary PNG 0/255, same size as the image; empty = no mask).
 MASK_LUNGS = "mask_lungs"                 # both lungs in one mask

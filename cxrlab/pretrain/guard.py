@@ -17,7 +17,6 @@ from cxrlab.errors import ConfigError, InputError
 from cxrlab.models.weights import WeightSource
 
 SEEN_FILE = "seen.csv"
-SEEN_COLUMN = "seen_in_pretraining"  # beside each vector of an EMB file made with a run: backbone
 
 
 def seen_by(run: str | Path) -> pd.DataFrame:
@@ -76,9 +75,9 @@ def seen_in_pretraining(weights: str | None, df: pd.DataFrame) -> pd.Series | No
 def check_embedding_overlap(meta: pd.DataFrame, held: "pd.Series | list[bool]", allow: bool = False) -> None:
     """Refuse (``ConfigError``) a head whose val/test rows (``held``) have vectors from a pretrained backbone that
     saw their patient (the ``seen_in_pretraining`` column ``cxrlab embed`` writes), unless ``allow``."""
-    if allow or SEEN_COLUMN not in meta.columns:
+    if allow or schema.SEEN_IN_PRETRAINING not in meta.columns:
         return
-    flags = pd.to_numeric(meta[SEEN_COLUMN], errors="coerce").fillna(0).to_numpy() > 0
+    flags = pd.to_numeric(meta[schema.SEEN_IN_PRETRAINING], errors="coerce").fillna(0).to_numpy() > 0
     bad = flags & pd.Series(held).to_numpy(bool)
     if bad.any():
         patients = sorted(set(meta.loc[bad, schema.PATIENT_ID].astype(str)))
@@ -87,4 +86,3 @@ def check_embedding_overlap(meta: pd.DataFrame, held: "pd.Series | list[bool]", 
             f"validates or tests on ({int(bad.sum())} films, e.g. {', '.join(patients[:3])}); embed with a backbone "
             f"pretrained without them (cxrlab pretrain --exclude-patients-of MANIFEST or --exclude-sources) or pass "
             f"allow_pretrain_overlap=True")
-

@@ -38,9 +38,7 @@ TEXT_COLUMNS = [schema.IMAGE, IMAGE_PATH, schema.PATIENT_ID, schema.STUDY_ID, sc
 # outcome columns kept as recorded (numbers stay numbers, anything else becomes text)
 OUTCOME_COLUMNS = [schema.WENT_ICU, schema.SURVIVAL_DAYS, schema.DEATH_EVENT, "survival", "intubated",
                    schema.OPACITY_RIGHT, schema.OPACITY_LEFT]
-# 1.0 where the pretrained (``run:``) backbone that made the vector saw the film's patient (the leakage guard)
-SEEN_IN_PRETRAINING = "seen_in_pretraining"
-META_COLUMNS = [*TEXT_COLUMNS, schema.OFFSET_DAYS, *OUTCOME_COLUMNS, SEEN_IN_PRETRAINING]
+META_COLUMNS = [*TEXT_COLUMNS, schema.OFFSET_DAYS, *OUTCOME_COLUMNS, schema.SEEN_IN_PRETRAINING]
 
 
 @dataclass
@@ -71,7 +69,7 @@ def clean_meta(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             continue
         values = df[col]
-        numeric = col in (schema.OFFSET_DAYS, SEEN_IN_PRETRAINING)
+        numeric = col in (schema.OFFSET_DAYS, schema.SEEN_IN_PRETRAINING)
         if numeric or (col in OUTCOME_COLUMNS and pd.api.types.is_numeric_dtype(values)):
             out[col] = pd.to_numeric(values, errors="coerce").astype("float64")
         else:
@@ -302,7 +300,7 @@ def embed(source: str | os.PathLike | Embedder, data: str | os.PathLike | Sequen
     if str(embedder.source.get("weights", "")).startswith("run:"):  # mark films whose patient the backbone saw
         from cxrlab.pretrain.guard import seen_in_pretraining
 
-        todo = todo.assign(**{SEEN_IN_PRETRAINING: seen_in_pretraining(embedder.source["weights"], todo)})
+        todo = todo.assign(**{schema.SEEN_IN_PRETRAINING: seen_in_pretraining(embedder.source["weights"], todo)})
     parts_v, parts_m = [vectors], [meta]
     pending = 0
     total = len(todo)
