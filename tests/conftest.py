@@ -37,6 +37,33 @@ def phantom_manifest(phantom_root: Path) -> Manifest:
 
 
 @pytest.fixture(scope="session")
+def lung_stage_rows(service_runs):
+    """``rows(paths, out_dir)``: a manifest frame of the images with the lung masks the service's lung stage draws
+    for them (written as PNGs), so ``predict`` can be compared with the service on the same masks."""
+    import pandas as pd
+
+    from cxrlab.anatomy.predict import LungSegmenter
+    from cxrlab.data import schema
+    from cxrlab.io import read_image, write_png
+
+    segmenter = LungSegmenter.from_run(service_runs["lung"], precision="fp32")  # as the lung stage runs it
+    columns = ((schema.KEY_LUNG_MASK, schema.MASK_LUNGS), (schema.KEY_RIGHT_MASK, schema.MASK_RIGHT_LUNG),
+               (schema.KEY_LEFT_MASK, schema.MASK_LEFT_LUNG))
+
+    def rows(paths, out_dir: Path) -> "pd.DataFrame":
+        out = []
+        for path in map(Path, paths):
+            masks = segmenter.predict(read_image(str(path))[0])
+            row = {schema.IMAGE: str(path)}
+            for key, column in columns:
+                row[column] = str(write_png(out_dir / f"{path.stem}_{column}.png", masks[key], mask=True))
+            out.append(row)
+        return pd.DataFrame(out)
+
+    return rows
+
+
+@pytest.fixture(scope="session")
 def service_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny lung, severity, diagnosis and ICU runs trained by the packages' own trainers, plus their
     ``service.yaml`` (key ``config``); shared by the service, export and viewer tests."""

@@ -192,15 +192,68 @@ def test_bad_ensemble_recipe_is_one_clear_line(tmp_path, two_manifests, change, 
     assert message in proc.stderr + proc.stdout
 
 
-def test_single_model_paths_and_the_service_refuse_an_ensemble_clearly(ensemble_run):
+def test_single_model_tools_refuse_an_ensemble_clearly(ensemble_run):
     from cxrlab.errors import InputError
-    from cxrlab.serve.stages import STAGES
     from cxrlab.train import load_run
 
-    with pytest.raises(InputError, match="is an ensemble run"):
+    with pytest.raises(InputError, match="is an ensemble run.*learners/<name>/fold<k>"):
         load_run(ensemble_run)
-    with pytest.raises(InputError, match="do not serve ensembles yet"):
-        STAGES.create("diagnosis", ensemble_run, backend="torch")
+
+
+@pytest.fixture(scope="module")
+def ensemble_service(ensemble_run, service_runs, tmp_path_factory):
+    from cxrlab.serve import load_service_config, write_service_config
+    from cxrlab.serve.pipeline import AnalysisPipeline
+
+    config = write_service_config(tmp_path_factory.mktemp("svc") / "service.yaml", lung_run=service_runs["lung"],
+                                  diagnosis_run=ensemble_run)
+    return AnalysisPipeline.from_config(load_service_config(config))
+
+
+def test_the_service_serves_an_ensemble_as_cxrlab_predict_does(ensemble_service, ensemble_run, lung_stage_rows,
+                                                               phantom_root, tmp_path):
+    """The service's diagnosis = the run's combiner over the learners' fold-mean probabilities: the numbers
+    ``EnsembleModel.predict`` gives for the same file with the lung masks the service's lung stage drew (patch
+    positions depend on the mask); plus a heatmap on the image and a per-learner breakdown."""
+    df = pd.read_csv(phantom_root / "manifest.csv").iloc[[0, 3]]
+    table = lung_stage_rows([phantom_root / p for p in df[schema.IMAGE]], tmp_path)
+    rows = table.to_dict("records")
+    expected = ens.load_ensemble(ensemble_run).predict(table)
+    for row_in, (_, row) in zip(rows, expected.iterrows()):
+        analysis = ensemble_service.analyze(Path(row_in[schema.IMAGE]).read_bytes(), heatmap=True)
+        report = analysis.report
+        got = report["diagnosis"]["probabilities"]
+        assert list(got) == CLASSES
+        np.testing.assert_allclose([got[c] for c in CLASSES], [row[f"prob_{c}"] for c in CLASSES], atol=1e-5)
+        assert report["diagnosis"]["predicted"] == row["pred_diagnosis"]
+        outputs = report["diagnosis"]["outputs"]
+        for column in ("global.prob_viral", "patch.prob_covid19", "patch.prob_bacterial"):
+            np.testing.assert_allclose(outputs[column], row[column], atol=1e-5)
+        heat = report["heatmap"]
+        assert heat["shown_on_image"] and "mean of 6 member maps" in heat["computed"]
+        assert heat["concordance"] is None or 0 <= heat["concordance"] <= 1
+        assert "heatmap" in analysis.images
+
+
+def test_the_ensemble_card_names_its_members_and_engine(ensemble_service):
+    card = next(c for c in ensemble_service.model_cards() if c["role"] == "diagnosis")
+    assert card["members"] == {"global": 3, "patch": 3} and card["combiner"] == "neural_tanh"
+    assert card["engine"]["name"] == "torch-fp32" and "ensemble" in card["engine"]["why"]
+    assert card["version"].startswith("run@") and len(card["version"]) == len("run@") + 12
+    assert "macro_f1" in json.dumps(card["validation_metrics"])
+
+
+def test_serve_and_export_take_an_ensemble_installed_cli(ensemble_run, tmp_path):
+    from cxrlab.serve.stages import detect_role
+
+    assert detect_role(ensemble_run) == "diagnosis"
+    copy = tmp_path / "run"
+    shutil.copytree(ensemble_run, copy)
+    proc = subprocess.run([CLI, "export", str(copy)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((copy / "export.json").read_text())
+    assert len(report["models"]) == 6 and all(m["passed"] for m in report["models"])
+    assert (copy / "learners" / "patch" / "fold2" / "model.onnx").is_file()
 
 
 def test_training_options_an_ensemble_cannot_use_are_refused(tmp_path, two_manifests):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cxrlab.data import schema
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.recipes.loader import validate_recipe
 from cxrlab.train import load_run, patch_mode, train
@@ -272,8 +273,24 @@ def test_cli_predict_and_evaluate_on_a_patch_run(patch_run, phantom_root, tmp_pa
     assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "report.html").is_file()
 
 
-def test_the_service_refuses_patch_runs_clearly(patch_run):
-    from cxrlab.serve.stages import STAGES
+def test_the_service_serves_a_patch_run_as_predict_does(patch_run, service_runs, lung_stage_rows, phantom_root,
+                                                        tmp_path):
+    """K patches on the lung stage's masks, aggregated as in ``predict``; the heatmap is the probabilistic patch
+    Grad-CAM mapped onto the image; with no lung model configured the service refuses to start."""
+    from cxrlab.serve import load_service_config, write_service_config
+    from cxrlab.serve.pipeline import AnalysisPipeline
 
-    with pytest.raises(ConfigError, match="does not serve patch runs"):
-        STAGES.create("diagnosis", patch_run, backend="torch")
+    config = write_service_config(tmp_path / "svc" / "service.yaml", lung_run=service_runs["lung"],
+                                  diagnosis_run=patch_run)
+    pipeline = AnalysisPipeline.from_config(load_service_config(config))
+    table = lung_stage_rows([phantom_root / p for p in pd.read_csv(phantom_root / "manifest.csv")[schema.IMAGE][:2]],
+                            tmp_path)
+    expected = load_run(patch_run).predict(table)
+    for path, (_, row) in zip(table[schema.IMAGE], expected.iterrows()):
+        analysis = pipeline.analyze(Path(path).read_bytes(), heatmap=True)
+        got = analysis.report["diagnosis"]["probabilities"]
+        np.testing.assert_allclose([got[c] for c in CLASSES], [row[f"prob_{c}"] for c in CLASSES], atol=1e-6)
+        assert analysis.report["heatmap"]["shown_on_image"] and "heatmap" in analysis.images
+    lonely = write_service_config(tmp_path / "svc2" / "service.yaml", diagnosis_run=patch_run)
+    with pytest.raises(ConfigError, match="needs lung masks: configure a lung model"):
+        AnalysisPipeline.from_config(load_service_config(lonely))

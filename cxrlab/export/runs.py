@@ -24,13 +24,13 @@ FORMATS = ("onnx",)
 def export_run(run_dir: str | Path, fmt: str = "onnx", tolerance: float = 1e-3, seed: int = 0) -> list[ParityReport]:
     """Export the run's model(s); raise :class:`ParityError` when onnxruntime differs from PyTorch by more than
     ``tolerance`` (max absolute output difference). Returns one report per exported model."""
-    from cxrlab.serve.stages import STAGES, detect_role
+    from cxrlab.serve.stages import create_stage, detect_role
 
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     role = detect_role(run_dir)
-    stage = STAGES.create(role, run_dir, backend="torch-fp32")
+    stage = create_stage(role, run_dir, backend="torch-fp32")
     gen = torch.Generator().manual_seed(seed)
     reports = []
     for name, module, sample, onnx_path in getattr(stage, "export_modules", stage.modules)():

@@ -173,10 +173,26 @@ class Timer:
 HEATMAP_PASSES = ("auto", "backward")
 
 
+def create_stage(role: str, run_dir: str | Path, *, backend: str, cam_method: str = "gradcam",
+                 heatmap_pass: str = "auto") -> Stage:
+    """The stage of one run directory in ``role``. A diagnosis run that no single network stands for (an ensemble
+    run, a patch-mode run) gets :class:`cxrlab.serve.member_stage.MemberModelsStage`."""
+    if role == "diagnosis" and _served_by_members(Path(run_dir)):
+        from cxrlab.serve.member_stage import MemberModelsStage
+
+        return MemberModelsStage(Path(run_dir), backend=backend, cam_method=cam_method, heatmap_pass=heatmap_pass)
+    return STAGES.create(role, Path(run_dir), backend=backend, cam_method=cam_method, heatmap_pass=heatmap_pass)
+
+
+def _served_by_members(run_dir: Path) -> bool:
+    recipe = _read_yaml(run_dir / "recipe.yaml")
+    return recipe.get("kind") == "ensemble" or bool((recipe.get("input") or {}).get("patches"))
+
+
 def create_stages(runs: dict[str, Path], *, backend: str, cam_method: str = "gradcam",
                   heatmap_pass: str = "auto") -> list[Stage]:
     """One stage per configured role. A severity run without a configured lung model brings its own Stage I."""
-    stages = [STAGES.create(role, path, backend=backend, cam_method=cam_method, heatmap_pass=heatmap_pass)
+    stages = [create_stage(role, path, backend=backend, cam_method=cam_method, heatmap_pass=heatmap_pass)
               for role, path in runs.items()]
     for stage in list(stages):
         if stage.role == "opacity" and "lung" not in runs:
@@ -184,6 +200,8 @@ def create_stages(runs: dict[str, Path], *, backend: str, cam_method: str = "gra
                 raise ConfigError(f"{stage.run_dir}: an opacity model needs lung masks: configure a lung model")
             stages.append(STAGES.create("lung", stage.lung_run, backend=backend, cam_method=cam_method,
                                         heatmap_pass=heatmap_pass))
+        if getattr(stage, "needs_masks", False) and "lung" not in runs:
+            raise ConfigError(f"{stage.run_dir}: this diagnosis run needs lung masks: configure a lung model")
     return stages
 
 
@@ -443,6 +461,9 @@ class _ClassifierStage(Stage):
 
     @classmethod
     def matches(cls, recipe: dict[str, Any]) -> bool:
+        if recipe.get("kind") == "ensemble":  # one task for the whole ensemble
+            task = recipe.get("task")
+            return isinstance(task, dict) and task.get("kind") == cls.task_kind
         tasks = recipe.get("tasks") or []
         return bool(tasks) and isinstance(tasks[0], dict) and tasks[0].get("kind") == cls.task_kind
 

@@ -358,6 +358,21 @@ class EnsembleModel:
             per_learner.append(np.mean(probs, axis=0))
         return first, np.stack(per_learner, axis=1)
 
+    def sample_probabilities(self, samples: Sequence[dict]) -> np.ndarray:
+        """``(N, L, C)`` for in-memory samples (image + lung masks, as the service holds them): each learner's
+        probability, the mean over its fold models."""
+        columns = [f"prob_{c}" for c in self.cfg.classes]
+        per_learner = []
+        for fold_models in self.models.values():
+            folds = [model.predict_samples(samples) for model in fold_models]
+            per_learner.append(np.mean([np.column_stack([np.asarray(d[c], np.float64) for c in columns])
+                                        for d in folds], axis=0))
+        return np.stack(per_learner, axis=1)
+
+    def combine(self, probs: np.ndarray) -> np.ndarray:
+        """``(N, C)``: the fitted combiner applied to the learners' ``(N, L, C)`` probabilities."""
+        return np.asarray(self.combiner.predict(probs), dtype=np.float64)
+
     def predict(self, data: Any, lung_model: str | os.PathLike | None = None, quality: Any | None = None,
                 keep_failing: bool = False, batch_size: int = 32,
                 mask_cache: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -375,7 +390,7 @@ class EnsembleModel:
         ok = np.isfinite(probs).all(axis=(1, 2))  # images the quality gate refused have no probabilities
         combined = np.full((len(df), len(prob_cols)), np.nan)
         if ok.any():
-            combined[ok] = self.combiner.predict(probs[ok])
+            combined[ok] = self.combine(probs[ok])
         for i, c in enumerate(prob_cols):
             out[c] = combined[:, i]
         task = _task_config(self.cfg)

@@ -54,8 +54,9 @@ class RunModel:
             raise InputError(run_dir, "not a training run directory (no recipe.yaml)")
         raw = read_yaml_mapping(recipe_file, "run recipe")
         if raw.get("kind") == "ensemble":  # cxrlab.train.ensemble.load_ensemble: several models and a combiner
-            raise InputError(run_dir, "is an ensemble run: `cxrlab predict` and `cxrlab evaluate` use it; the "
-                             "service, explain and export do not serve ensembles yet (they need one model)")
+            raise InputError(run_dir, "is an ensemble run: `cxrlab predict`, `evaluate`, `serve` and `export` "
+                             "take it (cxrlab.train.load_ensemble); single-model tools such as `explain` take one "
+                             "of its members (learners/<name>/fold<k>)")
         if "tasks" not in raw and "arch" in raw:
             raise InputError(run_dir, "is a lung segmentation run (use it as --lung-model), not a training run")
         if "tasks" not in raw and ("lung_run" in raw or raw.get("kind") == "severity"):
@@ -152,8 +153,16 @@ class RunModel:
 
     def predict_sample(self, sample: dict, lung_model: str | os.PathLike | None = None) -> dict[str, Any]:
         """Prediction columns for one in-memory sample."""
-        decoded = self._decode(self.image_logits(self._prepared(sample, lung_model)), 1)
+        decoded = self.predict_samples([sample], lung_model)
         return {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in decoded.items()}
+
+    def predict_samples(self, samples: Sequence[dict], lung_model: str | os.PathLike | None = None
+                        ) -> dict[str, np.ndarray]:
+        """Prediction columns (one row per sample) for in-memory samples, in one forward pass."""
+        if not samples:
+            return {}
+        x = torch.cat([self._prepared(s, lung_model) for s in samples])
+        return self._decode(self.image_logits(x), len(samples))
 
     def predict(self, data: pd.DataFrame | Manifest | str | os.PathLike | Sequence[str | os.PathLike],
                 lung_model: str | os.PathLike | None = None, batch_size: int = 32,
