@@ -70,11 +70,13 @@ def _cap(df: pd.DataFrame, column: str, cap: int, seed: int) -> pd.DataFrame:
     return pd.concat(parts).sort_index()
 
 
-def manifests(work: Path, cap: int, seed: int) -> dict[str, Path]:
+def manifests(work: Path, cap: int, seed: int, kermany_cap: int | None = None) -> dict[str, Path]:
     out = work / "data"
     out.mkdir(parents=True, exist_ok=True)
     ieee = _absolute(SHARED / "ieee8023_covid_chestxray" / "manifest.csv")
-    kermany = _cap(_absolute(SHARED / "kermany_pediatric_pneumonia" / "manifest.csv"), "finding_coarse", cap, seed)
+    kermany = _absolute(SHARED / "kermany_pediatric_pneumonia" / "manifest.csv")
+    if kermany_cap is not None:
+        kermany = _cap(kermany, "finding_coarse", kermany_cap, seed)
     quex = _absolute(SHARED / "covid_qu_ex_infection_seg" / "manifest.csv")
     quex = _cap(quex, "finding_coarse", cap, seed)
     jsrt = _absolute(SHARED / "jsrt_scr_lung_masks" / "manifest.csv")
@@ -147,7 +149,8 @@ def false_covid(run: Path, jsrt: Path, lung_model: Path, work: Path) -> dict[str
 # --- source probe ---------------------------------------------------------------------------------------------
 
 def source_probe(run: Path) -> dict[str, Any]:
-    """Frozen Lite0 features (the global learner's backbone, fold 0: frozen, so the ImageNet weights) → source."""
+    """The ImageNet features the global learner starts from (its backbone with ImageNet weights, before any
+    fine-tuning; the learner's own input pipeline) → source, and → class, by a patient-grouped linear probe."""
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
@@ -156,12 +159,16 @@ def source_probe(run: Path) -> dict[str, Any]:
     from sklearn.preprocessing import StandardScaler
 
     from cxrlab.data.dataset import load_sample
+    from cxrlab.models.network import create_model
     from cxrlab.recipes.loader import load_recipe
     from cxrlab.train.predict import load_run
 
     cfg = load_recipe(run / "recipe.yaml", kind="ensemble")
     glob = next(lr.name for lr in cfg.learners if "patches" not in (lr.recipe.get("input") or {}))
     model = load_run(run / "learners" / glob / "fold0")
+    imagenet, _ = create_model(model.recipe.model.backbone, {"x": 1}, in_chans=model.pipeline.in_chans,
+                               weights="imagenet")
+    imagenet.eval()
     split = pd.read_csv(run / "learners" / glob / "fold0" / "split.csv", dtype={schema.PATIENT_ID: str})
     pred = pd.read_parquet(run / "learners" / glob / "fold0" / "predictions.parquet")
     folds = pd.read_csv(run / "folds.csv", dtype={schema.PATIENT_ID: str})
@@ -169,10 +176,11 @@ def source_probe(run: Path) -> dict[str, Any]:
     assert len(df) == len(split)
     feats = []
     with torch.no_grad():
-        for _, row in df.iterrows():
-            sample = load_sample(row, [], label_columns=[])
-            feats.append(model.model.features(model.inputs_for(sample)).float().numpy()[0])
-    x = np.stack(feats)
+        for start in range(0, len(df), 32):
+            x = torch.cat([model.inputs_for(load_sample(row, [], label_columns=[]))
+                           for _, row in df.iloc[start:start + 32].iterrows()])
+            feats.append(imagenet.features(x).float().numpy())
+    x = np.concatenate(feats)
 
     def probe(mask: np.ndarray, target: np.ndarray) -> dict[str, Any]:
         y, groups = target[mask], df[schema.PATIENT_ID].to_numpy()[mask]
@@ -190,7 +198,8 @@ def source_probe(run: Path) -> dict[str, Any]:
 
     source = df["source_dataset"].astype(str).to_numpy()
     cls = df["_class"].astype(str).to_numpy()
-    out = {"features": f"{cfg.base['model']['backbone']} ImageNet (frozen) pooled, {cfg.base['input']['size']} px",
+    out = {"features": f"{model.recipe.model.backbone} ImageNet (as the learner `{glob}` starts, before "
+                       f"fine-tuning) pooled, {model.pipeline.spec.size} px",
            "source_all": probe(np.ones(len(df), bool), source), "class_all": probe(np.ones(len(df), bool), cls)}
     for c in sorted(set(cls)):
         r = probe(cls == c, source)
@@ -269,6 +278,22 @@ def _short(source: str) -> str:
     return source.replace("/", " ").split(" ")[0]
 
 
+def _learners(cfg: Any) -> str:
+    """One phrase per learner of the recipe: backbone, input, what is trained in each stage, patches."""
+    parts = []
+    for spec in cfg.learners:
+        r = cfg.learner_recipe(spec)
+        stages = ", then ".join(
+            (f"{st.epochs} epochs head only" if st.train_blocks == 0 else
+             f"{st.epochs} epochs head + last {st.train_blocks} stages" if st.train_blocks != "all" else
+             f"{st.epochs} epochs whole network") + f" (lr {st.lr:g})" for st in r.train.stages)
+        p = r.input.patches
+        where = (f"{p.size}-px patches of a {p.canvas}-px lung-masked canvas ({p.train_count} random per film per "
+                 f"step, K = {p.count} at inference, {p.aggregate})") if p is not None else f"{r.input.size}-px films"
+        parts.append(f"`{spec.name}` = {r.model.backbone} ({r.model.weights}) on {where}, {stages}")
+    return "; ".join(parts) + " (whole-film learners: the frozen part's outputs cached once per film; no augmentation)"
+
+
 def render(results: dict[str, Any], path: Path) -> None:
     from cxrlab.recipes.loader import load_recipe, recipe_yaml
 
@@ -282,20 +307,16 @@ def render(results: dict[str, Any], path: Path) -> None:
         f"{results.get('load_end')} at the end). Every number below comes from this command; its steps resume "
         "and can run as separate invocations (`--only A,jsrtA,...`, `--work`), as they did here, partly in "
         "parallel, to fit the deadline.", "",
-        "**Budget (quick, CPU).** Recipe `flannel-patch-quick`: EfficientNet-Lite0, ImageNet weights, backbone "
-        "frozen (linear heads only), global learner at "
-        f"{cfg.base['input']['size']} px (features cached), patch learner on a {ks.get('canvas', '?')}-px "
-        f"lung-masked canvas with {ks.get('patch', '?')}-px patches, K = {ks.get('chosen_k', '?')} patches per "
-        "image at inference, "
-        "majority vote; few epochs (recipe). "
-        f"At most {results['cap']} images per class from Kermany and from COVID-QU-Ex (whole patients drawn with a "
-        "seed) so that the whole page fits in about an hour; ieee8023 is used whole (frontal films only). "
+        f"**Budget (quick, CPU).** Recipe `{RECIPE}`; learners: {_learners(cfg)}. "
+        f"COVID-QU-Ex: at most {results['cap']} images per class (whole patients drawn with a seed); Kermany: "
+        + ("all images" if results.get("kermany_cap") is None else f"at most {results['kermany_cap']} per class")
+        + "; ieee8023 whole (frontal films only). "
         "Lung masks: the manifests' own where present, else the lung run "
         f"`{results['lung_model']}`. 5 patient-level folds (stratified by class), one split shared by every "
         "learner; the combiners are evaluated out-of-fold too (fitted on the other folds' out-of-fold "
         "probabilities). Mean (sd) over the 5 folds. The full budget (`flannel-patch`: 224-px patches on a "
-        "1024-px canvas, K = 100, fine-tuned Lite0/1/2) needs a GPU and was **not run** (no accelerator was "
-        "lent to this task).", "",
+        "1024-px canvas, K = 100, fully fine-tuned Lite0/1/2 with augmentation) needs a GPU and was **not run** "
+        "(no accelerator was lent to this task).", "",
     ]
     if "A" in results:
         a = results["A"]
@@ -404,7 +425,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-ensemble")
     ap.add_argument("--lung-model", type=Path, default=ROOT / "runs" / "lung_bench")
-    ap.add_argument("--cap", type=int, default=200, help="max images per class from Kermany and COVID-QU-Ex")
+    ap.add_argument("--cap", type=int, default=400, help="max images per class from COVID-QU-Ex")
+    ap.add_argument("--kermany-cap", type=int, default=None, help="max images per class from Kermany (default: all)")
     ap.add_argument("--only", default="A,jsrtA,ksweep,C,jsrtC,probe,B", help="steps, in order")
     ap.add_argument("--k-images", type=int, default=60, help="images of the K sweep")
     ap.add_argument("--render-only", action="store_true")
@@ -433,14 +455,16 @@ def main() -> None:
         return
     info = machine_info()
     # the numbers depend on these options only (--only / --work pick steps and folders; steps resume)
-    results.update(command=f"python bench/ensemble.py --cap {args.cap} --k-images {args.k_images}", cap=args.cap,
+    kermany = f" --kermany-cap {args.kermany_cap}" if args.kermany_cap is not None else ""
+    results.update(command=f"python bench/ensemble.py --cap {args.cap}{kermany} --k-images {args.k_images}",
+                   cap=args.cap, kermany_cap=args.kermany_cap,
                    lung_model=str(args.lung_model.relative_to(ROOT)) if args.lung_model.is_relative_to(ROOT)
                    else str(args.lung_model),
                    )
     results.setdefault("env", {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                "machine": info.get("cpu", info.get("model", str(info))), "cores": os.cpu_count(),
                                "load_start": load_average()})
-    data = manifests(args.work, args.cap, 0)
+    data = manifests(args.work, args.cap, 0, args.kermany_cap)
 
     def save() -> None:
         results["load_end"] = load_average()

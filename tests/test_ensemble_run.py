@@ -256,6 +256,77 @@ def test_serve_and_export_take_an_ensemble_installed_cli(ensemble_run, tmp_path)
     assert (copy / "learners" / "patch" / "fold2" / "model.onnx").is_file()
 
 
+@pytest.fixture(scope="module")
+def ensemble_study(two_manifests, tmp_path_factory, cxrlab_home):
+    """The same tiny ensemble recipe as a study: every (learner, fold) one trial on 2-worker local Ray."""
+    import ray
+
+    from cxrlab.study.engine import ensure_ray
+    from cxrlab.study.ensemble import run_ensemble_study
+
+    tmp = tmp_path_factory.mktemp("ensemble_study")
+    lines: list[str] = []
+    ensure_ray(num_cpus=2)
+    try:
+        run_ensemble_study(_recipe(tmp), list(two_manifests), tmp / "study", log=lines.append)
+    finally:
+        ray.shutdown()
+    return tmp / "study", lines
+
+
+def test_an_ensemble_recipe_runs_as_a_study_on_ray(ensemble_study, ensemble_run):
+    out, lines = ensemble_study
+    best = out / "best"
+    assert (best / "ensemble.json").is_file() and (best / "combiners" / "neural_tanh.pkl").is_file()
+    # the same patient folds as `cxrlab train` gives the recipe, shared by every learner (one split per fold)
+    pd.testing.assert_frame_equal(pd.read_csv(best / "folds.csv"), pd.read_csv(ensemble_run / "folds.csv"))
+    for learner in ("global", "patch"):
+        for k in range(3):
+            fold_dir = best / "learners" / learner / f"fold{k}"
+            trial = json.loads((fold_dir / "trial.json").read_text())
+            assert trial["combo"] == learner and trial["fold"] == k and 0 <= trial["scores"]["macro_f1"] <= 1
+            split = pd.read_csv(fold_dir / "split.csv")
+            shared = pd.read_csv(best / "splits" / f"fold{k}.csv")
+            assert set(split.loc[split["split"] == "test", "image"]) == \
+                set(shared.loc[shared["split"] == "test", "image"])
+    progress = [ln for ln in lines if "fold" in ln and "macro-F1" in ln]
+    assert len(progress) == 6 and any("6/6" in ln for ln in progress)  # one line per trial, overall bar
+    report = (out / "report.md").read_text()
+    assert "learner patch" in report and "combiner neural_tanh" in report and "±" in report
+    assert (out / "macro_f1_per_fold.png").is_file() and "data:image/png" in (out / "report.html").read_text()
+
+
+def test_an_ensemble_study_resumes_and_refuses_presets(ensemble_study, two_manifests, tmp_path, cxrlab_home):
+    import ray
+
+    from cxrlab.study.engine import ensure_ray
+    from cxrlab.study.ensemble import run_ensemble_study
+
+    out, _ = ensemble_study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    kept = copy / "best" / "learners" / "global" / "fold0" / "checkpoints" / "best.pt"
+    stamp = kept.stat().st_mtime_ns
+    shutil.rmtree(copy / "best" / "learners" / "patch" / "fold1")  # as if killed during that trial
+    shutil.rmtree(copy / "best" / "ray")                            # ... before Tune saved its state
+    (copy / "best" / "ensemble.json").unlink()
+    lines: list[str] = []
+    ensure_ray(num_cpus=2)
+    try:
+        run_ensemble_study("ignored", list(two_manifests), copy, log=lines.append)
+    finally:
+        ray.shutdown()
+    assert (copy / "best" / "ensemble.json").is_file() and kept.stat().st_mtime_ns == stamp
+    assert [ln for ln in lines if "macro-F1" in ln and "fold" in ln][0].split(":")[0].endswith("patch fold 1")
+    # the installed command: a budget preset makes no sense for an ensemble recipe (its budget is the recipe)
+    proc = subprocess.run([CLI, "study", "run", "flannel-patch-quick", "--data", str(two_manifests[0]), "--out",
+                           str(tmp_path / "s2"), "--preset", "quick"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+    assert "an ensemble recipe carries its budget itself" in proc.stderr + proc.stdout
+    proc = subprocess.run([CLI, "study", "report", str(copy)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_training_options_an_ensemble_cannot_use_are_refused(tmp_path, two_manifests):
     recipe = _recipe(tmp_path)
     proc = subprocess.run([CLI, "train", str(recipe), "--data", str(two_manifests[0]), "--out", str(tmp_path / "r"),

@@ -15,7 +15,8 @@ study_app = typer.Typer(help="Studies: a grid of recipes × folds × sides on Ra
 
 @study_app.command("run")
 def run_cmd(
-    study: str = typer.Argument(..., help="a shipped study name (aloe-opacity) or a study YAML path"),
+    study: str = typer.Argument(..., help="a shipped study name (aloe-opacity), a study YAML path, or an ensemble "
+                                "recipe (flannel-patch-quick, flannel-patch, or its YAML path)"),
     data: list[Path] = typer.Option(..., "--data", help="manifest, in the order of the study's data roles "
                                     "(aloe-opacity: COVID-QU-Ex, then ieee8023); repeatable"),
     lung_model: Optional[Path] = typer.Option(None, "--lung-model", help="lung segmentation run for images "
@@ -24,20 +25,32 @@ def run_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local Ray)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="a budget preset of the study file (quick, paper)"),
 ) -> None:
-    """Run or resume a study: every stage of its protocol, each trial one Ray Tune trial; writes DIR/best/."""
-    from cxrlab.study import run_study
+    """Run or resume a study: every stage of its protocol, each trial one Ray Tune trial; writes DIR/best/.
+    An ensemble recipe (flannel-patch-quick, flannel-patch) runs each learner × fold as a trial, on shared folds."""
+    from cxrlab.train.ensemble import is_ensemble_recipe
 
-    run_study(study, data, out, lung_model=lung_model, address=address, preset=preset,
-              log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+    def log(line: str) -> None:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    if is_ensemble_recipe(study):
+        from cxrlab.study.ensemble import run_ensemble_study
+
+        run_ensemble_study(study, data, out, lung_model=lung_model, address=address, preset=preset, log=log)
+    else:
+        from cxrlab.study import run_study
+
+        run_study(study, data, out, lung_model=lung_model, address=address, preset=preset, log=log)
     console.print(f"study: {out} (report: {out / 'report.html'})")
 
 
 @study_app.command("report")
 def report_cmd(out: Path = typer.Argument(..., help="a study directory written by `cxrlab study run`")) -> None:
     """(Re)write DIR/report.md and DIR/report.html from what the study directory holds."""
+    from cxrlab.study.ensemble import is_ensemble_study, write_ensemble_report
     from cxrlab.study.report import write_report
 
-    write_report(out, log=lambda line: console.print(line, highlight=False, markup=False))
+    write = write_ensemble_report if is_ensemble_study(out) else write_report
+    write(out, log=lambda line: console.print(line, highlight=False, markup=False))
 
 
 @study_app.command("list")

@@ -26,7 +26,15 @@ class StudyError(CxrlabError):
 
 
 def _trainable(config: dict[str, Any]) -> dict[str, Any]:
-    out = run_trial(config["trial"])
+    trial = config["trial"]
+    # "runner": "module:function" of another kind of trial (e.g. one ensemble learner fold); default: a grid trial
+    if trial.get("runner"):
+        import importlib
+
+        module, name = trial["runner"].split(":")
+        out = getattr(importlib.import_module(module), name)(trial)
+    else:
+        out = run_trial(trial)
     return {"done": 1, **{k: v for k, v in out["scores"].items() if isinstance(v, (int, float)) and v is not None}}
 
 
@@ -52,11 +60,14 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 def _line(out: dict[str, Any], done: int, total: int) -> str:
     s = out.get("scores", {})
-    mm, hcs = s.get("macro_mae"), s.get("ma_hcs")
     side = f" {out['side']}" if out.get("side") else ""
-    return (f"{_bar(done, total)} {out['combo']} fold {out['fold']}{side}: macro-MAE "
-            f"{'-' if mm is None else f'{mm:.3f}'}, MA-HCS {'-' if hcs is None else f'{hcs:.3f}'} "
-            f"({out.get('seconds', 0):.0f} s)")
+    if "macro_f1" in s and "macro_mae" not in s:  # a classification trial (e.g. an ensemble learner fold)
+        f1, acc = s.get("macro_f1"), s.get("accuracy")
+        scores = f"macro-F1 {'-' if f1 is None else f'{f1:.3f}'}, accuracy {'-' if acc is None else f'{acc:.3f}'}"
+    else:
+        mm, hcs = s.get("macro_mae"), s.get("ma_hcs")
+        scores = f"macro-MAE {'-' if mm is None else f'{mm:.3f}'}, MA-HCS {'-' if hcs is None else f'{hcs:.3f}'}"
+    return f"{_bar(done, total)} {out['combo']} fold {out['fold']}{side}: {scores} ({out.get('seconds', 0):.0f} s)"
 
 
 # the driver-side log and counter of each running batch, by name: Tune pickles its callbacks with the

@@ -163,6 +163,58 @@ def _train_fold(cfg: EnsembleConfig, learner, fold: int, run: Path, split_file: 
     return "resumed" if resume else "trained"
 
 
+def run_fold_trial(trial: dict[str, Any]) -> dict[str, Any]:
+    """One (learner, fold) of an ensemble as a study trial (:mod:`cxrlab.study.engine`, one Ray Tune trial):
+    trains ``learners/<name>/fold<k>`` exactly as the local loop does, then writes its ``trial.json`` with the
+    fold's held-out macro-F1 and accuracy. It reads only its config, so it runs on any node of a Ray cluster
+    that sees the same file system."""
+    from cxrlab.recipes.loader import load_recipe
+    from cxrlab.study.trial import TRIAL_FILE
+    from cxrlab.train.trainer import _as_manifests
+
+    t0 = time.perf_counter()
+    run_dir, k = Path(trial["ensemble_dir"]), int(trial["fold"])
+    cfg = load_recipe(run_dir / "recipe.yaml", kind=KIND)
+    learner = next(lr for lr in cfg.learners if lr.name == trial["learner"])
+    fold_dir = Path(trial["run_dir"])
+    what = _train_fold(cfg, learner, k, fold_dir, run_dir / "splits" / f"fold{k}.csv", _as_manifests(trial["data"]),
+                       trial.get("lung_model"), Path(trial["mask_cache"]))
+    table = pd.read_parquet(fold_dir / "predictions.parquet")
+    test = table[table[SPLIT] == "test"]
+    truth = pd.read_csv(run_dir / "folds.csv").set_index(schema.IMAGE)[CLASS]
+    y = pd.Categorical(truth.loc[test[schema.IMAGE]], categories=cfg.classes).codes.astype(np.int64)
+    probs = test[[f"prob_{c}" for c in cfg.classes]].to_numpy(np.float64)
+    scores = fold_scores(y, probs, np.full(len(y), k), cfg.classes)["per_fold"][0]
+    out = {"id": trial["id"], "combo": learner.name, "fold": k, "side": None, "scores": scores, "what": what,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write_json(fold_dir / TRIAL_FILE, out)
+    return out
+
+
+def _train_folds_on_ray(cfg: EnsembleConfig, run_dir: Path, manifests: list[Manifest], lung_model: Any,
+                        cache: Path, address: str | None, num_cpus: int | None, log: Any = None) -> None:
+    """Every (learner, fold) as one Ray Tune trial (local Ray, or the cluster at ``address``); resumable like a
+    study: finished trials are skipped, Tune's experiment under ``RUN/ray/`` is restored after a kill."""
+    from cxrlab.study.engine import run_trials
+
+    data_dir = run_dir / "ray" / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, manifest in enumerate(manifests):  # absolute paths: every trial reads the same pooled inputs
+        path = data_dir / f"manifest{i}.csv"
+        if not path.is_file():
+            with atomic_path(path) as tmp:
+                manifest.df.to_csv(tmp, index=False)
+        paths.append(str(path.resolve()))
+    trials = [{"id": f"{lr.name}/fold{k}", "runner": "cxrlab.train.ensemble:run_fold_trial",
+               "ensemble_dir": str(run_dir.resolve()), "learner": lr.name, "fold": k, "data": paths,
+               "lung_model": str(Path(lung_model).resolve()) if lung_model else None,
+               "mask_cache": str(cache.resolve()),
+               "run_dir": str((run_dir / "learners" / lr.name / f"fold{k}").resolve())}
+              for lr in cfg.learners for k in range(cfg.folds)]
+    run_trials(trials, run_dir / "ray", "learners", address=address, num_cpus=num_cpus, log=log or _log)
+
+
 def _fold_predictions(cfg: EnsembleConfig, run_dir: Path, assignment: pd.DataFrame):
     from cxrlab.ensemble import FoldPredictions
 
@@ -186,8 +238,14 @@ def _fold_predictions(cfg: EnsembleConfig, run_dir: Path, assignment: pd.DataFra
 def train_ensemble(recipe: EnsembleConfig | str | os.PathLike, data: Sequence[str | os.PathLike | Manifest],
                    out: str | os.PathLike, resume: bool = False, overrides: Sequence[str] = (),
                    lung_model: str | os.PathLike | None = None,
-                   mask_cache: str | os.PathLike | None = None) -> Path:
-    """Train every base learner on every fold, then the combiners; returns the run directory (see module doc)."""
+                   mask_cache: str | os.PathLike | None = None, engine: str = "local",
+                   address: str | None = None, num_cpus: int | None = None, log: Any = None) -> Path:
+    """Train every base learner on every fold, then the combiners; returns the run directory (see module doc).
+
+    ``engine="ray"``: each (learner, fold) is one Ray Tune trial (local Ray with one CPU per trial, or the cluster
+    at ``address``), as ``cxrlab study run`` does with an ensemble recipe; ``"local"``: one after another here."""
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"engine {engine!r}: choose local or ray")
     from cxrlab.ensemble import assemble_oof, create_combiner, cross_validate_combiner
     from cxrlab.recipes.loader import load_recipe, save_recipe
     from cxrlab.train.trainer import _as_manifests
@@ -222,14 +280,18 @@ def train_ensemble(recipe: EnsembleConfig | str | os.PathLike, data: Sequence[st
         lung_model = json.loads((run_dir / "data_filter.json").read_text()).get("lung_run")
     _log(f"{len(assignment)} images, {assignment[schema.PATIENT_ID].nunique()} patients, {cfg.folds} folds, "
          f"{len(cfg.learners)} learner(s); dropped {report['rows_dropped']} row(s) outside {cfg.classes}")
+    for k in range(cfg.folds):  # one split per fold, shared by every learner
+        split_file = run_dir / "splits" / f"fold{k}.csv"
+        if not split_file.is_file():
+            split_file.parent.mkdir(exist_ok=True)
+            with atomic_path(split_file) as tmp:
+                fold_split(cfg, assignment, k).to_csv(tmp, index=False)
     total, done = len(cfg.learners) * cfg.folds, 0
-    for learner in cfg.learners:
+    if engine == "ray":
+        _train_folds_on_ray(cfg, run_dir, manifests, lung_model, cache, address, num_cpus, log)
+    for learner in cfg.learners if engine == "local" else []:
         for k in range(cfg.folds):
             split_file = run_dir / "splits" / f"fold{k}.csv"
-            if not split_file.is_file():
-                split_file.parent.mkdir(exist_ok=True)
-                with atomic_path(split_file) as tmp:
-                    fold_split(cfg, assignment, k).to_csv(tmp, index=False)
             t0 = time.perf_counter()
             _log(f"[{done + 1}/{total}] learner {learner.name}, fold {k + 1}/{cfg.folds} ...")
             what = _train_fold(cfg, learner, k, run_dir / "learners" / learner.name / f"fold{k}", split_file,
