@@ -317,6 +317,7 @@ def test_an_ensemble_study_resumes_and_refuses_presets(ensemble_study, two_manif
     finally:
         ray.shutdown()
     assert (copy / "best" / "ensemble.json").is_file() and kept.stat().st_mtime_ns == stamp
+    assert json.loads((copy / "study.json").read_text())["recipe"].endswith("ensemble.yaml")  # not "ignored"
     assert [ln for ln in lines if "macro-F1" in ln and "fold" in ln][0].split(":")[0].endswith("patch fold 1")
     # the installed command: a budget preset makes no sense for an ensemble recipe (its budget is the recipe)
     proc = subprocess.run([CLI, "study", "run", "flannel-patch-quick", "--data", str(two_manifests[0]), "--out",

@@ -42,9 +42,10 @@ def run_ensemble_study(recipe: str | os.PathLike, data: Sequence[str | os.PathLi
         log(f"ensemble study {recipe}: {'resuming' if resume else 'training'} {best} on Ray Tune")
         train_ensemble(recipe, list(data), best, resume=resume, lung_model=lung_model, engine="ray",
                        address=address, num_cpus=num_cpus, log=log)
-    atomic_write_json(out / STUDY_FILE, {"kind": KIND, "recipe": str(recipe), "data": [str(d) for d in data],
-                                         "lung_model": str(lung_model) if lung_model else None,
-                                         "address": address})
+    if not is_ensemble_study(out):  # a resumed study keeps what it was started with (the run's recipe rules)
+        atomic_write_json(out / STUDY_FILE, {"kind": KIND, "recipe": str(recipe), "data": [str(d) for d in data],
+                                             "lung_model": str(lung_model) if lung_model else None,
+                                             "address": address})
     write_ensemble_report(out, log=log)
     return out
 
