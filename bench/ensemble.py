@@ -1,7 +1,12 @@
 """FLANNEL-style ensemble benchmark (issue #18): docs/benchmarks/ensemble.md from one command.
 
-    .venv/bin/python bench/ensemble.py                         # quick budget, ~1 h on 2 shared cores
+    .venv/bin/python bench/ensemble.py --jobs 2                # quick budget, two lanes of one thread each
     .venv/bin/python bench/ensemble.py --render-only           # rewrite the page from <work>/results.json
+
+``--jobs 2`` runs the steps in two parallel lanes (A and what reads A's run; B, C and what reads C's run), each
+its own process with one thread, and merges their results into one page. ``--reuse DIR`` takes fold models from an
+earlier --work whose learner recipe, fold split and lung run are identical (``cxrlab train --reuse``), so changing
+one learner of the recipe retrains that learner only; the page lists what was taken.
 
 A thin caller of the library (``cxrlab.train.ensemble``, the ``flannel-patch-quick`` recipe):
 
@@ -90,7 +95,8 @@ def manifests(work: Path, cap: int, seed: int, kermany_cap: int | None = None) -
 
 # --- the ensemble runs ----------------------------------------------------------------------------------------
 
-def run_ensemble(work: Path, name: str, data: list[Path], lung_model: Path, overrides: list[str]) -> Path:
+def run_ensemble(work: Path, name: str, data: list[Path], lung_model: Path, overrides: list[str],
+                 reuse: Path | None = None) -> Path:
     from cxrlab.recipes.loader import load_recipe
     from cxrlab.train.ensemble import FINISHED, train_ensemble
 
@@ -100,8 +106,10 @@ def run_ensemble(work: Path, name: str, data: list[Path], lung_model: Path, over
         return out
     resume = (out / "recipe.yaml").is_file()
     cfg = None if resume else load_recipe(RECIPE, overrides, kind="ensemble")
-    log(f"{name}: training ({'resumed' if resume else 'new'})")
-    train_ensemble(cfg, data, out, resume=resume, lung_model=lung_model, mask_cache=work / "lung_masks")
+    old = reuse / "runs" / name if reuse is not None else None
+    old = old if old is not None and (old / "folds.csv").is_file() else None
+    log(f"{name}: training ({'resumed' if resume else 'new'}{f', reusing identical fold models of {old}' if old else ''})")
+    train_ensemble(cfg, data, out, resume=resume, lung_model=lung_model, mask_cache=work / "lung_masks", reuse=old)
     return out
 
 
@@ -109,9 +117,12 @@ def summary(run: Path) -> dict[str, Any]:
     metrics = json.loads((run / "metrics.json").read_text())
     report = json.loads((run / "data_filter.json").read_text())
     folds = pd.read_csv(run / "folds.csv")
+    reused: dict[str, int] = {}
+    for marker in sorted(run.glob("learners/*/fold*/reused_from.json")):
+        reused[marker.parent.parent.name] = reused.get(marker.parent.parent.name, 0) + 1
     return {"metrics": metrics, "data": report, "images": int(len(folds)),
             "patients": int(folds[schema.PATIENT_ID].nunique()),
-            "class_counts": folds["_class"].value_counts().to_dict()}
+            "class_counts": folds["_class"].value_counts().to_dict(), "reused_fold_models": reused}
 
 
 def false_covid(run: Path, jsrt: Path, lung_model: Path, work: Path) -> dict[str, Any]:
@@ -294,6 +305,21 @@ def _learners(cfg: Any) -> str:
     return "; ".join(parts) + " (whole-film learners: the frozen part's outputs cached once per film; no augmentation)"
 
 
+def _reuse_lines(results: dict[str, Any]) -> list[str]:
+    taken = {step: results[step].get("reused_fold_models") for step in ("A", "B", "C")
+             if step in results and results[step].get("reused_fold_models")}
+    if not taken:
+        return []
+    what = "; ".join(f"{step}: " + ", ".join(f"{name} ({n} folds)" for name, n in by.items())
+                     for step, by in taken.items())
+    source = results.get("reuse") or {}
+    return [f"**Fold models taken, not retrained** (`--reuse {source.get('dir', '?')}`, an earlier run of this "
+            f"command written {source.get('written', '?')} on the same machine): {what}. Each has the same "
+            "resolved learner recipe, fold split and lung run as this run would train (checked by `cxrlab train "
+            "--reuse`, which otherwise trains it); every other fold model and every combiner was trained by this "
+            "run.", ""]
+
+
 def render(results: dict[str, Any], path: Path) -> None:
     from cxrlab.recipes.loader import load_recipe, recipe_yaml
 
@@ -304,9 +330,10 @@ def render(results: dict[str, Any], path: Path) -> None:
         "# Ensemble benchmark (FLANNEL focal-loss ensemble, patch + global learners; issue #18)", "",
         f"Written by `{results['command']}` from {env['date']} to {results.get('end', '?')} ({env['machine']}, "
         f"{env['cores']} cores, no GPU, shared only by this command's own parallel invocations: load average "
-        f"{env['load_start']} at start, {results.get('load_end')} at the end). Every number below comes from this command; its steps resume "
-        "and can run as separate invocations (`--only A,jsrtA,...`, `--work`), as they did here, partly in "
-        "parallel, to fit the deadline.", "",
+        f"{env['load_start']} at start, {results.get('load_end')} at the end). Every number below comes from this command"
+        + (f", which ran its steps in {results['jobs']} parallel lanes of one thread each" if results.get("jobs", 1) > 1
+           else "") + "; its steps resume after a stop.", "",
+        *_reuse_lines(results),
         f"**Budget (quick, CPU).** Recipe `{RECIPE}`; learners: {_learners(cfg)}. "
         f"COVID-QU-Ex: at most {results['cap']} images per class (whole patients drawn with a seed); Kermany: "
         + ("all images" if results.get("kermany_cap") is None else f"at most {results['kermany_cap']} per class")
@@ -428,6 +455,74 @@ def render(results: dict[str, Any], path: Path) -> None:
     log(f"wrote {path}")
 
 
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+# steps that read a data set's run go in that data set's lane; the lanes are filled heaviest first
+LANE_OF = {"A": "A", "jsrtA": "A", "ksweep": "A", "probe": "A", "C": "C", "jsrtC": "C", "B": "B"}
+LANE_WEIGHT = {"A": 3, "C": 4, "B": 1}
+
+
+def lanes(steps: list[str], jobs: int) -> list[list[str]]:
+    """Split the steps into at most ``jobs`` lanes, each keeping the steps' order and every step beside the run
+    it reads."""
+    groups: dict[str, list[str]] = {}
+    for step in steps:
+        if step not in LANE_OF:
+            raise SystemExit(f"unknown step {step!r}")
+        groups.setdefault(LANE_OF[step], []).append(step)
+    filled: list[tuple[int, list[str]]] = [(0, []) for _ in range(max(1, min(jobs, len(groups))))]
+    for key in sorted(groups, key=lambda g: -LANE_WEIGHT[g]):
+        i = min(range(len(filled)), key=lambda j: filled[j][0])
+        filled[i] = (filled[i][0] + LANE_WEIGHT[key], filled[i][1] + groups[key])
+    return [lane for _, lane in filled if lane]
+
+
+def run_lanes(args: argparse.Namespace, results: dict[str, Any], save: Any) -> None:
+    """Each lane is this script again (one thread, its own results file); their output is relayed line by line
+    with the lane's name, and their results are merged into one page when all have finished."""
+    import subprocess
+    import threading
+
+    def relay(stream: Any, name: str) -> None:
+        for line in stream:
+            sys.stderr.write(f"[{name}] {line}")
+            sys.stderr.flush()
+
+    procs, threads = [], []
+    for i, lane in enumerate(lanes(args.only.split(","), args.jobs)):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--work", str(args.work), "--lung-model",
+               str(args.lung_model), "--cap", str(args.cap), "--k-images", str(args.k_images),
+               "--only", ",".join(lane), "--results", f"results.lane{i}.json", "--no-render"]
+        cmd += ["--kermany-cap", str(args.kermany_cap)] if args.kermany_cap is not None else []
+        cmd += ["--reuse", str(args.reuse)] if args.reuse is not None else []
+        name = "lane " + "+".join(dict.fromkeys(LANE_OF[s] for s in lane))
+        log(f"{name}: {' '.join(lane)}")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        thread = threading.Thread(target=relay, args=(proc.stdout, name), daemon=True)
+        thread.start()
+        procs.append((i, lane, proc))
+        threads.append(thread)
+    failed = []
+    for i, lane, proc in procs:
+        if proc.wait() != 0:
+            failed.append(",".join(lane))
+    for thread in threads:
+        thread.join(timeout=5)
+    for i, lane, _ in procs:
+        part = args.work / f"results.lane{i}.json"
+        if part.is_file():
+            theirs = json.loads(part.read_text())
+            results.update({k: v for k, v in theirs.items() if k in ("A", "B", "C", "false_covid_A",
+                                                                      "false_covid_C", "probe", "k_sweep")})
+    save()
+    if failed:
+        raise SystemExit(f"lane(s) failed: {'; '.join(failed)} (rerun the same command: finished steps resume)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-ensemble")
@@ -441,11 +536,16 @@ def main() -> None:
                     help="another --work of this command (steps run in parallel): its runs and results are taken "
                          "in (runs moved into this --work, result keys this one lacks copied)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "ensemble.md")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel lanes (processes of one thread each): 1 or 2")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="earlier --work: take its identical fold models instead of retraining them")
+    ap.add_argument("--results", default="results.json", help=argparse.SUPPRESS)  # a lane's own results file
+    ap.add_argument("--no-render", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    results_path = args.work / "results.json"
+    results_path = args.work / args.results
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for other in args.merge:
         theirs = json.loads((other / "results.json").read_text())
@@ -463,11 +563,16 @@ def main() -> None:
     info = machine_info()
     # the numbers depend on these options only (--only / --work pick steps and folders; steps resume)
     kermany = f" --kermany-cap {args.kermany_cap}" if args.kermany_cap is not None else ""
-    results.update(command=f"python bench/ensemble.py --cap {args.cap}{kermany} --k-images {args.k_images}",
-                   cap=args.cap, kermany_cap=args.kermany_cap,
-                   lung_model=str(args.lung_model.relative_to(ROOT)) if args.lung_model.is_relative_to(ROOT)
-                   else str(args.lung_model),
-                   )
+    jobs = f" --jobs {args.jobs}" if args.jobs > 1 else ""
+    reuse = f" --reuse {_shown(args.reuse)}" if args.reuse is not None else ""
+    results.update(command=f"python bench/ensemble.py --cap {args.cap}{kermany} --k-images {args.k_images}{jobs}"
+                           f"{reuse}",
+                   cap=args.cap, kermany_cap=args.kermany_cap, jobs=max(args.jobs, results.get("jobs", 1)),
+                   lung_model=_shown(args.lung_model))
+    if args.reuse is not None:
+        old = args.reuse / "results.json"
+        old_env = json.loads(old.read_text()).get("env", {}) if old.is_file() else {}
+        results["reuse"] = {"dir": _shown(args.reuse), "written": f"{old_env.get('date', '?')}"}
     results.setdefault("env", {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                "machine": info.get("cpu", info.get("model", str(info))), "cores": os.cpu_count(),
                                "load_start": load_average()})
@@ -478,7 +583,12 @@ def main() -> None:
         results["end"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         args.work.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1, default=str))
-        render(results, args.out)
+        if not args.no_render:
+            render(results, args.out)
+
+    if args.jobs > 1:
+        run_lanes(args, results, save)
+        return
 
     sets = {"A": [data["ieee8023"], data["kermany"]],
             "C": [data["ieee8023"], data["kermany"], data["covid_qu_ex"]],
@@ -487,7 +597,8 @@ def main() -> None:
     for step in args.only.split(","):
         t0 = time.time()
         if step in sets:
-            run = run_ensemble(args.work, step, sets[step], args.lung_model, b_overrides if step == "B" else [])
+            run = run_ensemble(args.work, step, sets[step], args.lung_model, b_overrides if step == "B" else [],
+                               args.reuse)
             (run / "bench_data.json").write_text(json.dumps([str(p) for p in sets[step]]))
             results[step] = summary(run)
         elif step.startswith("jsrt"):

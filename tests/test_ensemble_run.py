@@ -175,6 +175,53 @@ def test_resume_keeps_finished_folds_and_retrains_missing(ensemble_run, two_mani
     assert kept.stat().st_mtime_ns == stamp and (copy / "ensemble.json").is_file()
 
 
+def test_reuse_takes_identical_fold_models_and_trains_changed_learners(ensemble_run, two_manifests, tmp_path):
+    """A new run whose recipe changes only the patch learner takes the global learner's fold models from the old
+    run (same files, same out-of-fold probabilities) and trains the patch learner again."""
+    raw = yaml.safe_load((ensemble_run / "recipe.yaml").read_text())
+    raw["learners"][1]["recipe"]["train"] = {"stages": [{"epochs": 1, "train_blocks": "all", "lr": 0.001}]}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    proc = subprocess.run([CLI, "train", str(changed), "--data", str(two_manifests[0]), "--data",
+                           str(two_manifests[1]), "--out", str(out), "--reuse", str(ensemble_run)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = " ".join(proc.stderr.split())
+    for k in (1, 2, 3):
+        assert f"learner global, fold {k}/3: reused from" in log
+        assert f"learner patch, fold {k}/3: trained" in log
+    assert "not reused" in log and "its learner recipe differs" in log
+    old_ckpt = ensemble_run / "learners" / "global" / "fold1" / "checkpoints" / "best.pt"
+    new_ckpt = out / "learners" / "global" / "fold1" / "checkpoints" / "best.pt"
+    assert new_ckpt.read_bytes() == old_ckpt.read_bytes()
+    assert json.loads((out / "learners" / "global" / "fold1" / "reused_from.json").read_text())["run"] == \
+        str(ensemble_run.resolve())
+    old_oof, new_oof = (pd.read_parquet(r / "oof.parquet") for r in (ensemble_run, out))
+    cols = [f"prob_{c}" for c in CLASSES]
+    pick = [schema.IMAGE, *cols]
+    a = old_oof[old_oof.learner == "global"][pick].sort_values(schema.IMAGE).reset_index(drop=True)
+    b = new_oof[new_oof.learner == "global"][pick].sort_values(schema.IMAGE).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    # the patch learner was trained again with its new learning rate, not copied
+    assert not (out / "learners" / "patch" / "fold0" / "reused_from.json").exists()
+    assert yaml.safe_load((out / "learners" / "patch" / "fold0" / "recipe.yaml").read_text())[
+        "train"]["stages"][0]["lr"] == 0.001
+
+
+def test_reuse_refuses_what_it_cannot_take(ensemble_run, two_manifests, tmp_path):
+    recipe = _recipe(tmp_path)
+    proc = subprocess.run([CLI, "train", str(recipe), "--data", str(two_manifests[0]), "--out", str(tmp_path / "r"),
+                           "--reuse", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+    assert "not an ensemble run directory" in proc.stderr + proc.stdout
+    proc = subprocess.run([CLI, "train", "cs230-diagnosis", "--data", str(two_manifests[0]), "--out",
+                           str(tmp_path / "single"), "--reuse", str(ensemble_run)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+    assert "--reuse applies to ensemble recipes" in proc.stderr + proc.stdout
+
+
 @pytest.mark.parametrize("change, message", [
     ({"data": {"extra": "train_only"}}, "data.extra: pooled"),
     ({"learners": [{"name": "a", "recipe": {"model": {"backbone": "pasa_cnn", "dropuot": 0.1}}}]}, "dropuot"),

@@ -51,6 +51,9 @@ def register(app: typer.Typer) -> None:
         mask_cache: Optional[Path] = typer.Option(None, "--mask-cache", help="folder for the predicted lung masks "
                                                   "instead of <out>/lung_masks (share one across the folds of a "
                                                   "cross-validation)"),
+        reuse: Optional[Path] = typer.Option(None, "--reuse", metavar="RUN", help="ensemble recipes: take RUN's "
+                                             "fold models whose learner recipe, fold split and lung run are "
+                                             "identical instead of training them again"),
     ) -> None:
         """Train a recipe; writes a self-describing run directory."""
         from cxrlab.recipes import load_recipe
@@ -66,9 +69,14 @@ def register(app: typer.Typer) -> None:
                                   "makes its own patient-level folds)")
 
             run_dir = train_ensemble(recipe, data, out, resume=resume, overrides=list(set_ or []),
-                                     lung_model=lung_model, mask_cache=mask_cache)
+                                     lung_model=lung_model, mask_cache=mask_cache, reuse=reuse)
             console.print(f"ensemble run written to [bold]{run_dir}[/] (metrics.json, predictions.parquet)")
             return
+        if reuse is not None:
+            from cxrlab.errors import ConfigError
+
+            raise ConfigError("--reuse applies to ensemble recipes (it takes identical fold models of an earlier "
+                              "ensemble run); a single run continues with --resume")
         overrides = list(set_ or [])
         if mlflow or mlflow_uri:  # recipe keys, so the run directory records them (a resumed run keeps its own)
             overrides.append("tracking.mlflow=true")

@@ -17,6 +17,11 @@
 
 Resumable: a finished fold model (``metrics.json``) is kept, an interrupted one continues from its
 ``checkpoints/last.pt``, one killed before its first checkpoint starts again.
+
+Reuse (``reuse=OLD_RUN``, ``cxrlab train ... --reuse OLD_RUN``): a new run whose recipe changes some learners
+takes every finished fold model of OLD_RUN whose learner recipe, fold split and lung run are identical to its own
+(hard-linked, else copied; ``learners/<name>/fold<k>/reused_from.json`` says from where) and trains the rest, so
+adding or changing one learner does not retrain the others.
 """
 
 from __future__ import annotations
@@ -149,12 +154,69 @@ def _finished(run: Path) -> bool:
     return (run / "metrics.json").is_file() and (run / "checkpoints" / "best.pt").is_file()
 
 
+def _split_rows(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path, dtype=str)
+    return table.sort_values(list(table.columns)).reset_index(drop=True)
+
+
+def reusable_fold(cfg: EnsembleConfig, learner, split_file: Path, lung_run: str | None, old_run: Path,
+                  fold: int) -> tuple[Path | None, str]:
+    """OLD_RUN's finished fold model of ``learner`` if it was trained exactly as this run would train it (the same
+    resolved learner recipe, the same train/val/test rows and the same lung run), else ``(None, why not)``."""
+    from cxrlab.recipes.loader import load_recipe
+
+    source = old_run / "learners" / learner.name / f"fold{fold}"
+    if not _finished(source):
+        return None, "no finished fold model there"
+    try:
+        theirs = load_recipe(source / "recipe.yaml").model_dump()
+    except Exception as exc:  # an unreadable recipe is never reused
+        return None, f"its recipe.yaml does not load ({exc})"
+    if theirs != cfg.learner_recipe(learner).model_dump():
+        return None, "its learner recipe differs"
+    if not _split_rows(source / "split.csv").equals(_split_rows(split_file)):
+        return None, "its fold split differs"
+    old_filter = old_run / "data_filter.json"
+    old_lung = json.loads(old_filter.read_text()).get("lung_run") if old_filter.is_file() else None
+    if _same_path(old_lung) != _same_path(lung_run):
+        return None, "it used another lung run"
+    return source, "identical"
+
+
+def _same_path(path: Any) -> str | None:
+    return None if path in (None, "") else str(Path(path).resolve())
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard links where the file system allows (fold models are large and never rewritten once finished)."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, copy_function=link)
+    atomic_write_json(partial / "reused_from.json", {"run": str(source.parent.parent.parent.resolve()),
+                                                     "fold_model": str(source.resolve())})
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
+
+
 def _train_fold(cfg: EnsembleConfig, learner, fold: int, run: Path, split_file: Path, manifests: list[Manifest],
-                lung_model, mask_cache: Path) -> str:
+                lung_model, mask_cache: Path, reuse: Path | None = None) -> str:
     from cxrlab.train.trainer import train
 
     if _finished(run):
         return "kept (finished before)"
+    if reuse is not None and not (run / "checkpoints" / "last.pt").is_file():
+        source, why = reusable_fold(cfg, learner, split_file, str(lung_model) if lung_model else None, reuse, fold)
+        if source is not None:
+            _link_tree(source, run)
+            return f"reused from {reuse}"
+        _log(f"learner {learner.name}, fold {fold + 1}: not reused from {reuse}: {why}")
     resume = (run / "checkpoints" / "last.pt").is_file()
     if not resume and run.exists():
         shutil.rmtree(run)  # stopped before its first checkpoint: nothing to continue from
@@ -239,13 +301,21 @@ def train_ensemble(recipe: EnsembleConfig | str | os.PathLike, data: Sequence[st
                    out: str | os.PathLike, resume: bool = False, overrides: Sequence[str] = (),
                    lung_model: str | os.PathLike | None = None,
                    mask_cache: str | os.PathLike | None = None, engine: str = "local",
-                   address: str | None = None, num_cpus: int | None = None, log: Any = None) -> Path:
+                   address: str | None = None, num_cpus: int | None = None, log: Any = None,
+                   reuse: str | os.PathLike | None = None) -> Path:
     """Train every base learner on every fold, then the combiners; returns the run directory (see module doc).
 
     ``engine="ray"``: each (learner, fold) is one Ray Tune trial (local Ray with one CPU per trial, or the cluster
-    at ``address``), as ``cxrlab study run`` does with an ensemble recipe; ``"local"``: one after another here."""
+    at ``address``), as ``cxrlab study run`` does with an ensemble recipe; ``"local"``: one after another here.
+    ``reuse``: an earlier ensemble run whose identical fold models are taken instead of retrained (module doc)."""
     if engine not in ("local", "ray"):
         raise ConfigError(f"engine {engine!r}: choose local or ray")
+    if reuse is not None:
+        reuse = Path(reuse)
+        if not (reuse / "folds.csv").is_file() or not (reuse / "learners").is_dir():
+            raise InputError(reuse, "--reuse: not an ensemble run directory (no folds.csv / learners/)")
+        if engine == "ray":
+            raise ConfigError("--reuse with the Ray engine is not supported: reuse in a local run first")
     from cxrlab.ensemble import assemble_oof, create_combiner, cross_validate_combiner
     from cxrlab.recipes.loader import load_recipe, save_recipe
     from cxrlab.train.trainer import _as_manifests
@@ -295,7 +365,7 @@ def train_ensemble(recipe: EnsembleConfig | str | os.PathLike, data: Sequence[st
             t0 = time.perf_counter()
             _log(f"[{done + 1}/{total}] learner {learner.name}, fold {k + 1}/{cfg.folds} ...")
             what = _train_fold(cfg, learner, k, run_dir / "learners" / learner.name / f"fold{k}", split_file,
-                               manifests, lung_model, cache)
+                               manifests, lung_model, cache, reuse)
             done += 1
             _log(f"[{done}/{total}] learner {learner.name}, fold {k + 1}/{cfg.folds}: {what} "
                  f"({time.perf_counter() - t0:.0f} s)")
