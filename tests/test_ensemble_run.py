@@ -92,6 +92,7 @@ def test_ensemble_run_directory(ensemble_run):
             assert (ensemble_run / "learners" / learner / f"fold{k}" / "checkpoints" / "best.pt").is_file()
     metrics = json.loads((ensemble_run / "metrics.json").read_text())
     assert set(metrics["learners"]) == {"global", "patch"}
+    assert metrics["software"]["torch"] and metrics["seed"] == 0
     assert set(metrics["combiners"]) == {"neural_tanh", "mean", "vote", "stacking"}
     scores = metrics["combiners"]["neural_tanh"]
     assert len(scores["per_fold"]) == 3 and 0 <= scores["mean"]["macro_f1"] <= 1

@@ -66,6 +66,8 @@ def test_run_directory_contract(diag_run, phantom_manifest):
     history = pd.read_csv(diag_run / "history.csv")
     assert {"stage", "epoch", "train_loss", "val_loss", "lr", "train_images_per_s"} <= set(history.columns)
     assert metrics["run"]["best_val_loss"] == pytest.approx(history["val_loss"].min())
+    software = metrics["run"]["software"]  # what the numbers depend on, for a rerun years later
+    assert software["cxrlab"] == __import__("cxrlab").__version__ and torch.__version__.startswith(software["torch"])
     contract = json.loads((diag_run / "model.json").read_text())
     assert contract["backbone"] == "pasa_cnn" and contract["channels"] == 1 and contract["size"] == 48
 

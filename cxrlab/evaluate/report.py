@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import importlib.metadata
 import logging
 import os
-import platform
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,22 +26,11 @@ from cxrlab.evaluate.evaluation import SUBGROUP_KEYS, eval_split, evaluate_predi
 from cxrlab.evaluate.run import SPLIT, RunData, Target, read_run, targets_of
 from cxrlab.evaluate.template import REPORT_TEMPLATE
 from cxrlab.utils import atomic_write_json, atomic_write_text
+from cxrlab.versions import software_versions
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("cxrlab", "numpy", "pandas", "scikit-learn", "scipy", "matplotlib", "torch", "torchvision", "timm",
-            "grad-cam", "segmentation-models-pytorch")
 MASK_COLUMNS = ("mask_lungs", "mask_right_lung", "mask_left_lung")
-
-
-def software_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def _resolve_images(df: pd.DataFrame, base: Path) -> pd.DataFrame:

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.errors import CxrlabError, InputError
-from cxrlab.evaluate.report import _b64, software_versions
+from cxrlab.evaluate.report import _b64
+from cxrlab.versions import software_versions
 from cxrlab.evaluate.template import SEQUENCE_REPORT_TEMPLATE
 from cxrlab.utils import atomic_write_text
 

@@ -381,8 +381,11 @@ def train_ensemble(recipe: EnsembleConfig | str | os.PathLike, data: Sequence[st
         long.append(part)
     with atomic_path(run_dir / "oof.parquet") as tmp:
         pd.concat(long, ignore_index=True).to_parquet(tmp, index=False)
+    from cxrlab.versions import software_versions
+
     metrics: dict[str, Any] = {"learners": {}, "combiners": {}, "classes": classes, "folds": cfg.folds,
-                               "images": int(len(y)), "combiner": cfg.combiner.name}
+                               "images": int(len(y)), "combiner": cfg.combiner.name,
+                               "software": software_versions(), "seed": cfg.seed}
     for j, name in enumerate(oof.learners):
         metrics["learners"][name] = fold_scores(y, oof.probs[:, j], oof.folds, classes)
     combined = []

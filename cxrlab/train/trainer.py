@@ -42,6 +42,7 @@ from cxrlab.train.data import TRAIN_ONLY, RunTable, build_table
 from cxrlab.train.inputs import AugmentedItems, InputPipeline, TensorStore, prepare_inputs, spec_hash
 from cxrlab.train.speed import autocast, resolve_channels_last, resolve_precision, to_memory_format
 from cxrlab.train.tracking import require_mlflow, track_run
+from cxrlab.versions import software_versions
 from cxrlab.utils import (atomic_path, atomic_write_json, cxrlab_home, file_sha256, remove_stale_temps,
                           seed_everything)
 
@@ -610,6 +611,7 @@ def _finish(trainer: Trainer, plan: StagePlan | None, data_report: dict[str, Any
         "items": int(len(all_items)),
         "precision": trainer.precision, "channels_last": trainer.channels_last,
         "train_seconds_this_call": round(train_seconds, 2), "seed": trainer.recipe.seed,
+        "software": software_versions(),
     }
     atomic_write_json(trainer.run_dir / "metrics.json", _finite(metrics))
 
