@@ -136,6 +136,19 @@ def test_unexpected_error_is_one_line_with_a_log(tmp_path):
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "boom in list_recipes" in proc.stderr
 
 
+def test_a_file_that_ends_early_is_an_error_not_an_interruption(tmp_path):
+    """click turns an EOFError inside a command into Abort; the CLI must report it as the failure it is (exit 1
+    with the error named), not print "aborted" with the user-interrupt code 130."""
+    script = BOOM.replace('raise ValueError("boom in list_recipes")',
+                          'raise EOFError("Compressed file ended before the end-of-stream marker was reached")')
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("CXRLAB_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert_clean(proc.returncode, out, 1, "internal error: EOFError: Compressed file ended", "full traceback in")
+    assert "aborted" not in out
+
+
 # --- one way to give images -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lung_run(tmp_path_factory) -> Path:

@@ -87,10 +87,6 @@ def _usage_error(exc: Any, click: Any) -> int:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``cxrlab`` console script: exit 0 ok, 1 failed, 2 bad usage or input, 130 interrupted."""
-    from rich.markup import escape
-
-    from cxrlab.errors import InputError, find_cxrlab_error
-
     click = _click_module()
     # typer >= 0.26 raises its own Exit/Abort; older typer re-exports click's (getattr: absent in the vendored copy)
     exits = tuple({typer.Exit, getattr(click.exceptions, "Exit", typer.Exit)})
@@ -104,26 +100,41 @@ def main(args: list[str] | None = None) -> None:
     except BrokenPipeError:  # `cxrlab ... | head`: the reader went away; nothing more to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         sys.exit(1)
-    except (*aborts, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
+    except (*aborts, KeyboardInterrupt) as exc:
+        cause = exc.__cause__ or exc.__context__
+        if not isinstance(cause, EOFError):
+            err_console.print("aborted")
+            sys.exit(130)
+        # click turns an EOFError raised anywhere in a command (a file that ends early) into Abort: report the
+        # error itself, not an interruption by the user
+        _report(cause)
     except Exception as exc:
-        if os.environ.get("CXRLAB_DEBUG") == "1":
-            raise
-        original = find_cxrlab_error(exc)  # also one raised in a DataLoader worker, a thread or a pool
-        if original is None and isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-            # a path the user gave that the library did not check (no such folder, not a directory, no permission)
-            original = InputError(exc.filename, exc.strerror[:1].lower() + exc.strerror[1:])
-        if original is not None:
-            err_console.print(f"[bold red]error:[/] {escape(str(original))}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-        log = _write_traceback(exc)
-        err_console.print(f"[bold red]internal error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
-        err_console.print(f"full traceback in {log}" if log else "(set CXRLAB_DEBUG=1 to see the traceback)",
-                          highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _report(exc)
     # in non-standalone mode `raise typer.Exit(n)` inside a command comes back as the return value n
     sys.exit(code if type(code) is int else 0)
+
+
+def _report(exc: BaseException) -> None:
+    """One line for an error: a cxrlab error (file, field, reason; exit 2), else an internal error whose
+    traceback goes to a log file (exit 1). ``CXRLAB_DEBUG=1`` re-raises instead."""
+    from rich.markup import escape
+
+    from cxrlab.errors import InputError, find_cxrlab_error
+
+    if os.environ.get("CXRLAB_DEBUG") == "1":
+        raise exc
+    original = find_cxrlab_error(exc)  # also one raised in a DataLoader worker, a thread or a pool
+    if original is None and isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        # a path the user gave that the library did not check (no such folder, not a directory, no permission)
+        original = InputError(exc.filename, exc.strerror[:1].lower() + exc.strerror[1:])
+    if original is not None:
+        err_console.print(f"[bold red]error:[/] {escape(str(original))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    log = _write_traceback(exc)
+    err_console.print(f"[bold red]internal error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
+    err_console.print(f"full traceback in {log}" if log else "(set CXRLAB_DEBUG=1 to see the traceback)",
+                      highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
