@@ -68,7 +68,7 @@ def _cap(df: pd.DataFrame, column: str, cap: int, seed: int) -> pd.DataFrame:
     parts = []
     rng = np.random.default_rng(seed)
     for _, part in df.groupby(column):
-        patients = part[schema.PATIENT_ID].unique()
+        patients = np.array(part[schema.PATIENT_ID].unique(), dtype=object)  # an ndarray shuffles in place
         rng.shuffle(patients)
         counts = part.groupby(schema.PATIENT_ID).size().loc[patients].cumsum()
         parts.append(part[part[schema.PATIENT_ID].isin(counts[counts <= cap].index)])
