@@ -68,3 +68,42 @@ def test_contradictory_age_is_a_warning(tmp_path):
     issues = validate_manifest(Manifest(df), check_files=False)
     assert [(i.row, i.column, i.severity) for i in issues] == [(0, "age", "warning"), (1, "age", "warning")]
     assert "ages 40-55" in issues[0].reason and errors(issues) == []
+
+
+def test_same_pixels_under_two_paths_are_caught_with_content_check(tmp_path):
+    """A film saved twice (other file bytes, same pixels) under two patients is a split-leakage error; within one
+    patient a warning; different films are not flagged; without --content nothing is decoded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+
+    rng = np.random.default_rng(0)
+    film, other, third = (rng.integers(0, 256, (64, 64), dtype=np.uint8) for _ in range(3))
+    cv2.imwrite(str(tmp_path / "a.png"), film, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    cv2.imwrite(str(tmp_path / "b.png"), film, [cv2.IMWRITE_PNG_COMPRESSION, 9])   # same pixels, other bytes
+    cv2.imwrite(str(tmp_path / "c.png"), other)
+    (tmp_path / "d.png").write_bytes((tmp_path / "c.png").read_bytes())          # an exact copy
+    cv2.imwrite(str(tmp_path / "e.png"), third)
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+    df = pd.DataFrame({"image": [str(tmp_path / f"{n}.png") for n in "abcde"],
+                       "patient_id": ["p1", "p2", "p3", "p3", "p4"], "source_dataset": "t", "view": "PA"})
+    assert not validate_manifest(Manifest(df))  # off by default
+    issues = validate_manifest(Manifest(df), check_content=True)
+    by_row = {i.row: i for i in issues}
+    assert set(by_row) == {0, 1, 2, 3}
+    assert by_row[0].severity == "error" and "same pixels as " + str(tmp_path / "b.png") in by_row[0].reason
+    assert "patients p1, p2" in by_row[1].reason and "both sides of a split" in by_row[1].reason
+    assert by_row[2].severity == by_row[3].severity == "warning" and "(same patient)" in by_row[3].reason
+
+    save_manifest(Manifest(df), tmp_path / "manifest.csv")
+    cli = str(Path(sys.executable).parent / "cxrlab")
+    proc = subprocess.run([cli, "data", "validate", str(tmp_path / "manifest.csv"), "--content", "--report",
+                           str(tmp_path / "issues.csv")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert "2 error(s), 2 warning(s)" in " ".join(proc.stdout.split())
+    assert pd.read_csv(tmp_path / "issues.csv")["reason"].str.contains("same pixels").sum() == 4
+    proc = subprocess.run([cli, "data", "validate", str(tmp_path / "manifest.csv")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]

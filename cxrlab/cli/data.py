@@ -49,13 +49,13 @@ def _table(df: pd.DataFrame, title: str, max_rows: int = 40) -> Table:
     return table
 
 
-def _validate_and_report(manifest, report: Path | None) -> int:
+def _validate_and_report(manifest, report: Path | None, content: bool = False) -> int:
     from cxrlab.data.validate import errors, issues_frame, validate_manifest
     from cxrlab.utils import atomic_path
 
-    with progress() as bar:
-        task = bar.add_task("validating", total=len(manifest), status="")
-        issues = validate_manifest(manifest, progress=lambda n: bar.advance(task, n))
+    with progress() as bar:  # with --content every row is visited twice: files, then pixels
+        task = bar.add_task("validating", total=len(manifest) * (2 if content else 1), status="")
+        issues = validate_manifest(manifest, check_content=content, progress=lambda n: bar.advance(task, n))
     frame = issues_frame(issues)
     n_errors = len(errors(issues))
     if report is not None and len(frame):
@@ -121,11 +121,13 @@ def formats_cmd() -> None:
 def validate_cmd(
     manifest: Path = typer.Argument(..., help="manifest.csv/.parquet or its folder"),
     report: Optional[Path] = typer.Option(None, help="write every issue to this CSV"),
+    content: bool = typer.Option(False, "--content", help="also decode every image and report the same pixels "
+                                 "under two paths (an error across patients: split leakage)"),
 ) -> None:
     """Report every bad row (file, column, reason); exit 1 if there are errors."""
     from cxrlab.data.manifest import load_manifest
 
-    if _validate_and_report(load_manifest(manifest), report):
+    if _validate_and_report(load_manifest(manifest), report, content):
         raise typer.Exit(1)
 
 

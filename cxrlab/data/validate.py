@@ -5,13 +5,21 @@ label ranges (0/1 outcomes, Cohen 0-8 / 0-6, Brixia 0-3 / 0-18, opacity grades 0
 patients with contradictory sex (and, as a warning, ages that drift more than their follow-up allows), mask
 files exist and have their image's size (read from the PNG header
 only, so 10,000 masks take about a second).
+
+With ``check_content=True`` (``cxrlab data validate --content``) every image is decoded and its pixels hashed:
+the same film under two paths (a copy, a re-saved PNG, the same DICOM pixels) is an error when the rows belong to
+different patients (one film on both sides of a patient-level split is test-set leakage) and a warning within
+one patient. It reads every image, so it is off by default.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -50,8 +58,10 @@ class ValidationIssue:
 
 
 def validate_manifest(manifest: Manifest, *, check_files: bool = True, check_masks: bool = True,
+                      check_content: bool = False,
                       progress: Callable[[int], None] | None = None) -> list[ValidationIssue]:
-    """All issues of the manifest (errors and warnings), in row order. An empty list means valid."""
+    """All issues of the manifest (errors and warnings), in row order. An empty list means valid.
+    ``check_content``: also decode every image and report the same pixels under two rows (module doc)."""
     df = manifest.df
     issues: list[ValidationIssue] = []
     if df.empty:
@@ -63,6 +73,8 @@ def validate_manifest(manifest: Manifest, *, check_files: bool = True, check_mas
         issues.extend(check(df, names))
     if check_files:
         issues.extend(_files(df, names, check_masks=check_masks, progress=progress))
+    if check_content:
+        issues.extend(_same_pixels(df, names, progress=progress))
     return sorted(issues, key=lambda i: (i.row, i.column))
 
 
@@ -148,6 +160,50 @@ def _duplicates(df: pd.DataFrame, names: list[str]) -> Iterator[ValidationIssue]
     for i in np.flatnonzero(dup.to_numpy(bool)):
         n = int((images == images.iloc[i]).sum())
         yield ValidationIssue(int(i), names[i], schema.IMAGE, f"duplicate image (listed {n} times)")
+
+
+def pixel_digest(path: str | os.PathLike) -> str:
+    """A hash of the decoded image (shape and pixel values), equal for the same film in another file or format."""
+    from cxrlab.io import read_image
+
+    pixels, _ = read_image(path)
+    digest = hashlib.sha256(str(pixels.shape).encode())
+    digest.update(np.ascontiguousarray(pixels, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _same_pixels(df: pd.DataFrame, names: list[str], *,
+                 progress: Callable[[int], None] | None) -> Iterator[ValidationIssue]:
+    if schema.IMAGE not in df.columns:
+        return
+    digests: dict[int, str] = {}
+    for i, image in enumerate(df[schema.IMAGE]):
+        if _present(image) and Path(str(image)).is_file():
+            try:
+                digests[i] = pixel_digest(image)
+            except InputError as exc:
+                yield ValidationIssue(i, names[i], schema.IMAGE, f"unreadable image: {exc.reason}")
+        if progress is not None:
+            progress(1)
+    rows_of: dict[str, list[int]] = {}
+    for i, digest in digests.items():
+        rows_of.setdefault(digest, []).append(i)
+    images = df[schema.IMAGE].astype(str)
+    patients = df[schema.PATIENT_ID].astype(str) if schema.PATIENT_ID in df.columns else None
+    for rows in rows_of.values():
+        paths = {images.iloc[i] for i in rows}
+        if len(paths) < 2:  # one path listed twice: _duplicates reports it
+            continue
+        for i in rows:
+            others = sorted({images.iloc[j] for j in rows if images.iloc[j] != images.iloc[i]})
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            if patients is not None and len({patients.iloc[j] for j in rows}) > 1:
+                owners = ", ".join(sorted({patients.iloc[j] for j in rows}))
+                yield ValidationIssue(i, names[i], schema.IMAGE, f"same pixels as {shown} under other patient(s) "
+                                      f"(patients {owners}): one film could fall on both sides of a split")
+            else:
+                yield ValidationIssue(i, names[i], schema.IMAGE, f"same pixels as {shown} (same patient)",
+                                      WARNING)
 
 
 def _contradictory_sex(df: pd.DataFrame, names: list[str]) -> Iterator[ValidationIssue]:
