@@ -120,9 +120,14 @@ def summary(run: Path) -> dict[str, Any]:
     reused: dict[str, int] = {}
     for marker in sorted(run.glob("learners/*/fold*/reused_from.json")):
         reused[marker.parent.parent.name] = reused.get(marker.parent.parent.name, 0) + 1
+    seconds: dict[str, float] = {}  # each fold model's training loop (reused ones: when they were trained)
+    for fold_metrics in sorted(run.glob("learners/*/fold*/metrics.json")):
+        took = json.loads(fold_metrics.read_text()).get("run", {}).get("train_seconds_this_call") or 0.0
+        seconds[fold_metrics.parent.parent.name] = seconds.get(fold_metrics.parent.parent.name, 0.0) + took
     return {"metrics": metrics, "data": report, "images": int(len(folds)),
             "patients": int(folds[schema.PATIENT_ID].nunique()),
-            "class_counts": folds["_class"].value_counts().to_dict(), "reused_fold_models": reused}
+            "class_counts": folds["_class"].value_counts().to_dict(), "reused_fold_models": reused,
+            "train_seconds": seconds}
 
 
 def false_covid(run: Path, jsrt: Path, lung_model: Path, work: Path) -> dict[str, Any]:
@@ -276,6 +281,12 @@ def _table(result: dict[str, Any]) -> list[str]:
             star = " (the run's combiner)" if kind == "combiner" and name == m["combiner"] else ""
             lines.append(f"| {kind} `{name}`{star} | " + " | ".join(_ms(s, f"f1_{c}") for c in classes)
                          + f" | **{_ms(s, 'macro_f1')}** | {_ms(s, 'accuracy')} |")
+    if result.get("train_seconds"):
+        took = result["train_seconds"]
+        lines += ["", "Training loop per learner, summed over the 5 fold models (one thread; reading films, caching "
+                  "the frozen part's outputs on first use and predicting the held-out fold come on top): "
+                  + ", ".join(f"`{name}` {sec / 60:.0f} min" for name, sec in took.items())
+                  + f"; {sum(took.values()) / 60:.0f} min in all."]
     return lines
 
 
@@ -560,6 +571,9 @@ def main() -> None:
                 run.rename(args.work / "runs" / run.name)
         results_path.write_text(json.dumps(results, indent=1, default=str))
     if args.render_only:
+        for step in ("A", "B", "C"):  # the page's figures are re-read from the runs themselves
+            if step in results and (args.work / "runs" / step / "metrics.json").is_file():
+                results[step] = summary(args.work / "runs" / step)
         render(results, args.out)
         return
     info = machine_info()
