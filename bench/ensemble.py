@@ -283,8 +283,9 @@ def _table(result: dict[str, Any]) -> list[str]:
                          + f" | **{_ms(s, 'macro_f1')}** | {_ms(s, 'accuracy')} |")
     if result.get("train_seconds"):
         took = result["train_seconds"]
-        lines += ["", "Training loop per learner, summed over the 5 fold models (one thread; reading films, caching "
-                  "the frozen part's outputs on first use and predicting the held-out fold come on top): "
+        lines += ["", "Training time per learner, summed over the 5 fold models (one thread; it includes caching the "
+                  "frozen part's outputs, which the first fold to need them does, possibly in an earlier run; "
+                  "predicting each held-out fold comes on top): "
                   + ", ".join(f"`{name}` {sec / 60:.0f} min" for name, sec in took.items())
                   + f"; {sum(took.values()) / 60:.0f} min in all."]
     return lines
