@@ -610,9 +610,6 @@ def main() -> None:
     ap.add_argument("--only", default="A,jsrtA,ksweep,C,jsrtC,probe,dups,B", help="steps, in order")
     ap.add_argument("--k-images", type=int, default=60, help="images of the K sweep")
     ap.add_argument("--render-only", action="store_true")
-    ap.add_argument("--merge", type=Path, action="append", default=[],
-                    help="another --work of this command (steps run in parallel): its runs and results are taken "
-                         "in (runs moved into this --work, result keys this one lacks copied)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "ensemble.md")
     ap.add_argument("--jobs", type=int, default=1, help="parallel lanes (processes of one thread each): 1 or 2")
     ap.add_argument("--reuse", type=Path, default=None,
@@ -626,18 +623,9 @@ def main() -> None:
     torch.set_num_threads(1)
     results_path = args.work / args.results
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for other in args.merge:
-        theirs = json.loads((other / "results.json").read_text())
-        for key in ("A", "B", "C", "false_covid_A", "false_covid_C", "probe", "k_sweep", "duplicates"):
-            if key in theirs and key not in results:
-                results[key] = theirs[key]
-        for run in sorted((other / "runs").glob("*")):
-            if not (args.work / "runs" / run.name).exists():
-                (args.work / "runs").mkdir(parents=True, exist_ok=True)
-                run.rename(args.work / "runs" / run.name)
-        results_path.write_text(json.dumps(results, indent=1, default=str))
-    if args.load_note:
+    if args.load_note:  # kept in results.json, so a later --render-only keeps it
         results["load_note"] = args.load_note
+        results_path.write_text(json.dumps(results, indent=1, default=str))
     if args.render_only:
         for step in ("A", "B", "C"):  # the page's figures are re-read from the runs themselves
             if step in results and (args.work / "runs" / step / "metrics.json").is_file():

@@ -14,12 +14,11 @@ one patient. It reads every image, so it is off by default.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
-
-import hashlib
 
 import numpy as np
 import pandas as pd
