@@ -116,11 +116,12 @@ def test_resume_continues_and_refuses_overwrite(run_dir: Path, phantom_root: Pat
     cfg = tiny_config(phantom_root / "manifest.csv")
     with pytest.raises(ConfigError, match="resume"):
         train_segmentation(cfg, out=copy)
-    with pytest.raises(ConfigError, match="only 'epochs' may change"):
+    with pytest.raises(ConfigError, match="only 'epochs', 'device' and 'num_workers' may change"):
         train_segmentation({**cfg, "lr": 1e-2}, out=copy, resume=True)
     with pytest.raises(ConfigError):
         train_segmentation({**cfg, "epochs": EPOCHS + 1, "evaluate_test": False}, out=copy, resume=True)
-    train_segmentation({**cfg, "epochs": EPOCHS + 1}, out=copy, resume=True)
+    # the device and the loader's workers are not the recipe: a run started on a GPU resumes on a CPU
+    train_segmentation({**cfg, "epochs": EPOCHS + 1, "device": "cpu", "num_workers": 1}, out=copy, resume=True)
     history = pd.read_csv(copy / "history.csv")
     assert history["epoch"].tolist() == list(range(1, EPOCHS + 2))
 
@@ -251,3 +252,24 @@ def test_early_stopping_and_best_checkpoint_are_separate():
     assert early_stopping_step(0.9605, best=0.96, best_saved=0.96, min_delta=1e-3) == (False, True)
     assert early_stopping_step(0.962, best=0.96, best_saved=0.9605, min_delta=1e-3) == (True, True)
     assert early_stopping_step(0.959, best=0.96, best_saved=0.9605, min_delta=1e-3) == (False, False)
+
+
+def test_loader_workers_give_the_same_run(run_dir: Path, phantom_root: Path, tmp_path: Path):
+    """Augmentation is seeded per (seed, epoch, item): worker processes (a GPU's feeders) change nothing."""
+    workers = train_segmentation(tiny_config(phantom_root / "manifest.csv", epochs=1, num_workers=2,
+                                             evaluate_test=False), out=tmp_path / "w2")
+    alone = train_segmentation(tiny_config(phantom_root / "manifest.csv", epochs=1, evaluate_test=False),
+                               out=tmp_path / "w0")
+    a, b = (pd.read_csv(r / "history.csv").iloc[0] for r in (workers, alone))
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+    assert a["val_dice"] == pytest.approx(b["val_dice"], rel=1e-6)
+    assert a["device"] == "cpu"
+    assert "device cpu" in (workers / "recipe.yaml").read_text().splitlines()[0]
+
+
+def test_cuda_without_a_gpu_is_a_config_error(phantom_root: Path, tmp_path: Path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU; the error is for machines without one")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        train_segmentation(tiny_config(phantom_root / "manifest.csv", device="cuda"), out=tmp_path / "gpu")
+    assert not (tmp_path / "gpu" / "recipe.yaml").exists()

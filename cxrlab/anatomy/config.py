@@ -92,6 +92,11 @@ class SegmentationConfig(_Strict):
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     threads: int | None = None
+    # Where training runs: "auto" = a CUDA GPU when torch sees one, else the CPU. Not part of the recipe's
+    # identity: a run may resume on another device; the device used is in the recipe header and history.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # DataLoader worker processes for reading/augmenting (0 = in the training process; a GPU needs several).
+    num_workers: int = Field(0, ge=0)
     threshold: float = Field(0.5, gt=0, lt=1)
     evaluate_test: bool = True
     out: str = "runs/segment"

@@ -28,7 +28,7 @@ from cxrlab.anatomy.data import (SegmentationDataset, assign_split, balanced_dra
                                  load_table)
 from cxrlab.anatomy.evaluate import evaluate_segmenter
 from cxrlab.anatomy.losses import DiceBCELoss, build_loss  # noqa: F401  (DiceBCELoss: public here since v1)
-from cxrlab.anatomy.predict import LungSegmenter, autocast, load_checkpoint, resolve_precision
+from cxrlab.anatomy.predict import LungSegmenter, autocast, load_checkpoint, resolve_device, resolve_precision
 from cxrlab.data import schema
 from cxrlab.data.splits import save_split
 from cxrlab.errors import ConfigError
@@ -70,10 +70,16 @@ def _load_init(model: nn.Module, cfg: SegmentationConfig) -> None:
                           f"keys, e.g. {(result.missing_keys or result.unexpected_keys)[0]}")
 
 
-def _resolved_recipe(cfg: SegmentationConfig, precision: str) -> str:
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def _resolved_recipe(cfg: SegmentationConfig, precision: str, device: torch.device) -> str:
     data = cfg.model_dump(mode="json")
     header = (f"# cxrlab segmentation run; resolved config. precision used: {precision}; torch {torch.__version__};"
-              f" {platform.processor() or platform.machine()}\n")
+              f" device {_device_name(device)}\n")
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
@@ -97,21 +103,27 @@ def selection_score(dice: np.ndarray, sources: np.ndarray, selection: str) -> fl
     return float(np.mean([dice[ok & (sources == s)].mean() for s in sorted(set(sources[ok]))]))
 
 
+def _to(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
 @torch.no_grad()
 def _validate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, precision: str, threshold: float,
-              channels: list[np.ndarray], sources: np.ndarray, selection: str) -> tuple[float, float]:
+              channels: list[np.ndarray], sources: np.ndarray, selection: str,
+              device: torch.device = torch.device("cpu")) -> tuple[float, float]:
     """Mean loss and the selection score of hard lung Dice (supervised pixels only, letterboxed canvas)."""
     model.eval()
     losses, dices = [], []
-    for x, y, w in loader:
-        with autocast(precision):
+    for batch in loader:
+        x, y, w = _to(batch, device)
+        with autocast(precision, device):
             logits = model(x)
         losses.append(float(loss_fn(logits, y, w)) * len(x))
         pred = (torch.sigmoid(logits.float()) >= threshold).float()
         inter = (pred * y * w).sum(dim=(2, 3))
         denom = (pred * w).sum(dim=(2, 3)) + (y * w).sum(dim=(2, 3))
-        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-6), torch.ones_like(denom)).numpy()
-        supervised = (w.sum(dim=(2, 3)) > 0).numpy()
+        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-6), torch.ones_like(denom)).cpu().numpy()
+        supervised = (w.sum(dim=(2, 3)) > 0).cpu().numpy()
         for k in range(len(x)):
             chans = channels[len(dices)]
             chans = chans[supervised[k, chans]]
@@ -135,13 +147,18 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
     if resume:
         saved = load_config(run_dir / "recipe.yaml")
-        if saved.model_dump(exclude={"epochs", "out"}) != cfg.model_dump(exclude={"epochs", "out"}):
-            raise ConfigError(f"{run_dir}: --resume needs the run's own config (only 'epochs' may change)")
+        free = {"epochs", "out", "device", "num_workers"}  # what may differ on resume (the run is the same)
+        if saved.model_dump(exclude=free) != cfg.model_dump(exclude=free):
+            raise ConfigError(f"{run_dir}: --resume needs the run's own config (only 'epochs', 'device' and "
+                              "'num_workers' may change)")
         remove_stale_temps(run_dir)  # what a kill mid-write left; the files they were to replace are intact
     report = progress or (lambda *a: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    precision = resolve_precision(cfg.precision)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest convolution once
     seed_everything(cfg.seed)
 
     df = assign_split(load_table(cfg), cfg)
@@ -151,7 +168,7 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         check_pretrain_overlap(cfg.weights, df, "split", allow=cfg.allow_pretrain_overlap,
                                allow_key="allow_pretrain_overlap")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "recipe.yaml", _resolved_recipe(cfg, precision))
+    atomic_write_text(run_dir / "recipe.yaml", _resolved_recipe(cfg, precision, device))
     save_split(df, run_dir / "split.csv")
 
     work = df[df["split"].isin(["train", "val"])].reset_index(drop=True)
@@ -173,12 +190,14 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
     supervised += [c for name in cfg.lung_conventions if name in trained_conventions
                    for c in (convention_channel(schema.MASK_RIGHT_LUNG, name),
                              convention_channel(schema.MASK_LEFT_LUNG, name))]
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False)
+    loader_options = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda"}
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, **loader_options)
 
     model = create_segmentation_model(cfg.arch, cfg.encoder, cfg.weights, cfg.in_channels, len(cfg.channels),
                                       **cfg.arch_kwargs)
     if cfg.init_from and not resume:
         _load_init(model, cfg)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.02)
     loss_fn = build_loss(cfg.loss)
@@ -189,7 +208,7 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
     if resume:
         state = load_checkpoint(last_path)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # moves its moments to the parameters' device
         sched.load_state_dict(state["scheduler"])
         sched.T_max = cfg.epochs
         start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
@@ -211,11 +230,12 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
             else rng.permutation(len(train_idx))
         train_ds.epoch = epoch
         loader = DataLoader(torch.utils.data.Subset(train_ds, positions.tolist()), batch_size=cfg.batch_size,
-                            shuffle=False, drop_last=len(positions) > cfg.batch_size)
+                            shuffle=False, drop_last=len(positions) > cfg.batch_size, **loader_options)
         model.train()
         total, seen = 0.0, 0
-        for b, (x, y, w) in enumerate(loader):
-            with autocast(precision):
+        for b, batch in enumerate(loader):
+            x, y, w = _to(batch, device)
+            with autocast(precision, device):
                 logits = model(x)
             loss = loss_fn(logits, y, w)
             opt.zero_grad(set_to_none=True)
@@ -227,14 +247,14 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         train_time = time.perf_counter() - t0
         sched.step()
         val_loss, val_dice = _validate(model, val_loader, loss_fn, precision, cfg.threshold, val_channels,
-                                       val_sources, cfg.selection)
+                                       val_sources, cfg.selection, device)
         progressed, better = early_stopping_step(val_dice, best, best_saved, cfg.min_delta)
         best, stale = (val_dice, 0) if progressed else (best, stale + 1)
         best_saved = max(best_saved, val_dice)
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                         "val_dice": val_dice, "lr": opt.param_groups[0]["lr"], "train_seconds": train_time,
                         "train_images_per_s": seen / train_time, "epoch_seconds": time.perf_counter() - t0,
-                        "precision": precision})
+                        "precision": precision, "device": device.type})
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch, "best": best, "best_saved": best_saved, "stale": stale, "history": history,
                  "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
@@ -247,7 +267,8 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
         _write_history(run_dir, history)
         report("epoch", epoch + 1, cfg.epochs, f"val dice {val_dice:.4f} (best {best_saved:.4f})")
 
-    metrics: dict[str, Any] = {"best_val_dice": best_saved, "selection": cfg.selection, "epochs_run": len(history), "precision": precision,
+    metrics: dict[str, Any] = {"best_val_dice": best_saved, "selection": cfg.selection, "epochs_run": len(history),
+                               "precision": precision, "device": _device_name(device),
                                "supervised_targets": supervised,
                                "n_images": {k: int(v) for k, v in df["split"].value_counts().items()}}
     test = df[df["split"] == "test"].reset_index(drop=True)
