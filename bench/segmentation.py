@@ -14,6 +14,7 @@ from the data is written into the repository except the figures in the Markdown 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import datetime as dt
 import json
 import os
@@ -205,6 +206,76 @@ def cmd_cross(args: argparse.Namespace) -> None:
     log(f"wrote {result}")
 
 
+def _loso_config(held_out: str, split_csv: Path, overrides: list[str]):
+    """The main run's recipe (conventions included) on the two other sources, at the cross-source budget."""
+    pattern = SOURCE_PATTERNS[held_out]
+    conventions = {k: v for k, v in BENCH_CONVENTIONS.items() if v != [pattern]}
+    return load_config({**BENCH_CONFIG, "epochs": CROSS_BUDGET["epochs"],
+                        "samples_per_epoch": CROSS_BUDGET["samples_per_epoch"], "name": f"lung_loso_{held_out}",
+                        "sources": [p for k, p in SOURCE_PATTERNS.items() if k != held_out],
+                        "lung_conventions": conventions, "evaluate_test": False,
+                        "split": {"split_csv": str(split_csv)}}, overrides)
+
+
+def _outputs_dice(seg: LungSegmenter, rows: pd.DataFrame) -> dict[str, dict]:
+    """Mean lung Dice of ``rows`` (one source, scored against its own masks) for every lung output of ``seg``."""
+    out = {}
+    for output in [None, *seg.conventions]:
+        _, summary = evaluate_segmenter(seg, rows, convention=output)
+        lungs = next(iter(summary["by_source"].values()))["lungs"]
+        out[output or "shared"] = {"dice_mean": lungs["dice_mean"], "n": int(len(rows))}
+    return out
+
+
+def cmd_loso(args: argparse.Namespace) -> None:
+    """Leave one source out: train on the two others (the main split's train/val parts of them), then score
+    every lung output (shared channels, each trained convention's) on the held-out source's val and test
+    parts, against that source's own masks: how each output does on an unseen hospital's films."""
+    all_cfg = load_config(BENCH_CONFIG)
+    df = assign_split(load_table(all_cfg), all_cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split_csv = out / "main_split.csv"
+    save_split(df, split_csv)
+    cfg = _loso_config(args.held_out, split_csv, args.set)
+    log(f"machine {machine()}")
+    run = train_segmentation(cfg, out=out, resume=args.resume, progress=progress_logger())
+    seg = LungSegmenter.from_run(run, convention="shared")
+    pattern = SOURCE_PATTERNS[args.held_out]
+    held = df[df[schema.SOURCE_DATASET].astype(str).map(lambda s: fnmatch.fnmatch(s, pattern))]
+    result = {"held_out": args.held_out, "run": str(run), "conventions": seg.conventions,
+              "epochs": int(len(pd.read_csv(run / "history.csv"))), "machine": machine()}
+    for part in ("val", "test"):
+        result[part] = _outputs_dice(seg, held[held["split"] == part].reset_index(drop=True))
+        log(f"held-out {args.held_out} {part}: {result[part]}")
+    history = pd.read_csv(run / "history.csv")
+    result["train_minutes"] = float(history["epoch_seconds"].sum() / 60)
+    path = RESULTS / f"segmentation_loso_{args.held_out}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    log(f"wrote {path}")
+
+
+def cmd_default_output(args: argparse.Namespace) -> None:
+    """Choose and record the main lung run's default output from the ``loso`` results (val parts only)."""
+    from cxrlab.anatomy.default_output import choose_default_output, write_default_output
+
+    loso = [json.loads((RESULTS / f"segmentation_loso_{s}.json").read_text()) for s in SOURCE_PATTERNS
+            if (RESULTS / f"segmentation_loso_{s}.json").exists()]
+    if len(loso) < len(SOURCE_PATTERNS):
+        raise SystemExit(f"run `loso` for every source first ({len(loso)} of {len(SOURCE_PATTERNS)} found)")
+    seg = LungSegmenter.from_run(args.lung_run, convention="shared")
+    choice = choose_default_output(loso, seg.conventions)
+    evidence = {**{k: v for k, v in choice.items() if k != "convention"},
+                "held_out_source_dice": {r["held_out"]: {"val": r["val"], "test": r["test"]} for r in loso},
+                "chosen_by": "python bench/segmentation.py default-output", "machine": machine()}
+    path = write_default_output(args.lung_run, choice["convention"], evidence)
+    (RESULTS / "segmentation_default_output.json").write_text(json.dumps({"run": str(args.lung_run),
+                                                                          "convention": choice["convention"],
+                                                                          **evidence}, indent=2))
+    log(f"default output of {args.lung_run}: {choice['convention'] or 'shared'} ({path})")
+
+
 def model_gflops(seg: LungSegmenter) -> float:
     """Forward FLOPs per image at the model's size."""
     return count_flops(seg.model, torch.rand(1, seg.in_channels, seg.config.size, seg.config.size)) / 1e9
@@ -302,6 +373,13 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--resume", action="store_true")
     c.add_argument("--set", action="append", default=[])
+    lo = sub.add_parser("loso")
+    lo.add_argument("--held-out", choices=sorted(SOURCES), required=True)
+    lo.add_argument("--out", required=True)
+    lo.add_argument("--resume", action="store_true")
+    lo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    do = sub.add_parser("default-output")
+    do.add_argument("--lung-run", default="runs/lung_bench")
     res = sub.add_parser("resolution")
     res.add_argument("--n", type=int, default=50, help="images per source")
     res.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])
@@ -317,7 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--run", default="runs/lung_bench")
     r.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "anatomy.md"))
     args = p.parse_args(argv)
-    {"train": cmd_train, "finetune": cmd_finetune, "select": cmd_select, "resolution": cmd_resolution, "cross": cmd_cross, "speed": cmd_speed, "report": cmd_report}[args.cmd](args)
+    {"train": cmd_train, "finetune": cmd_finetune, "select": cmd_select, "resolution": cmd_resolution,
+     "cross": cmd_cross, "loso": cmd_loso, "default-output": cmd_default_output, "speed": cmd_speed,
+     "report": cmd_report}[args.cmd](args)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

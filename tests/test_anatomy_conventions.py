@@ -4,6 +4,7 @@ checkpoint selection by source-macro val Dice on a source-balanced val sample.""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -159,3 +160,52 @@ def test_cli_convention_options(convention_run, tmp_path: Path):
     stored = json.loads((run / "metrics.json").read_text())["test_shared"]
     assert json.loads(out.read_text())["overall"]["lungs"]["dice_mean"] == pytest.approx(
         stored["overall"]["lungs"]["dice_mean"])
+
+
+def test_run_default_output_is_used_unless_told_otherwise(convention_run, tmp_path: Path):
+    import shutil
+    import subprocess
+
+    from cxrlab.anatomy.default_output import DEFAULT_OUTPUT_FILE, write_default_output
+
+    src, manifest = convention_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    image = read_image(pd.read_csv(manifest)[schema.IMAGE].iloc[1])[0]
+    assert LungSegmenter.from_run(run).convention is None  # no choice recorded: the shared channels
+    with pytest.raises(InputError, match="unknown lung convention 'v7'"):
+        write_default_output(run, "v7", {})
+    assert not (run / DEFAULT_OUTPUT_FILE).exists()
+    write_default_output(run, "wide", {"rule": "test"})
+    seg = LungSegmenter.from_run(run)
+    assert seg.convention == "wide"
+    wide = LungSegmenter.from_run(run, convention="wide").predict(image)["lung_mask"]
+    shared = LungSegmenter.from_run(run, convention="shared").predict(image)["lung_mask"]
+    assert np.array_equal(seg.predict(image)["lung_mask"], wide)
+    assert LungSegmenter.from_run(run, convention="shared").convention is None
+    assert not np.array_equal(wide, shared)  # 'wide' draws lungs 6 px larger: the choice changes the masks
+    # a damaged file is named in a one-line error by the installed command, never a traceback
+    (run / DEFAULT_OUTPUT_FILE).write_text('{"convention": 3}')
+    img_path = pd.read_csv(manifest)[schema.IMAGE].iloc[1]
+    res = subprocess.run([str(Path(sys.executable).parent / "cxrlab"), "segment", "predict", img_path, "--run", str(run), "--out", str(tmp_path / "p")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert DEFAULT_OUTPUT_FILE in res.stderr + res.stdout and "Traceback" not in res.stderr + res.stdout
+
+
+def test_default_output_rule_is_paired_on_held_out_sources():
+    from cxrlab.anatomy.default_output import choose_default_output
+
+    def fold(name, **dice):
+        return {"held_out": name, "val": {k: {"dice_mean": v} for k, v in dice.items()}}
+
+    # v7 beats shared on both folds that have it; scr loses on its folds: v7 is the default
+    folds = [fold("qu", shared=0.90, scr=0.88, v7=0.93), fold("jsrt", shared=0.92, v7=0.94, qu=0.91),
+             fold("v7", shared=0.89, scr=0.87, qu=0.90)]
+    choice = choose_default_output(folds, ["scr", "v7", "qu"])
+    assert choice["convention"] == "v7"
+    assert choice["gains_over_shared_val"]["v7"]["mean_gain"] == pytest.approx(0.025)
+    assert choice["gains_over_shared_val"]["v7"]["folds"] == ["qu", "jsrt"]
+    # no convention gains over the shared channels: they stay the default
+    folds = [fold("qu", shared=0.95, v7=0.93), fold("jsrt", shared=0.92, v7=0.91)]
+    assert choose_default_output(folds, ["v7"])["convention"] is None

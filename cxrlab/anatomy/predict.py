@@ -16,6 +16,7 @@ import torch
 
 from cxrlab.anatomy.architectures import SegmentationNet, create_segmentation_model
 from cxrlab.anatomy.config import SegmentationConfig, convention_channel, load_config
+from cxrlab.anatomy.default_output import RUN_DEFAULT, SHARED, run_default_convention
 from cxrlab.anatomy.postprocess import assign_lungs, clean
 from cxrlab.data import schema
 from cxrlab.data.dataset import mask_key
@@ -77,9 +78,10 @@ class LungSegmenter:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", precision: str = "auto",
-                 convention: str | None = None) -> "LungSegmenter":
-        """``convention``: which annotators' lungs to draw (a name from the run's ``lung_conventions``); None =
-        the shared lung channels, trained on every source (the default for films of an unseen hospital)."""
+                 convention: str | None = RUN_DEFAULT) -> "LungSegmenter":
+        """``convention``: which annotators' lungs to draw (a name from the run's ``lung_conventions``);
+        ``"shared"`` or None = the shared lung channels, trained on every source; by default the output the run
+        recorded as generalizing best to unseen hospitals (``default_output.json``), else the shared channels."""
         run_dir = Path(run_dir)
         recipe = run_dir / "recipe.yaml"
         if not run_dir.is_dir():
@@ -100,8 +102,11 @@ class LungSegmenter:
         model = create_segmentation_model(cfg.arch, cfg.encoder, "none", cfg.in_channels, len(cfg.channels),
                                           **cfg.arch_kwargs)
         load_state(model, state["model"], ckpt, "segmentation network")
+        if convention == RUN_DEFAULT:
+            convention = run_default_convention(run_dir)
         # Runs written before targets were recorded supervised every target they name.
-        return cls(model, cfg, precision, run_dir, state.get("supervised_targets"), convention)
+        return cls(model, cfg, precision, run_dir, state.get("supervised_targets"),
+                   None if convention == SHARED else convention)
 
     @property
     def conventions(self) -> list[str]:

@@ -52,7 +52,8 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders 
             overlays: bool = typer.Option(True, "--overlays/--no-overlays"),
             convention: Optional[str] = typer.Option(
                 None, "--convention", help="draw lungs as one annotation convention of the run's lung_conventions "
-                "does (default: the shared channels, trained on every source)"),
+                "does, or 'shared' (the channels trained on every source); default: the run's default_output.json "
+                "(the output chosen on held-out sources), else 'shared'"),
             quality: Optional[Path] = typer.Option(None, "--quality", help="quality run (cxrlab quality train): "
                                                    "adds quality_* columns, skips refused images (lateral, not a "
                                                    "chest film), corrects inverted ones"),
@@ -68,11 +69,12 @@ def predict(inputs: list[Path] = typer.Argument(..., help="image files, folders 
     import pandas as pd
 
     from cxrlab.anatomy import LungSegmenter, lung_biomarkers
+    from cxrlab.anatomy.default_output import RUN_DEFAULT
     from cxrlab.anatomy.overlay import mask_overlay
     from cxrlab.data.dataset import mask_key
     from cxrlab.io import read_image, write_png
 
-    seg = LungSegmenter.from_run(run, convention=convention)
+    seg = LungSegmenter.from_run(run, convention=convention or RUN_DEFAULT)
     checks = None
     if quality is not None:
         from cxrlab.quality.batch import as_gate, check_frame, inverted_rows
