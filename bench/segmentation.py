@@ -274,6 +274,63 @@ def cmd_default_output(args: argparse.Namespace) -> None:
                                                                           "convention": choice["convention"],
                                                                           **evidence}, indent=2))
     log(f"default output of {args.lung_run}: {choice['convention'] or 'shared'} ({path})")
+    page = Path(args.doc)
+    page.write_text(default_output_page(loso, choice, args.lung_run, seg.conventions))
+    log(f"wrote {page}")
+
+
+def default_output_page(loso: list[dict], choice: dict, lung_run: str, conventions: list[str]) -> str:
+    outputs = ["shared", *conventions]
+    conv_source = {c: next((k for k, p in SOURCE_PATTERNS.items() if BENCH_CONVENTIONS.get(c) == [p]), c)
+                   for c in conventions}
+
+    def cell(r: dict, part: str, o: str) -> str:
+        v = r[part].get(o)
+        return f"{v['dice_mean']:.4f}" if v else "–"
+
+    head = "| held-out source (n val / test) | " + " | ".join(
+        f"{o} (val / test)" for o in outputs) + " |\n|---|" + "---|" * len(outputs)
+    rows = []
+    for r in loso:
+        n = f"{next(iter(r['val'].values()))['n']} / {next(iter(r['test'].values()))['n']}"
+        rows.append(f"| {r['held_out']} ({n}) | " + " | ".join(f"{cell(r, 'val', o)} / {cell(r, 'test', o)}"
+                                                              for o in outputs) + " |")
+    gains = choice["gains_over_shared_val"]
+    gain_lines = [f"- `{c}` ({conv_source[c]}'s annotators): mean val gain over shared "
+                  f"{g['mean_gain']:+.4f} on held-out {', '.join(g['folds'])} "
+                  f"({', '.join(f'{x:+.4f}' for x in g['gains'])})" for c, g in gains.items()]
+    machine_line = loso[0].get("machine", {})
+    return "\n".join([
+        "# Stage I: which lung output films of an unseen hospital get",
+        "",
+        "Produced by `python bench/segmentation.py loso --held-out SRC --out runs/lung_loso_SRC --set threads=1` "
+        "for each of the three sources, then `python bench/segmentation.py default-output --lung-run "
+        f"{lung_run}`. Each leave-one-source-out run is the main lung recipe (128 px, U-Net/Lite0, shared and "
+        "per-convention lung channels) trained on the two other sources at the cross-source budget "
+        f"({loso[0].get('epochs', '?')} epochs × {CROSS_BUDGET['samples_per_epoch']} draws), on the main run's "
+        "patient split; every lung output is then scored against the held-out source's own masks.",
+        "",
+        f"- Machine: {machine_line.get('cpu', '?')}, {machine_line.get('cores', '?')} cores, one thread per run "
+        f"(two runs at a time); finished {machine_line.get('date_utc', '?')} UTC; load `{machine_line.get('uptime', '?')}`.",
+        "- Mean lung Dice per image (both lungs), val / test part of the held-out source. \"–\": that fold's "
+        "model has no such output (a source's own convention is never available when it is held out — that is "
+        "the unseen-hospital case).",
+        "",
+        head,
+        *rows,
+        "",
+        f"Rule ({choice['rule']}), on the val parts only:",
+        *gain_lines,
+        "",
+        f"**Default output of `{lung_run}`: `{choice['convention'] or 'shared'}`** — recorded in "
+        f"`{lung_run}/default_output.json`; `LungSegmenter.from_run`, the severity pipeline, the service and "
+        "`cxrlab segment predict` use it unless `--convention` says otherwise (`shared` for the shared channels).",
+        "",
+        "What this cannot show: three sources make three folds, so the gains are means of two paired differences "
+        "each; a fourth hospital's annotators may draw lungs differently again. The test columns are reported, "
+        "never used to choose.",
+        "",
+    ])
 
 
 def model_gflops(seg: LungSegmenter) -> float:
@@ -380,6 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     lo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     do = sub.add_parser("default-output")
     do.add_argument("--lung-run", default="runs/lung_bench")
+    do.add_argument("--doc", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" /
+                                         "lung_default_output.md"))
     res = sub.add_parser("resolution")
     res.add_argument("--n", type=int, default=50, help="images per source")
     res.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256])

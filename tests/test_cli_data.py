@@ -104,3 +104,30 @@ def test_import_with_options(tmp_path):
     assert sorted(df["diagnosis"]) == ["covid", "covid", "normal", "normal"] and df["patient_id"].nunique() == 2
     record = json.loads((tmp_path / "out" / "import.json").read_text())
     assert record["format"] == "folder" and record["images"] == 4 and record["options"]["label"] == "diagnosis"
+
+
+def test_split_join_same_films_keeps_a_shared_film_in_one_part(imported, tmp_path):
+    import shutil
+
+    df = pd.read_csv(imported / "imp" / "manifest.csv")
+    df["image"] = [str((imported / "imp" / p).resolve()) for p in df["image"]]
+    df = df.drop(columns=[c for c in df.columns if c.startswith("mask_")])
+    patients = sorted(df["patient_id"].unique())
+    # the first patient's first film, listed again under the last patient (a copy in another collection)
+    src = df[df["patient_id"] == patients[0]].iloc[0]
+    copy = tmp_path / "copy.png"
+    shutil.copyfile(src["image"], copy)
+    extra = src.copy()
+    extra["image"], extra["patient_id"] = str(copy), patients[-1]
+    df = pd.concat([df, extra.to_frame().T], ignore_index=True)
+    df.to_csv(tmp_path / "manifest.csv", index=False)
+    pair = [patients[0], patients[-1]]
+    for seed in range(4):
+        out = run("split", tmp_path, "--out", tmp_path / f"s{seed}.csv", "--seed", seed, "--join-same-films").output
+        assert "1 group(s) of patients share a film" in out
+        split = load_split(tmp_path / f"s{seed}.csv")
+        assert split.loc[split["patient_id"].isin(pair), "split"].nunique() == 1
+        assert set(split["patient_id"]) == set(patients)  # the file keeps the real patient ids
+    run("split", tmp_path, "--out", tmp_path / "f.csv", "--kfold", 3, "--join-same-films")
+    folds = pd.read_csv(tmp_path / "f.csv", dtype={"patient_id": str})
+    assert folds.loc[folds["patient_id"].isin(pair), "fold"].nunique() == 1

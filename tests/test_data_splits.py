@@ -120,3 +120,26 @@ def test_load_split_refuses_a_leaking_or_broken_file(df, tmp_path):
         load_split(missing_col)
     with pytest.raises(InputError, match="does not exist"):
         load_split(tmp_path / "nope.csv")
+
+
+def test_patients_sharing_a_film_become_one_split_unit():
+    from cxrlab.data.splits import join_patients_by_film
+
+    df = pd.DataFrame({schema.PATIENT_ID: ["a", "b", "b", "c", "d", "e"],
+                       schema.IMAGE: [f"{i}.png" for i in range(6)]})
+    # a and b share film x; b and c share film y (a chain); d's film is unique; e's could not be read
+    units = join_patients_by_film(df, ["x", "x", "y", "y", "z", None])
+    assert units.tolist() == ["a+b+c"] * 4 + ["d", "e"]
+    df["cls"] = ["n", "n", "n", "n", "p", "p"]
+    more = pd.DataFrame({schema.PATIENT_ID: [f"q{i}" for i in range(20)],
+                         schema.IMAGE: [f"q{i}.png" for i in range(20)], "cls": ["n", "p"] * 10})
+    table = pd.concat([df, more], ignore_index=True)
+    joined = table.assign(**{schema.PATIENT_ID: join_patients_by_film(table, [*["x", "x", "y", "y", "z", None],
+                                                                            *[f"u{i}" for i in range(20)]])})
+    for seed in range(5):
+        folds = kfold_patients(joined, k=4, seed=seed, stratify="cls")
+        assert folds[:4].nunique() == 1  # a, b and c always share a fold
+        parts = split_patients(joined, (0.5, 0.5), seed=seed)
+        assert parts[:4].nunique() == 1
+    with pytest.raises(ConfigError, match="digests"):
+        join_patients_by_film(df, ["x"])

@@ -383,3 +383,31 @@ def test_training_options_an_ensemble_cannot_use_are_refused(tmp_path, two_manif
     assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
     assert "--split not supported for ensemble recipes" in proc.stderr + proc.stdout
     assert not (tmp_path / "r").exists()
+
+
+def test_join_same_films_keeps_a_shared_film_on_one_side(tmp_path):
+    """One film under two patient ids (found on the real data: an ieee8023 film listed twice) must not be in a
+    fold's training part and its test part at once."""
+    from cxrlab.io import write_png
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        path = tmp_path / f"film{i}.png"
+        write_png(path, rng.random((40, 40)).astype(np.float32))
+        rows.append({schema.IMAGE: str(path), schema.PATIENT_ID: f"p{i:02d}", ens.CLASS: ["a", "b"][i % 2]})
+    copy = tmp_path / "film3_copy.png"
+    shutil.copyfile(rows[3][schema.IMAGE], copy)  # p03's film again, re-uploaded under patient p20
+    rows.append({schema.IMAGE: str(copy), schema.PATIENT_ID: "p20", ens.CLASS: "b"})
+    df = pd.DataFrame(rows)
+    cfg = load_recipe("flannel-patch-quick", kind=ens.KIND).model_copy(update={"folds": 4})
+    joined = ens.fold_assignment(cfg.model_copy(update={"join_same_films": True}), df)
+    pair = joined[schema.PATIENT_ID].isin(["p03", "p20"])
+    assert joined.loc[pair, "fold"].nunique() == 1
+    assert set(joined.loc[pair, ens.SPLIT_UNIT]) == {"p03+p20"}
+    for k in range(cfg.folds):
+        assert ens.fold_split(cfg, joined, k).loc[pair.to_numpy(), "split"].nunique() == 1
+    # without the option the two ids are independent patients (what validate --content warns about)
+    plain = ens.fold_assignment(cfg, df)
+    assert ens.SPLIT_UNIT not in plain
+    assert sorted(plain[schema.PATIENT_ID]) == sorted(df[schema.PATIENT_ID])

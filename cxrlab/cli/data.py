@@ -203,6 +203,9 @@ def split_cmd(
     seed: int = typer.Option(0),
     stratify: Optional[str] = typer.Option("finding", help="patient-level label to stratify on ('' = none)"),
     kfold: int = typer.Option(0, help="k > 1: stratified group k-folds instead of a ratio split"),
+    join_same_films: bool = typer.Option(False, "--join-same-films",
+                                         help="decode every film; patients who share one (the same pixels under "
+                                         "two patient ids, see validate --content) land in the same part"),
 ) -> None:
     """Patient-level split (fused train-only rows always in train); deterministic by seed."""
     from cxrlab.data.fusion import kfold_fused, split_fused
@@ -215,8 +218,21 @@ def split_cmd(
     strat = stratify or None
     if strat is not None and strat not in df.columns:
         raise ConfigError(f"--stratify {strat!r}: no such column in {manifest}")
+    units = df  # what is split: patients, or patients joined by a shared film
+    if join_same_films:
+        from cxrlab.data.splits import film_digests, join_patients_by_film
+
+        from cxrlab.data import schema
+
+        with progress() as bar:
+            task = bar.add_task("hashing films", total=len(df), status="")
+            digests = film_digests(df, on_item=lambda i, n: bar.update(task, completed=i))
+        joined = join_patients_by_film(df, digests)
+        n_joined = int((joined != df[schema.PATIENT_ID].astype(str)).groupby(joined).any().sum())
+        console.print(f"{n_joined} group(s) of patients share a film and are split together")
+        units = df.assign(**{schema.PATIENT_ID: joined.to_numpy()})
     if kfold > 1:
-        folds = kfold_fused(df, k=kfold, seed=seed, stratify=strat)
+        folds = kfold_fused(units, k=kfold, seed=seed, stratify=strat)
         with atomic_path(out) as tmp:
             df[["image", "patient_id"]].assign(fold=folds.to_numpy()).to_csv(tmp, index=False)
         console.print(_table(class_counts(df.assign(fold=folds.astype(str)), strat or "source_dataset", "fold"),
@@ -226,7 +242,7 @@ def split_cmd(
             parts_ratio = [float(r) for r in ratios.split(",")]
         except ValueError:
             raise ConfigError(f"--ratios {ratios!r}: expected numbers like 0.7,0.15,0.15") from None
-        parts = split_fused(df, ratios=parts_ratio, seed=seed, stratify=strat)
+        parts = split_fused(units, ratios=parts_ratio, seed=seed, stratify=strat)
         left_out = parts.isna()
         df, parts = df[~left_out], parts[~left_out]
         save_split(df.assign(split=parts.to_numpy()), out)

@@ -186,3 +186,51 @@ def join_split(df: pd.DataFrame, split: pd.DataFrame) -> pd.Series:
         raise InputError("split", f"{int(part.isna().sum())} image(s) have no part, first: "
                          f"{df.loc[part.isna(), schema.IMAGE].iloc[0]}", field=SPLIT)
     return part.rename(SPLIT)
+
+
+def join_patients_by_film(df: pd.DataFrame, digests: Sequence[str | None]) -> pd.Series:
+    """Split units: patients who share a film (the same pixels under two patient ids: a re-upload, a copy in two
+    collections) are joined into one unit so that film cannot fall on both sides of a split. ``digests``: one
+    pixel hash per row (``cxrlab.data.validate.pixel_digest``; None = unknown). Returns, per row, the unit id
+    (the patient id itself, or the joined patients' ids sorted and joined by '+'), named ``patient_id`` so it
+    can replace that column for :func:`split_patients` / :func:`kfold_patients`."""
+    _require(df, [schema.PATIENT_ID], "join_patients_by_film")
+    patients = df[schema.PATIENT_ID].astype(str).to_numpy()
+    if len(digests) != len(patients):
+        raise ConfigError(f"join_patients_by_film: {len(digests)} digests for {len(patients)} rows")
+    parent = {p: p for p in patients}
+
+    def root(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    first_owner: dict[str, str] = {}
+    for patient, digest in zip(patients, digests):
+        if digest is None:
+            continue
+        owner = first_owner.setdefault(digest, patient)
+        a, b = root(owner), root(patient)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for p in sorted(parent):
+        members.setdefault(root(p), []).append(p)
+    unit = {p: "+".join(group) for group in members.values() for p in group}
+    return pd.Series([unit[p] for p in patients], index=df.index, name=schema.PATIENT_ID)
+
+
+def film_digests(df: pd.DataFrame, on_item=None) -> list[str | None]:
+    """The pixel hash of each row's image (None where it cannot be read: validation reports those)."""
+    from cxrlab.data.validate import pixel_digest
+
+    out: list[str | None] = []
+    for i, image in enumerate(df[schema.IMAGE].astype(str)):
+        try:
+            out.append(pixel_digest(image))
+        except InputError:
+            out.append(None)
+        if on_item is not None:
+            on_item(i + 1, len(df))
+    return out

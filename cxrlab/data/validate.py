@@ -199,7 +199,8 @@ def _same_pixels(df: pd.DataFrame, names: list[str], *,
             if patients is not None and len({patients.iloc[j] for j in rows}) > 1:
                 owners = ", ".join(sorted({patients.iloc[j] for j in rows}))
                 yield ValidationIssue(i, names[i], schema.IMAGE, f"same pixels as {shown} under other patient(s) "
-                                      f"(patients {owners}): one film could fall on both sides of a split")
+                                      f"(patients {owners}): one film could fall on both sides of a split "
+                                      "(`cxrlab data split --join-same-films` keeps them together)")
             else:
                 yield ValidationIssue(i, names[i], schema.IMAGE, f"same pixels as {shown} (same patient)",
                                       WARNING)

@@ -40,12 +40,14 @@ import pandas as pd
 
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest
-from cxrlab.data.splits import FOLD, SPLIT, assert_patient_disjoint, kfold_patients, split_patients
+from cxrlab.data.splits import (FOLD, SPLIT, assert_patient_disjoint, film_digests, join_patients_by_film,
+                                kfold_patients, split_patients)
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.train.ensemble_config import KIND, EnsembleConfig
 from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text
 
 CLASS = "_class"
+SPLIT_UNIT = "split_unit"  # patients joined by a shared film (join_same_films)
 FINISHED = "ensemble.json"
 
 
@@ -107,9 +109,13 @@ def fold_assignment(cfg: EnsembleConfig, df: pd.DataFrame) -> pd.DataFrame:
     stratify = CLASS if cfg.stratify is None else cfg.stratify
     if df[schema.PATIENT_ID].nunique() < cfg.folds:
         raise InputError("manifest", f"{df[schema.PATIENT_ID].nunique()} patient(s) cannot fill {cfg.folds} folds")
-    folds = kfold_patients(df, cfg.folds, cfg.seed, stratify)
+    units = join_patients_by_film(df, film_digests(df)) if cfg.join_same_films \
+        else df[schema.PATIENT_ID].astype(str)
+    folds = kfold_patients(df.assign(**{schema.PATIENT_ID: units.to_numpy()}), cfg.folds, cfg.seed, stratify)
     out = df[[schema.IMAGE, schema.PATIENT_ID, CLASS]].copy()
     out[FOLD] = folds.to_numpy().astype(int)
+    if cfg.join_same_films:
+        out[SPLIT_UNIT] = units.to_numpy()
     assert_patient_disjoint(out, FOLD, source="fold assignment")
     return out
 
@@ -118,6 +124,8 @@ def fold_split(cfg: EnsembleConfig, assignment: pd.DataFrame, fold: int) -> pd.D
     """``image, patient_id, split`` for fold ``fold``: it is ``test``; the others' patients train / val."""
     test = assignment[FOLD].to_numpy() == fold
     rest = assignment[~test]
+    if SPLIT_UNIT in rest:  # patients sharing a film stay on one side of train / val too
+        rest = rest.assign(**{schema.PATIENT_ID: rest[SPLIT_UNIT]})
     inner = split_patients(rest, (1 - cfg.val_fraction, cfg.val_fraction), cfg.seed + fold, CLASS)
     parts = pd.Series("test", index=assignment.index, dtype=object)
     parts[rest.index] = inner.map({"train": "train", "test": "val"}).to_numpy()

@@ -67,6 +67,9 @@ class EnsembleConfig(_Strict):
     val_fraction: float = Field(0.15, gt=0, lt=1, description="share of a fold's training patients used for "
                                 "validation (early stopping) of each base model")
     stratify: str | None = Field(None, description="column the folds are stratified on (default: the task column)")
+    join_same_films: bool = Field(False, description="decode every film and keep patients who share one (the "
+                                  "same pixels under two patient ids; `cxrlab data validate --content` lists them) "
+                                  "in one fold and one side of each fold's train/val split")
     task: dict[str, Any] = Field(description="the diagnosis task: {kind: diagnosis, column, classes, class_map}")
     base: dict[str, Any] = Field(default_factory=dict, description="learning-recipe keys shared by every learner "
                                  "(input, model, train)")
