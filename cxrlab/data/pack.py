@@ -57,12 +57,14 @@ def pack_file(src: Path, dst_stem: Path) -> Path:
     return dst
 
 
-def pack_manifest(manifest: Manifest | str | Path, out: str | Path, *, columns: Sequence[str] | None = None,
+def pack_manifest(manifest: Manifest | pd.DataFrame | str | Path, out: str | Path, *,
+                  columns: Sequence[str] | None = None,
                   on_item: Callable[[int, int], None] | None = None) -> Path:
     """Copy the image and the mask ``columns`` (default: every mask column) of each row under ``out``; mask
     columns not copied are emptied (the copy must not point back into the original folder). Returns the packed
     manifest's path."""
-    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    m = manifest if isinstance(manifest, Manifest) else Manifest(manifest) if isinstance(manifest, pd.DataFrame) \
+        else load_manifest(manifest)
     out = Path(out)
     df = m.df.copy()
     masks = [c for c in df.columns if c.startswith("mask_")]
@@ -87,18 +89,3 @@ def pack_manifest(manifest: Manifest | str | Path, out: str | Path, *, columns: 
 def packed_size(out: str | Path) -> int:
     """Bytes under ``out`` (what a transfer of the packed copy moves)."""
     return sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
-
-
-def same_pixels(a: pd.DataFrame, b: pd.DataFrame, column: str = schema.IMAGE, n: int = 8) -> bool:
-    """Spot check of a packed copy: the first ``n`` rows decode to the same pixels through cxrlab's reader."""
-    from cxrlab.io import read_image, read_mask
-
-    read = read_image if column == schema.IMAGE else read_mask
-    for x, y in list(zip(a[column], b[column]))[:n]:
-        if not (_has(x) and _has(y)):
-            continue
-        ax, bx = read(x), read(y)
-        ax, bx = (ax[0], bx[0]) if isinstance(ax, tuple) else (ax, bx)
-        if not np.array_equal(ax, bx):
-            return False
-    return True
