@@ -209,3 +209,7 @@ def test_default_output_rule_is_paired_on_held_out_sources():
     # no convention gains over the shared channels: they stay the default
     folds = [fold("qu", shared=0.95, v7=0.93), fold("jsrt", shared=0.92, v7=0.91)]
     assert choose_default_output(folds, ["v7"])["convention"] is None
+    # a gain below min_gain is not evidence enough to change the default
+    folds = [fold("qu", shared=0.90, v7=0.903), fold("jsrt", shared=0.92, v7=0.921)]
+    assert choose_default_output(folds, ["v7"])["convention"] is None
+    assert choose_default_output(folds, ["v7"], min_gain=0.001)["convention"] == "v7"
