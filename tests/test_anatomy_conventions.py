@@ -213,3 +213,15 @@ def test_default_output_rule_is_paired_on_held_out_sources():
     folds = [fold("qu", shared=0.90, v7=0.903), fold("jsrt", shared=0.92, v7=0.921)]
     assert choose_default_output(folds, ["v7"])["convention"] is None
     assert choose_default_output(folds, ["v7"], min_gain=0.001)["convention"] == "v7"
+
+
+def test_a_segmenter_on_another_engine_keeps_its_lung_output(convention_run):
+    from cxrlab.severity.engine import stage_segmenter
+
+    run, manifest = convention_run
+    image = read_image(pd.read_csv(manifest)[schema.IMAGE].iloc[1])[0]
+    seg = LungSegmenter.from_run(run, convention="wide")
+    staged = stage_segmenter(seg, "onnxruntime")
+    assert staged.convention == "wide" and staged.supervised_targets == seg.supervised_targets
+    got, want = staged.predict(image)["lung_mask"], seg.predict(image)["lung_mask"]
+    assert 2 * (got & want).sum() / (got.sum() + want.sum()) > 0.99

@@ -107,6 +107,40 @@ def test_fastest_times_every_engine_and_rejects_disagreeing_ones(monkeypatch):
     assert choice["chosen"] == "torch-fp32" and "wrong" in choice["rejected"]
 
 
+def test_segmenters_accept_an_engine_by_its_masks(monkeypatch):
+    """Logits 0.5 off far from the threshold leave the mask as it is (a bf16 engine): accepted for a segmenter,
+    refused by the default value tolerance; a mask that moves is refused."""
+    from cxrlab.export import backends
+
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.zero_()
+        net.weight[0, 0, 1, 1], net.weight[1, 0, 1, 1] = 200.0, -200.0
+        net.bias[:] = torch.tensor([-100.0, 100.0])  # steep logits: a 0.3 shift moves 0.15 % of the pixels
+    sample = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def shifted(delta, moved_pixels=0):
+        class Shifted(torch.nn.Module):
+            engine, seconds = f"shift{delta}", 0.0
+
+            def forward(self, x):
+                out = net(x) + delta
+                if moved_pixels:
+                    out[:, 0].view(-1)[:moved_pixels] *= -1  # flip the sign of some logits: masks move
+                return out
+        return lambda m, **kw: Shifted()
+
+    monkeypatch.setitem(backends.BACKENDS._entries, "close", shifted(0.3))
+    monkeypatch.setitem(backends.BACKENDS._entries, "moved", shifted(0.0, moved_pixels=200))
+    _, by_value = backends.choose_fastest(net, sample=sample, candidates=["torch-fp32", "close", "moved"])
+    assert set(by_value["rejected"]) == {"close", "moved"}
+    _, by_mask = backends.choose_fastest(net, sample=sample, candidates=["torch-fp32", "close", "moved"],
+                                         agree=backends.mask_agreement(0.5))
+    assert "close" in by_mask["accepted"] and "mask Dice" in by_mask["accepted"]["close"]
+    assert "moved" in by_mask["rejected"] and "<" in by_mask["rejected"]["moved"]
+
+
 def test_openvino_parity_on_a_run_export(service_runs, tmp_path):
     """OpenVINO compiles the graph `cxrlab export` wrote; fp32 matches PyTorch like onnxruntime does."""
     import shutil

@@ -40,23 +40,28 @@ def available_backends() -> list[str]:
     return [name for name in BACKENDS.list() if BACKENDS.meta(name)["available"]()]
 
 
-def create_backend(name: str, module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
-    """Wrap ``module`` (eval mode) for engine ``name``. ``sample``: one example input (shape/dtype for export)."""
+def create_backend(name: str, module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None,
+                   agree: Agreement | None = None) -> nn.Module:
+    """Wrap ``module`` (eval mode) for engine ``name``. ``sample``: one example input (shape/dtype for export).
+    ``agree``: for ``fastest``, how an engine's outputs must match PyTorch fp32's to be chosen (default: every
+    output within ``FASTEST_TOLERANCE``; segmenters pass :func:`mask_agreement`)."""
     factory = BACKENDS.get(name)
     if not BACKENDS.meta(name)["available"]():
         raise ConfigError(f"inference backend {name!r} is not available on this machine; use one of {available_backends()}")
-    return factory(module.eval(), sample=sample, onnx_path=onnx_path)
+    options = {"agree": agree} if agree is not None and name == "fastest" else {}
+    return factory(module.eval(), sample=sample, onnx_path=onnx_path, **options)
 
 
 def apply_backend(owner: Any, attr: str, name: str, *, sample: torch.Tensor,
-                  onnx_path: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
+                  onnx_path: str | Path | None = None, agree: Agreement | None = None
+                  ) -> tuple[nn.Module, nn.Module]:
     """Replace ``owner.<attr>`` (a module) by its ``name`` backend.
 
     Returns ``(original, wrapped)``: the original fp32 module (for Grad-CAM, FLOP counts) and the wrapper,
     whose ``seconds`` attribute accumulates the time spent in the network (stage timings).
     """
     original = getattr(owner, attr)
-    wrapped = create_backend(name, original, sample=sample, onnx_path=onnx_path)
+    wrapped = create_backend(name, original, sample=sample, onnx_path=onnx_path, agree=agree)
     setattr(owner, attr, wrapped)
     return original, wrapped
 
@@ -259,30 +264,65 @@ def _openvino_bf16(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | 
         return OpenVinoModule(module, path, sample, precision="bf16")
 
 
-#: largest |output - PyTorch fp32 output| on the timing sample for ``fastest`` to accept an engine (logits,
-#: probabilities and masks alike; bf16 engines are typically 1e-3..1e-2 off)
+#: largest |output - PyTorch fp32 output| on the timing sample for ``fastest`` to accept an engine by default
+#: (classifier logits: bf16 engines are ~0.5 off and are refused there)
 FASTEST_TOLERANCE = 0.05
+#: a segmenter's masks on an engine must match PyTorch fp32's masks with at least this Dice (per channel)
+MASK_AGREEMENT_DICE = 0.98
+
+#: ``agree(engine_outputs, fp32_outputs) -> (accepted, reason)``, outputs flattened to float tensors
+Agreement = Callable[[list[torch.Tensor], list[torch.Tensor]], tuple[bool, str]]
+
+
+def max_abs_agreement(tolerance: float = FASTEST_TOLERANCE) -> Agreement:
+    """Every output value within ``tolerance`` of PyTorch fp32's (the default criterion)."""
+    def agree(out: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[bool, str]:
+        diff = max(float((a - b).abs().max()) for a, b in zip(out, reference))
+        return diff <= tolerance, f"max |diff| {diff:.3g} {'<=' if diff <= tolerance else '>'} {tolerance:g}"
+    return agree
+
+
+def mask_agreement(threshold: float = 0.5, min_dice: float = MASK_AGREEMENT_DICE) -> Agreement:
+    """For segmentation logits: what a user sees is the mask (sigmoid >= ``threshold``), so an engine is accepted
+    when its mask agrees with PyTorch fp32's with Dice >= ``min_dice`` on every output channel (pooled over the
+    sample; a channel empty in both agrees). bf16 engines move logits by ~0.5 but masks only at their edges."""
+    def agree(out: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[bool, str]:
+        worst = 1.0
+        for a, b in zip(out, reference):
+            if a.ndim != 4:
+                continue
+            ma, mb = torch.sigmoid(a) >= threshold, torch.sigmoid(b) >= threshold
+            inter = (ma & mb).sum(dim=(0, 2, 3)).float()
+            total = (ma.sum(dim=(0, 2, 3)) + mb.sum(dim=(0, 2, 3))).float()
+            dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+            worst = min(worst, float(dice.min()))
+        return worst >= min_dice, f"mask Dice vs fp32 {worst:.4f} {'>=' if worst >= min_dice else '<'} {min_dice:g}"
+    return agree
 
 
 def choose_fastest(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None,
                    candidates: list[str] | None = None, repeats: int = 5,
-                   tolerance: float = FASTEST_TOLERANCE) -> tuple[nn.Module, dict[str, Any]]:
+                   tolerance: float = FASTEST_TOLERANCE, agree: Agreement | None = None
+                   ) -> tuple[nn.Module, dict[str, Any]]:
     """Time every available engine on ``sample`` (median of ``repeats`` calls after a warm-up) and return the
-    fastest whose outputs agree with PyTorch fp32 within ``tolerance``, with the timings and rejections."""
+    fastest whose outputs agree with PyTorch fp32 (``agree``; default: within ``tolerance``), with the
+    timings, the reason each engine was accepted or refused, and the refusals."""
+    agree = agree or max_abs_agreement(tolerance)
     names = candidates or [n for n in available_backends() if n != "fastest"]
     with torch.no_grad():
         reference = _flat(module.eval()(sample))
     with _onnx_file(module, sample, onnx_path) as path, torch.no_grad():
         timings: dict[str, float] = {}
         rejected: dict[str, str] = {}
+        accepted: dict[str, str] = {}
         engines: dict[str, nn.Module] = {}
         for name in names:
             engine = BACKENDS.get(name)(module, sample=sample, onnx_path=path)
-            out = _flat(engine(sample))
-            diff = max(float((a - b).abs().max()) for a, b in zip(out, reference))
-            if diff > tolerance:
-                rejected[name] = f"max |diff| {diff:.3g} > {tolerance:g}"
+            ok, why = agree(_flat(engine(sample)), reference)
+            if not ok:
+                rejected[name] = why
                 continue
+            accepted[name] = why
             seconds = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -293,7 +333,8 @@ def choose_fastest(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | 
     best = min(timings, key=timings.get)
     chosen = engines[best]
     chosen.seconds = 0.0
-    return chosen, {"chosen": best, "median_ms": {k: round(v, 3) for k, v in timings.items()}, "rejected": rejected}
+    return chosen, {"chosen": best, "median_ms": {k: round(v, 3) for k, v in timings.items()}, "rejected": rejected,
+                    "accepted": accepted}
 
 
 def _flat(out: Any) -> list[torch.Tensor]:
@@ -307,9 +348,10 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 
 @BACKENDS.register("fastest", available=lambda: True)
-def _fastest(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+def _fastest(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None,
+             agree: Agreement | None = None) -> nn.Module:
     """The fastest engine for this model on this machine, chosen when the model is loaded (``choose_fastest``);
     the wrapper's ``choice`` says which and why."""
-    engine, choice = choose_fastest(module, sample=sample, onnx_path=onnx_path)
+    engine, choice = choose_fastest(module, sample=sample, onnx_path=onnx_path, agree=agree)
     engine.choice = choice
     return engine

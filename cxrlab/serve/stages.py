@@ -243,6 +243,7 @@ class _SegmenterStage(Stage):
 
         from cxrlab.anatomy.predict import LungSegmenter
         from cxrlab.export import apply_backend
+        from cxrlab.export.backends import mask_agreement
 
         super().__init__(run_dir)
         self.model_dir = Path(run_dir)
@@ -251,7 +252,8 @@ class _SegmenterStage(Stage):
         size = self.segmenter.config.size
         self.sample = torch.rand(1, self.segmenter.in_channels, size, size)
         self.module, self.engine = apply_backend(self.segmenter, "model", backend, sample=self.sample,
-                                                 onnx_path=fresh_onnx(self.run_dir))
+                                                 onnx_path=fresh_onnx(self.run_dir),
+                                                 agree=mask_agreement(self.segmenter.config.threshold))
 
     @classmethod
     def matches(cls, recipe: dict[str, Any]) -> bool:

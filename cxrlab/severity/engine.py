@@ -15,7 +15,7 @@ from torch import nn
 
 from cxrlab.anatomy.predict import LungSegmenter
 from cxrlab.errors import ConfigError
-from cxrlab.export.backends import bf16_supported, create_backend, list_backends
+from cxrlab.export.backends import bf16_supported, create_backend, list_backends, mask_agreement
 
 AUTO = "auto"
 # the precision names of cxrlab.anatomy (LungSegmenter) → the export backend that computes the same arithmetic
@@ -50,6 +50,8 @@ def stage_segmenter(segmenter: LungSegmenter, backend: str) -> LungSegmenter:
     module = copy.deepcopy(segmenter.model).eval()  # the caller's model stays as it was (NCHW, its own precision)
     if backend.startswith("torch-"):
         module = ChannelsLast(module)
-    engine = create_backend(backend, module, sample=sample)
-    # precision "fp32": the backend decides the arithmetic, not the segmenter's own autocast
-    return LungSegmenter(engine, segmenter.config, precision="fp32", run_dir=segmenter.run_dir)
+    engine = create_backend(backend, module, sample=sample, agree=mask_agreement(segmenter.config.threshold))
+    # precision "fp32": the backend decides the arithmetic, not the segmenter's own autocast; the channels it was
+    # trained on and its lung output (the run's default convention) stay the segmenter's
+    return LungSegmenter(engine, segmenter.config, precision="fp32", run_dir=segmenter.run_dir,
+                         supervised_targets=segmenter.supervised_targets, convention=segmenter.convention)
