@@ -83,6 +83,9 @@ def test_each_convention_draws_its_own_annotators_lungs(convention_run):
     assert set(shared) == {"patient_right_mask", "patient_left_mask", "lung_mask"}
     assert np.array_equal(shared["lung_mask"], seg.postprocess(seg.probabilities([image])[0], None)["lung_mask"])
     assert seg.needed_channels() == [schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG]
+    # a convention's lung channels replace the shared ones (the wide masks above came from these alone)
+    assert LungSegmenter.from_run(run, convention="wide").needed_channels() == ["mask_right_lung@wide",
+                                                                                "mask_left_lung@wide"]
 
 
 def test_evaluation_scores_each_source_in_its_convention(convention_run):

@@ -176,8 +176,9 @@ class LungSegmenter:
         """The output channels ``postprocess`` reads for ``convention``."""
         convention = self.convention if convention == "default" else self._check_convention(convention)
         names = [c for c in self.config.targets if c in self.supervised_targets]
-        if convention is not None:
-            names += [convention_channel(c, convention) for c in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)]
+        if convention is not None:  # its lung channels replace the shared ones (each is resized back: not free)
+            sides = (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)
+            names = [c for c in names if c not in sides] + [convention_channel(c, convention) for c in sides]
         return names
 
     def postprocess(self, probs: np.ndarray, convention: str | None = "default",
