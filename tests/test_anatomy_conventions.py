@@ -228,3 +228,38 @@ def test_a_segmenter_on_another_engine_keeps_its_lung_output(convention_run):
     assert staged.convention == "wide" and staged.supervised_targets == seg.supervised_targets
     got, want = staged.predict(image)["lung_mask"], seg.predict(image)["lung_mask"]
     assert 2 * (got & want).sum() / (got.sum() + want.sum()) > 0.99
+
+
+def test_cached_lung_masks_follow_the_output_and_runs_keep_theirs(convention_run, tmp_path: Path):
+    """Masks of two lung outputs never share a cache entry, and a training run predicts with the output its
+    masks came from, even after the lung run's default changed."""
+    import shutil
+
+    from cxrlab.anatomy.default_output import write_default_output
+    from cxrlab.train.masks import fill_lung_masks, lung_run_id, trained_lung_output
+
+    src, manifest = convention_run
+    run = tmp_path / "lung"
+    shutil.copytree(src, run)
+    df = pd.read_csv(manifest).head(3)
+    df[schema.IMAGE] = [str((Path(manifest).parent / p).resolve()) if not Path(p).is_absolute() else p
+                        for p in df[schema.IMAGE]]
+    df = df.drop(columns=[c for c in df.columns if c.startswith("mask_")])
+    shared_df, shared_report = fill_lung_masks(df, run, tmp_path / "cache")
+    assert shared_report["lung_output"] == "shared" and shared_report["predicted"] == 3
+    write_default_output(run, "wide", {})
+    wide_df, wide_report = fill_lung_masks(df, run, tmp_path / "cache")
+    assert wide_report["lung_output"] == "wide" and wide_report["predicted"] == 3  # not taken from the cache
+    assert wide_report["lung_run_id"] == lung_run_id(run) + "@wide"
+    wide_area = sum(read_mask(p).sum() for p in wide_df[schema.MASK_LUNGS])
+    assert wide_area > sum(read_mask(p).sum() for p in shared_df[schema.MASK_LUNGS])
+    # a training run records the report; prediction takes the recorded output for that lung run only
+    trained = tmp_path / "diag"
+    trained.mkdir()
+    (trained / "data_filter.json").write_text(json.dumps({"lung_masks": shared_report}))
+    assert trained_lung_output(trained, run) == "shared"
+    legacy = {k: v for k, v in shared_report.items() if k != "lung_output"}  # written before outputs were recorded
+    (trained / "data_filter.json").write_text(json.dumps({"lung_masks": legacy}))
+    assert trained_lung_output(trained, run) == "shared"
+    (trained / "data_filter.json").write_text(json.dumps({"lung_masks": {**shared_report, "lung_run_id": "0" * 16}}))
+    assert trained_lung_output(trained, run) == "run-default"  # another lung run: its own default

@@ -59,6 +59,25 @@ def test_run_directory_is_self_describing(runs):
     assert c[0] <= c[1] <= c[2]
 
 
+def test_the_run_keeps_the_lung_output_it_was_fitted_with(runs, tmp_path):
+    import json
+    import shutil
+
+    from cxrlab.errors import InputError
+
+    run = tmp_path / "sev"
+    shutil.copytree(runs["run"], run)
+    spec = json.loads((run / "severity.json").read_text())
+    assert spec["lung_output"] == "shared"  # this lung model has only the shared lung channels
+    spec["lung_output"] = "v7"  # a later default must not change the run: the recorded output is what loads
+    (run / "severity.json").write_text(json.dumps(spec))
+    with pytest.raises(InputError, match="unknown lung convention 'v7'"):
+        SeverityPipeline.from_run(run)
+    del spec["lung_output"]  # runs fitted before outputs were recorded used the shared channels
+    (run / "severity.json").write_text(json.dumps(spec))
+    assert SeverityPipeline.from_run(run).lung.convention is None
+
+
 def test_two_stage_beats_trivial_baseline(runs, test_rows, phantom_manifest):
     """Per-lung involvement and Brixia total on held-out patients beat "predict the training mean"."""
     pipe = SeverityPipeline.from_run(runs["run"])

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.anatomy import geometry
+from cxrlab.anatomy.default_output import RUN_DEFAULT, SHARED
 from cxrlab.anatomy.predict import LungSegmenter
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest
@@ -119,14 +120,15 @@ class SeverityPipeline:
     @classmethod
     def from_runs(cls, lung_run: str | Path, disease_run: str | Path,
                   scoring: ScoringParams | str | Path | None = None, precision: str = "auto",
-                  backend: str | None = None) -> "SeverityPipeline":
+                  backend: str | None = None, lung_output: str = RUN_DEFAULT) -> "SeverityPipeline":
         """Load both runs; ``scoring`` a ScoringParams, a ``scoring.json`` path, or None (defaults).
-        ``backend`` (default: the one computing ``precision``) runs both networks."""
+        ``backend`` (default: the one computing ``precision``) runs both networks. ``lung_output``: Stage I's
+        lung output (a convention name, ``shared``; default: the lung run's default output)."""
         if scoring is not None and not isinstance(scoring, ScoringParams):
             scoring = ScoringParams.load(scoring)
         if precision not in PRECISION_BACKENDS:
             raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISION_BACKENDS)}")
-        return cls(LungSegmenter.from_run(lung_run, precision=precision),
+        return cls(LungSegmenter.from_run(lung_run, precision=precision, convention=lung_output),
                    LungSegmenter.from_run(disease_run, precision=precision), scoring,
                    {"lung_run": str(lung_run), "disease_run": str(disease_run)},
                    backend or PRECISION_BACKENDS[precision])
@@ -143,7 +145,9 @@ class SeverityPipeline:
         lung, disease = (Path(paths[k]) for k in ("lung_run", "disease_run"))
         lung = lung if lung.is_absolute() else run_dir / lung
         disease = disease if disease.is_absolute() else run_dir / disease
-        return cls.from_runs(lung, disease, run_dir / SCORING_FILE, precision, backend)
+        # a run fitted before outputs were recorded used the shared lung channels
+        return cls.from_runs(lung, disease, run_dir / SCORING_FILE, precision, backend,
+                             lung_output=paths.get("lung_output", SHARED))
 
     def with_scoring(self, scoring: ScoringParams) -> "SeverityPipeline":
         """The same networks and engines (not rebuilt) with other scoring parameters."""

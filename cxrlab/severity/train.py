@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 
 from cxrlab.anatomy.config import load_config
+from cxrlab.anatomy.default_output import SHARED
 from cxrlab.anatomy.train import train_segmentation
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest, load_manifest, save_manifest
@@ -180,4 +181,6 @@ def fit_run(cfg: SeverityConfig, run_dir: Path, table: pd.DataFrame, report: Pro
     if no_val:
         scoring.fitted_on["warning"] = "no validation images: zone threshold fitted on training images"
     scoring.save(run_dir / SCORING_FILE)
-    atomic_write_json(run_dir / PIPELINE_FILE, {"lung_run": str(lung_run.resolve()), "disease_run": "disease"})
+    # the lung output the scoring was fitted with: the run keeps it even if the lung run's default changes later
+    atomic_write_json(run_dir / PIPELINE_FILE, {"lung_run": str(lung_run.resolve()), "disease_run": "disease",
+                                                "lung_output": pipe.lung.convention or SHARED})

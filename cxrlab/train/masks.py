@@ -12,12 +12,14 @@ many masks were predicted, reused from the cache, or given by the manifest.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from cxrlab.anatomy.default_output import RUN_DEFAULT, SHARED, run_default_convention
 from cxrlab.data import schema
 from cxrlab.errors import InputError
 from cxrlab.utils import file_sha256
@@ -44,24 +46,45 @@ def rows_without_lungs(df: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     return ~_given(df, schema.MASK_LUNGS), [schema.MASK_LUNGS]
 
 
-def lung_run_id(lung_run: str | os.PathLike) -> str:
-    """Identity of a lung run in cache keys: the hash of the checkpoint that predicts."""
+def lung_run_id(lung_run: str | os.PathLike, output: str | None = None) -> str:
+    """Identity of a lung run's masks in cache keys: the hash of the checkpoint that predicts, and the lung
+    output drawn when it is not the shared channels (``@<convention>``): masks of two outputs never mix."""
     ckpt = Path(lung_run) / "checkpoints" / "best.pt"
     if not ckpt.is_file():
         raise InputError(lung_run, "not a finished lung segmentation run (no checkpoints/best.pt)")
-    return file_sha256(ckpt)[:16]
+    return file_sha256(ckpt)[:16] + (f"@{output}" if output not in (None, SHARED) else "")
+
+
+def trained_lung_output(run_dir: str | os.PathLike, lung_run: str | os.PathLike) -> str:
+    """The lung output a training run's masks came from, when ``lung_run`` is the lung run it used (the same
+    checkpoint): its recorded output (``shared`` for runs written before outputs were recorded). Otherwise
+    ``RUN_DEFAULT``: the lung run's own default. Prediction uses it so a run sees the masks it was trained on,
+    even after its lung run's default output changed."""
+    path = Path(run_dir) / "data_filter.json"
+    try:
+        recorded = (json.loads(path.read_text()).get("lung_masks") or {}) if path.is_file() else {}
+    except (OSError, ValueError):
+        return RUN_DEFAULT
+    if not recorded.get("lung_run_id") or not (Path(lung_run) / "checkpoints" / "best.pt").is_file():
+        return RUN_DEFAULT
+    if str(recorded["lung_run_id"]).split("@")[0] != lung_run_id(lung_run).split("@")[0]:
+        return RUN_DEFAULT
+    return recorded.get("lung_output") or SHARED
 
 
 def fill_lung_masks(df: pd.DataFrame, lung_run: str | os.PathLike, cache_dir: str | os.PathLike,
-                    batch_size: int = 16) -> tuple[pd.DataFrame, dict[str, Any]]:
+                    batch_size: int = 16, output: str | None = RUN_DEFAULT) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``df`` (absolute image paths) with the lung-mask columns of rows lacking them filled from ``lung_run``'s
-    predictions, cached in ``cache_dir``; and a report (lung run, predicted / from cache / given counts)."""
+    predictions, cached in ``cache_dir``; and a report (lung run, its output, predicted / from cache / given
+    counts). ``output``: the lung output to draw (default: the lung run's default output)."""
     from cxrlab.anatomy.predict import LungSegmenter
     from cxrlab.data.dataset import load_sample
     from cxrlab.io import write_png
 
     lacking, columns = rows_without_lungs(df)
-    run_id = lung_run_id(lung_run)
+    output = run_default_convention(lung_run) if output == RUN_DEFAULT else output
+    output = None if output in (None, SHARED) else output
+    run_id = lung_run_id(lung_run, output)
     folder = Path(cache_dir) / run_id
     out = df.copy()
     for column in columns:
@@ -69,6 +92,7 @@ def fill_lung_masks(df: pd.DataFrame, lung_run: str | os.PathLike, cache_dir: st
             out[column] = None
         out[column] = out[column].astype(object)
     report: dict[str, Any] = {"lung_run": str(Path(lung_run).resolve()), "lung_run_id": run_id,
+                              "lung_output": output or SHARED,
                               "cache": str(folder.resolve()), "given": int((~lacking).sum()),
                               "predicted": 0, "from_cache": 0}
     todo: list[tuple[Any, dict[str, Path]]] = []
@@ -86,7 +110,7 @@ def fill_lung_masks(df: pd.DataFrame, lung_run: str | os.PathLike, cache_dir: st
         else:
             todo.append((index, paths))
     if todo:
-        segmenter = LungSegmenter.from_run(lung_run)
+        segmenter = LungSegmenter.from_run(lung_run, convention=output or SHARED)
         folder.mkdir(parents=True, exist_ok=True)
         done: set[str] = set()  # the same content listed twice is predicted once
         for start in range(0, len(todo), batch_size):

@@ -98,7 +98,10 @@ class RunModel:
         if self._segmenter is None:
             from cxrlab.anatomy.predict import LungSegmenter
 
-            self._segmenter = LungSegmenter.from_run(lung_model)
+            from cxrlab.train.masks import trained_lung_output
+
+            self._segmenter = LungSegmenter.from_run(lung_model,
+                                                     convention=trained_lung_output(self.run_dir, lung_model))
         return {**sample, **self._segmenter.predict(sample[schema.KEY_IMAGE])}
 
     def _prepared(self, sample: dict, lung_model: str | os.PathLike | None) -> torch.Tensor:
@@ -184,8 +187,11 @@ class RunModel:
             from cxrlab.train.masks import fill_lung_masks
             from cxrlab.utils import cxrlab_home
 
+            from cxrlab.train.masks import trained_lung_output
+
             df, self.lung_masks_report = fill_lung_masks(
-                df, lung_model, Path(mask_cache) if mask_cache is not None else cxrlab_home() / "lung_masks")
+                df, lung_model, Path(mask_cache) if mask_cache is not None else cxrlab_home() / "lung_masks",
+                output=trained_lung_output(self.run_dir, lung_model))
         checks = None
         if quality is not None:
             from cxrlab.quality.batch import as_gate, check_frame, inverted_rows
