@@ -166,6 +166,16 @@ def _default_output(run: str) -> dict | None:
     return {"val_lung_dice": scores, "val_macro": macro, "best": max(macro, key=macro.get)}
 
 
+def _main_split(out: Path) -> tuple[pd.DataFrame, Path]:
+    """The main run's patient split of every source, saved as ``out/main_split.csv`` for a run on a subset of
+    the sources to reuse (splitting the subset instead would draw another split)."""
+    all_cfg = load_config(BENCH_CONFIG)
+    df = assign_split(load_table(all_cfg), all_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(df, out / "main_split.csv")
+    return df, out / "main_split.csv"
+
+
 def cmd_cross(args: argparse.Namespace) -> None:
     """Train on one source only (its own patient-level train part), test on every source's test part.
 
@@ -174,12 +184,8 @@ def cmd_cross(args: argparse.Namespace) -> None:
     different split (the per-source permutations share one random stream), putting main-run test patients in
     this run's training part.
     """
-    all_cfg = load_config(BENCH_CONFIG)
-    df = assign_split(load_table(all_cfg), all_cfg)
+    df, split_csv = _main_split(Path(args.out))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    split_csv = out / "main_split.csv"
-    save_split(df, split_csv)
     pattern = SOURCE_PATTERNS[args.train_source]
     cfg = load_config({**BENCH_CONFIG, **CROSS_BUDGET, "name": f"lung_only_{args.train_source}",
                        "sources": [pattern], "evaluate_test": False, "split": {"split_csv": str(split_csv)}},
@@ -231,12 +237,8 @@ def cmd_loso(args: argparse.Namespace) -> None:
     """Leave one source out: train on the two others (the main split's train/val parts of them), then score
     every lung output (shared channels, each trained convention's) on the held-out source's val and test
     parts, against that source's own masks: how each output does on an unseen hospital's films."""
-    all_cfg = load_config(BENCH_CONFIG)
-    df = assign_split(load_table(all_cfg), all_cfg)
+    df, split_csv = _main_split(Path(args.out))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    split_csv = out / "main_split.csv"
-    save_split(df, split_csv)
     cfg = _loso_config(args.held_out, split_csv, args.set)
     log(f"machine {machine()}")
     run = train_segmentation(cfg, out=out, resume=args.resume, progress=progress_logger())
