@@ -161,6 +161,8 @@ def test_health_and_model_cards(client):
     assert cards["lung"]["training_data"]["splits"]["train"]["patients"] > 0
     assert cards["lung"]["recipe"]["arch"] == "unet"
     assert "zone_threshold" in cards["opacity"]["scoring"]
+    # the lung output the service draws, and the one the severity scoring was fitted with
+    assert cards["lung"]["lung_output"] == "shared" and cards["opacity"]["fitted_with_lung_output"] == "shared"
     assert cards["diagnosis"]["recipe"]["tasks"][0]["kind"] == "diagnosis"
     assert cards["diagnosis"]["validation_metrics"]  # metrics.json of the run, as written by the trainer
 
@@ -387,3 +389,20 @@ def test_micro_batcher_groups_requests_that_queue_during_a_run():
     assert out == [[b"A"], [b"B"], [b"C", b"D"], [b"F"]]
     assert calls[0] == ([b"a"], True) and calls[1] == ([b"b", b"c", b"d"], True)
     assert calls[2] == ([b"f"], False) and sizes == [1, 3, 1]
+
+
+def test_a_severity_run_brings_its_stage_one_drawn_as_fitted(service_runs, tmp_path):
+    import json
+    import shutil
+
+    from cxrlab.errors import InputError
+    from cxrlab.serve.stages import create_stages
+
+    stages = {s.role: s for s in create_stages({"opacity": service_runs["opacity"]}, backend="torch-fp32")}
+    assert stages["lung"].card()["lung_output"] == "shared"
+    run = tmp_path / "sev"
+    shutil.copytree(service_runs["opacity"], run)
+    spec = json.loads((run / "severity.json").read_text())
+    (run / "severity.json").write_text(json.dumps({**spec, "lung_output": "v7"}))
+    with pytest.raises(InputError, match="unknown lung convention 'v7'"):
+        create_stages({"opacity": run}, backend="torch-fp32")

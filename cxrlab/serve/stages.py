@@ -198,8 +198,10 @@ def create_stages(runs: dict[str, Path], *, backend: str, cam_method: str = "gra
         if stage.role == "opacity" and "lung" not in runs:
             if stage.lung_run is None:
                 raise ConfigError(f"{stage.run_dir}: an opacity model needs lung masks: configure a lung model")
-            stages.append(STAGES.create("lung", stage.lung_run, backend=backend, cam_method=cam_method,
-                                        heatmap_pass=heatmap_pass))
+            lung = STAGES.create("lung", stage.lung_run, backend=backend, cam_method=cam_method,
+                                 heatmap_pass=heatmap_pass)
+            lung.use_output(stage.lung_output)  # the severity run's own Stage I, drawn as it was fitted
+            stages.append(lung)
         if getattr(stage, "needs_masks", False) and "lung" not in runs:
             raise ConfigError(f"{stage.run_dir}: this diagnosis run needs lung masks: configure a lung model")
     return stages
@@ -287,6 +289,13 @@ class LungStage(_SegmenterStage):
                 case.masks[key] = masks[key]
         return timer.seconds
 
+    def use_output(self, output: str | None) -> None:
+        """Draw the lungs as ``output`` (a convention of the run, or ``shared``/None) instead of the run's default."""
+        self.segmenter.convention = self.segmenter._check_convention(None if output in (None, "shared") else output)
+
+    def card(self) -> dict[str, Any]:
+        return super().card() | {"lung_output": self.segmenter.convention or "shared"}
+
 
 @STAGES.register("opacity")
 class OpacityStage(_SegmenterStage):
@@ -305,9 +314,11 @@ class OpacityStage(_SegmenterStage):
 
         run_dir = Path(run_dir)
         self.lung_run: Path | None = None
+        self.lung_output: str | None = None  # the Stage I output the scoring was fitted with, when recorded
         self.scoring = ScoringParams()
         if (run_dir / PIPELINE_FILE).is_file():
             spec = json.loads((run_dir / PIPELINE_FILE).read_text())
+            self.lung_output = spec.get("lung_output", "shared")
             disease, lung = (Path(spec[k]) for k in ("disease_run", "lung_run"))
             self.lung_run = lung if lung.is_absolute() else run_dir / lung
             self.scoring = ScoringParams.load(run_dir / SCORING_FILE)
@@ -324,7 +335,8 @@ class OpacityStage(_SegmenterStage):
         return ("lung_run" in recipe and "manifests" in recipe) or super().matches(recipe)
 
     def card(self) -> dict[str, Any]:
-        return super().card() | {"scoring": self.scoring.model_dump(mode="json"), "disease_model": self.version()}
+        return super().card() | {"scoring": self.scoring.model_dump(mode="json"), "disease_model": self.version(),
+                                 "fitted_with_lung_output": self.lung_output}
 
     def run(self, cases: list[Any], *, heatmap: bool) -> dict[str, float]:
         from cxrlab.anatomy.geometry import lung_zones
