@@ -217,6 +217,41 @@ PUBLISHED = {"dice": 0.8821, "iou": 0.8305}  # COVID-QU-Ex infection segmentatio
 TARGETS = {"dice_mean": 0.80, "zone_count_mae": 0.5}  # issue #14
 
 
+def _lung_output(run: Path) -> str:
+    spec = run / "severity.json"
+    return json.loads(spec.read_text()).get("lung_output", "shared") if spec.exists() else "shared"
+
+
+def _variant_lines(main: Path, others: list[Path]) -> list[str]:
+    """Stage II variants on the same split and Stage I: the choice (validation Dice) and their test figures."""
+    if not others:
+        return []
+    from cxrlab.anatomy.architectures import create_segmentation_model
+    from cxrlab.machine import count_flops
+
+    rows = []
+    for out in [main, *others]:
+        seg_cfg = yaml_load(out / "run" / "disease" / "recipe.yaml")
+        metrics = json.loads((out / "run" / "disease" / "metrics.json").read_text())
+        ev = json.loads((out / "evaluation.json").read_text())
+        net = create_segmentation_model(seg_cfg["arch"], seg_cfg["encoder"], "none", 2 if seg_cfg.get("input") ==
+                                        "image+lung" else 1, 1, **(seg_cfg.get("arch_kwargs") or {}))
+        size = int(seg_cfg["size"])
+        gflop = count_flops(net.eval(), torch.rand(1, 2 if seg_cfg.get("input") == "image+lung" else 1, size, size)) / 1e9
+        dec = (seg_cfg.get("arch_kwargs") or {}).get("decoder_channels", "smp default [256, 128, 64, 32, 16]")
+        d, inv = ev.get("disease", {}), ev.get("involvement", {})
+        zone = inv.get("zone_count_mae")
+        zone = zone.get("value") if isinstance(zone, dict) else zone
+        rows.append(f"| `{out.name}` | {seg_cfg['arch']} decoder {dec} | {gflop:.2f} | {metrics['epochs_run']} | "
+                    f"{metrics['best_val_dice']:.4f} | {d.get('dice_mean', float('nan')):.3f} | "
+                    f"{d.get('dice_pooled', float('nan')):.3f} | {zone:.2f} |")
+    return ["", "## Stage II variants (same split, same Stage I, same budget and early stopping)",
+            "The benchmark model is the variant with the best **validation** Dice; a cheaper variant would replace it "
+            "only within 0.005 of that validation Dice. Test columns are shown, never used to choose.", "",
+            "| run | Stage II | GFLOP / image (256 px) | epochs run | val Dice (choice) | test Dice per image | "
+            "test Dice pooled | zone-count MAE |", "|---|---|---|---|---|---|---|---|", *rows]
+
+
 def report(args: argparse.Namespace) -> None:
     from cxrlab.severity.evaluation import segmentation_cis
 
@@ -263,7 +298,9 @@ def report(args: argparse.Namespace) -> None:
         "## Setup",
         f"- Stage I: lung run `{cfg['lung_run']}` ({lung_cfg.get('arch')} / {lung_cfg.get('encoder')}, "
         f"{lung_cfg.get('size')} px, {lung_cfg.get('epochs')} epochs planned; trained on JSRT/SCR, ieee8023 V7 and "
-        "COVID-QU-Ex lung masks by `python bench/segmentation.py train`).",
+        "COVID-QU-Ex lung masks by `python bench/segmentation.py train`), lung output "
+        f"`{_lung_output(RUN)}` (recorded in the run's `severity.json`; the lung run's default output, chosen on "
+        "held-out sources: [lung_default_output.md](lung_default_output.md)).",
         f"- Stage II: `{disease_cfg['arch']}` / `{disease_cfg['encoder']}` ({disease_cfg.get('weights')} weights), "
         f"input `{disease_cfg.get('input')}`, {disease_cfg['size']} px, {len(hist)} epochs × "
         f"{disease_cfg.get('samples_per_epoch')} balanced draws (images with / without disease equally) = {draws} "
@@ -381,9 +418,11 @@ def report(args: argparse.Namespace) -> None:
               "- The QaTa-COV19 disease masks are semi-automatic and coarse: a per-image Dice is bounded by how",
               "  consistently they outline opacities, and small lesions weigh as much as large ones in the per-image mean.",
               "- The zone threshold and Brixia cut-points are fitted (validation / training patients), not tuned on test.",
-              "- Previous benchmark page (128 px, 3 × 300 draws, 2026-11-22; in git history): Dice 0.61 / IoU 0.48 per",
-              "  image on the same split recipe.",
+              "- Previous benchmark pages (in git history): 2026-12-05 11:03, the same Stage II with Stage I's shared",
+              "  lung channels: Dice 0.704 per image / 0.793 pooled, zone-count MAE 0.79; 2026-11-22 (128 px, 3 × 300",
+              "  draws): Dice 0.61 / IoU 0.48 per image on the same split recipe.",
               ]
+    lines += _variant_lines(OUT, [Path(p) for p in getattr(args, "also", []) or []])
     lines += ["", f"Failed images (no lung found / unreadable): {ev.get('failed_images', 0)} of the segmentation rows, "
               f"{ev.get('scored_failed_images', 0)} of the reader-scored rows.", ""]
     doc = Path(getattr(args, "doc", None) or DOC)
@@ -413,6 +452,8 @@ def main() -> None:
                    help="speed: also time the previous path (the runs' own NCHW segmenters) under the same load")
     p.add_argument("--out", type=Path, default=OUT, help="benchmark folder (data/, run/, results; git-ignored)")
     p.add_argument("--doc", type=Path, default=DOC, help="report: the Markdown page to write")
+    p.add_argument("--also", nargs="*", default=[], help="report: other benchmark folders (Stage II variants on "
+                   "the same split) listed with their validation and test figures")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="train/fit: override a key of the severity config, e.g. disease.size=256 (repeatable)")
     args = p.parse_args()
