@@ -129,6 +129,16 @@ class LungSegmenter:
         keys = [mask_key(c) for c in self.config.targets if c in self.supervised_targets]
         return keys + ([schema.KEY_LUNG_MASK] if self.config.is_lung_model else [])
 
+    def example_input(self) -> torch.Tensor:
+        """A ``(1, C, size, size)`` network input made from a phantom chest film (and its lung mask for
+        image+lung models), prepared as a real image is: for engine choice, a film's masks say whether an engine
+        agrees with fp32 far better than noise does (on noise a model draws stray blobs that any rounding moves)."""
+        from cxrlab.data.phantom import render_sample
+
+        film = render_sample("covid19", severity=0.5, size=max(self.config.size, 64), seed=0)
+        lung = film[schema.KEY_LUNG_MASK] if self.in_channels == 2 else None
+        return torch.from_numpy(self._prepare(film[schema.KEY_IMAGE], lung, 0)[0][None].copy())
+
     def _prepare(self, image: np.ndarray, lung_mask: np.ndarray | None, index: int) -> tuple[np.ndarray, dict]:
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[0] == 1:

@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -282,15 +282,19 @@ def max_abs_agreement(tolerance: float = FASTEST_TOLERANCE) -> Agreement:
     return agree
 
 
-def mask_agreement(threshold: float = 0.5, min_dice: float = MASK_AGREEMENT_DICE) -> Agreement:
+def mask_agreement(threshold: float = 0.5, min_dice: float = MASK_AGREEMENT_DICE,
+                   channels: Sequence[int] | None = None) -> Agreement:
     """For segmentation logits: what a user sees is the mask (sigmoid >= ``threshold``), so an engine is accepted
-    when its mask agrees with PyTorch fp32's with Dice >= ``min_dice`` on every output channel (pooled over the
-    sample; a channel empty in both agrees). bf16 engines move logits by ~0.5 but masks only at their edges."""
+    when its mask agrees with PyTorch fp32's with Dice >= ``min_dice`` on every output channel the user sees
+    (``channels``, default all; pooled over the sample; a channel empty in both agrees). bf16 engines move logits
+    by ~0.5 but masks only at their edges."""
     def agree(out: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[bool, str]:
         worst = 1.0
         for a, b in zip(out, reference):
             if a.ndim != 4:
                 continue
+            if channels is not None:
+                a, b = a[:, list(channels)], b[:, list(channels)]
             ma, mb = torch.sigmoid(a) >= threshold, torch.sigmoid(b) >= threshold
             inter = (ma & mb).sum(dim=(0, 2, 3)).float()
             total = (ma.sum(dim=(0, 2, 3)) + mb.sum(dim=(0, 2, 3))).float()

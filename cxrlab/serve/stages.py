@@ -251,11 +251,13 @@ class _SegmenterStage(Stage):
         self.model_dir = Path(run_dir)
         # precision "fp32": the backend decides the arithmetic, not the segmenter's own autocast.
         self.segmenter = LungSegmenter.from_run(run_dir, precision="fp32")
-        size = self.segmenter.config.size
-        self.sample = torch.rand(1, self.segmenter.in_channels, size, size)
+        self.sample = self.segmenter.example_input()  # a phantom film: engines judged by the masks they draw
         self.module, self.engine = apply_backend(self.segmenter, "model", backend, sample=self.sample,
                                                  onnx_path=fresh_onnx(self.run_dir),
-                                                 agree=mask_agreement(self.segmenter.config.threshold))
+                                                 agree=mask_agreement(
+                                                     self.segmenter.config.threshold,
+                                                     channels=[self.segmenter.config.channels.index(c)
+                                                               for c in self.segmenter.needed_channels()]))
 
     @classmethod
     def matches(cls, recipe: dict[str, Any]) -> bool:

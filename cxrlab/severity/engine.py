@@ -45,12 +45,13 @@ class ChannelsLast(nn.Module):
 def stage_segmenter(segmenter: LungSegmenter, backend: str) -> LungSegmenter:
     """A copy of ``segmenter`` whose network runs on ``backend`` (resolved); its pre- and post-processing, input
     size (the one it was trained at) and threshold are the segmenter's own."""
-    size = segmenter.config.size
-    sample = torch.rand(1, segmenter.in_channels, size, size)
+    sample = segmenter.example_input()  # a phantom film: engines are judged by the masks they draw on a chest
     module = copy.deepcopy(segmenter.model).eval()  # the caller's model stays as it was (NCHW, its own precision)
     if backend.startswith("torch-"):
         module = ChannelsLast(module)
-    engine = create_backend(backend, module, sample=sample, agree=mask_agreement(segmenter.config.threshold))
+    seen = [segmenter.config.channels.index(c) for c in segmenter.needed_channels()]  # the masks it returns
+    engine = create_backend(backend, module, sample=sample, agree=mask_agreement(segmenter.config.threshold,
+                                                                                 channels=seen))
     # precision "fp32": the backend decides the arithmetic, not the segmenter's own autocast; the channels it was
     # trained on and its lung output (the run's default convention) stay the segmenter's
     return LungSegmenter(engine, segmenter.config, precision="fp32", run_dir=segmenter.run_dir,
