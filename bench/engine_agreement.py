@@ -1,0 +1,87 @@
+"""Do the engines ``fastest`` picks draw the masks PyTorch fp32 draws, on real films? → docs/benchmarks/engine_agreement.md
+
+    .venv/bin/python bench/engine_agreement.py --lung runs/lung_bench --severity runs/severity256/run
+
+``fastest`` judges a segmenter's engines on one phantom film when the model loads (mask Dice >= 0.98 against
+fp32). This checks the choice where it matters: on the service benchmark's real images (drawn evenly from every
+folder of ``../shared/data``, fixed seed), each mask the chosen engine returns against the same mask from
+PyTorch fp32, per image; Stage II gets the fp32 lungs as its input in both, so only its own engine differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+from cxrlab.anatomy.predict import LungSegmenter  # noqa: E402
+from cxrlab.data import schema  # noqa: E402
+from cxrlab.io import read_image_bytes  # noqa: E402
+from cxrlab.machine import load_average, machine_info  # noqa: E402
+from cxrlab.serve.benchmark import real_images  # noqa: E402
+from cxrlab.severity.engine import stage_segmenter  # noqa: E402
+from cxrlab.severity.pipeline import SeverityPipeline  # noqa: E402
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else 1.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lung", type=Path, default=Path("runs/lung_bench"))
+    ap.add_argument("--severity", type=Path, default=Path("runs/severity256/run"))
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/engine_agreement.md"))
+    args = ap.parse_args()
+    images = [read_image_bytes(d)[0] for _, d in real_images(args.data, args.images)]
+    pipe = SeverityPipeline.from_run(args.severity, precision="fp32")
+    lung_ref = stage_segmenter(pipe.lung, "torch-fp32")
+    lung_fast = stage_segmenter(pipe.lung, "fastest")
+    disease_ref = stage_segmenter(pipe.disease, "torch-fp32")
+    disease_fast = stage_segmenter(pipe.disease, "fastest")
+    scores: dict[str, list[float]] = {}
+    for image in images:
+        ref = lung_ref.predict(image)
+        fast = lung_fast.predict(image)
+        for key in ref:
+            scores.setdefault(f"lung stage: {key}", []).append(dice(ref[key], fast[key]))
+        lungs = ref[schema.KEY_LUNG_MASK]
+        d_ref = disease_ref.predict(image, lungs)[schema.KEY_DISEASE_MASK]
+        d_fast = disease_fast.predict(image, lungs)[schema.KEY_DISEASE_MASK]
+        scores.setdefault("disease stage: disease_mask", []).append(dice(d_ref, d_fast))
+    chosen = {"lung stage": lung_fast.model.choice, "disease stage": disease_fast.model.choice}
+    lines = [
+        "# Engine agreement on real films",
+        "",
+        f"Produced by `.venv/bin/python bench/engine_agreement.py --lung {args.lung} --severity {args.severity}` on "
+        f"{len(images)} real images (the service benchmark's set); {machine_info()['cpu']}, "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, load {load_average()}. Stage I draws "
+        f"`{pipe.lung.convention or 'shared'}` lungs (the severity run's recorded output).",
+        "",
+        "Engines chosen by `fastest` when each model loaded (phantom film, mask Dice >= 0.98 vs fp32): "
+        + "; ".join(f"{k}: {c['chosen']} ({c['accepted'].get(c['chosen'], '')})" for k, c in chosen.items()) + ".",
+        "",
+        "| mask | images | mean Dice vs fp32 | min | images below 0.98 |",
+        "|---|---|---|---|---|",
+    ]
+    for key, values in scores.items():
+        v = np.array(values)
+        lines.append(f"| {key} | {len(v)} | {v.mean():.4f} | {v.min():.4f} | {int((v < 0.98).sum())} |")
+    lines += ["", "An image where both engines draw nothing counts as agreement (Dice 1). What this cannot show: "
+              "agreement with fp32 is not accuracy; the accuracy figures of the severity and anatomy pages were "
+              "measured with their own engines (stated there).", ""]
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
