@@ -249,7 +249,9 @@ def _variant_lines(main: Path, others: list[Path]) -> list[str]:
             "The benchmark model is the variant with the best **validation** Dice; a cheaper variant would replace it "
             "only within 0.005 of that validation Dice. Test columns are shown, never used to choose.", "",
             "| run | Stage II | GFLOP / image (256 px) | epochs run | val Dice (choice) | test Dice per image | "
-            "test Dice pooled | zone-count MAE |", "|---|---|---|---|---|---|---|---|", *rows]
+            "test Dice pooled | zone-count MAE |", "|---|---|---|---|---|---|---|---|", *rows, "",
+            *[f"- `{out.name}`: `{json.loads((out / 'train_info.json').read_text()).get('command', '?')}`"
+              for out in [main, *others] if (out / "train_info.json").exists()]]
 
 
 def report(args: argparse.Namespace) -> None:
@@ -287,7 +289,10 @@ def report(args: argparse.Namespace) -> None:
         "",
         f"All figures come from `bench/severity.py`; outputs under `{OUT.relative_to(ROOT)}/` (git-ignored). Re-run:",
         f"`{cmd}`, then `for s in fit evaluate speed cohen_cv report; do .venv/bin/python bench/severity.py $s{out_flag}; "
-        "done` (`prepare` first on a fresh checkout; `speed --backend B` once per engine).",
+        "done` (`prepare` first on a fresh checkout; `speed --backend B` once per engine"
+        + ("; the variants table: `report" + out_flag + " --also " + " ".join(str(Path(p)) for p in args.also) + "`"
+           if getattr(args, "also", None) else "") + "). The train step's flags go to `fit` too (the run's own "
+        "config is checked).",
         "",
         "## Machine and load",
         f"- training: {tr['machine']['cpu']}, {tr['machine']['cores']} cores, shared with other jobs of the session "
