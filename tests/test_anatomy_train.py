@@ -256,10 +256,10 @@ def test_early_stopping_and_best_checkpoint_are_separate():
 
 def test_loader_workers_give_the_same_run(run_dir: Path, phantom_root: Path, tmp_path: Path):
     """Augmentation is seeded per (seed, epoch, item): worker processes (a GPU's feeders) change nothing."""
-    workers = train_segmentation(tiny_config(phantom_root / "manifest.csv", epochs=1, num_workers=2,
-                                             evaluate_test=False), out=tmp_path / "w2")
-    alone = train_segmentation(tiny_config(phantom_root / "manifest.csv", epochs=1, evaluate_test=False),
-                               out=tmp_path / "w0")
+    small = {"epochs": 1, "samples_per_epoch": 48, "val_max_images": 4, "evaluate_test": False}
+    workers = train_segmentation(tiny_config(phantom_root / "manifest.csv", num_workers=2, **small),
+                                 out=tmp_path / "w2")
+    alone = train_segmentation(tiny_config(phantom_root / "manifest.csv", **small), out=tmp_path / "w0")
     a, b = (pd.read_csv(r / "history.csv").iloc[0] for r in (workers, alone))
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
     assert a["val_dice"] == pytest.approx(b["val_dice"], rel=1e-6)
