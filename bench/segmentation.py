@@ -312,8 +312,10 @@ def default_output_page(loso: list[dict], choice: dict, lung_run: str, conventio
         f"({loso[0].get('epochs', '?')} epochs × {CROSS_BUDGET['samples_per_epoch']} draws), on the main run's "
         "patient split; every lung output is then scored against the held-out source's own masks.",
         "",
-        f"- Machine: {machine_line.get('cpu', '?')}, {machine_line.get('cores', '?')} cores, one thread per run "
-        f"(two runs at a time); finished {machine_line.get('date_utc', '?')} UTC; load `{machine_line.get('uptime', '?')}`.",
+        f"- Machine: {machine_line.get('cpu', '?')}, {machine_line.get('cores', '?')} cores; per run: "
+        + "; ".join(f"{r['held_out']} held out: {r.get('train_minutes', float('nan')):.1f} min of training, "
+                    f"{r.get('machine', {}).get('threads', '?')} thread(s), finished {r.get('machine', {}).get('date_utc', '?')}"
+                    f" UTC, load `{r.get('machine', {}).get('uptime', '?')}`" for r in loso) + ".",
         "- Mean lung Dice per image (both lungs), val / test part of the held-out source. \"–\": that fold's "
         "model has no such output (a source's own convention is never available when it is held out — that is "
         "the unseen-hospital case).",
