@@ -44,8 +44,7 @@ def write_default_output(run_dir: str | Path, convention: str | None, evidence: 
     it was chosen on; ``LungSegmenter.from_run`` and everything built on it use it from then on."""
     from cxrlab.anatomy.predict import LungSegmenter
 
-    seg = LungSegmenter.from_run(run_dir, convention=SHARED)
-    seg._check_convention(None if convention == SHARED else convention)  # an unknown name fails here
+    LungSegmenter.from_run(run_dir, convention=SHARED).use_convention(convention)  # an unknown name fails here
     path = Path(run_dir) / DEFAULT_OUTPUT_FILE
     atomic_write_json(path, {"convention": convention, **evidence})
     return path

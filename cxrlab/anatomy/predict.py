@@ -121,6 +121,11 @@ class LungSegmenter:
                              f"{known})", field="convention")
         return convention
 
+    def use_convention(self, convention: str | None) -> None:
+        """Draw the lungs as ``convention`` from now on (a name of the run's conventions; ``shared``/None = the
+        shared channels); an unknown name is an ``InputError`` naming the trained ones."""
+        self.convention = self._check_convention(None if convention == SHARED else convention)
+
     @property
     def in_channels(self) -> int:
         return self.config.in_channels

@@ -23,6 +23,7 @@ import pandas as pd
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest, load_manifest, save_manifest
 from cxrlab.errors import InputError
+from cxrlab.utils import atomic_path
 
 PACKED_MANIFEST = "manifest.csv"
 
@@ -40,20 +41,23 @@ def pack_file(src: Path, dst_stem: Path) -> Path:
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if src.suffix.lower() != ".dcm" else None
     dst_stem.parent.mkdir(parents=True, exist_ok=True)
     if arr is None or arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] == 2):
-        dst = dst_stem.with_suffix(src.suffix)
-        shutil.copyfile(src, dst)
-        return dst
+        return _copy(src, dst_stem.with_suffix(src.suffix))
     ok, buf = cv2.imencode(".webp", arr, [cv2.IMWRITE_WEBP_QUALITY, 101])  # quality > 100 = lossless
     back = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
     if back is not None and arr.ndim == 2 and back.ndim == 3:  # WebP stores grey as three equal channels
         back = back[..., 0] if (back[..., 0] == back[..., 1]).all() and (back[..., 0] == back[..., 2]).all() \
             else None
     if back is None or back.shape != arr.shape or not np.array_equal(back, arr):
-        dst = dst_stem.with_suffix(src.suffix)  # not representable losslessly (e.g. alpha): keep the original
-        shutil.copyfile(src, dst)
-        return dst
+        return _copy(src, dst_stem.with_suffix(src.suffix))  # not lossless in WebP (e.g. alpha): the original
     dst = dst_stem.with_suffix(".webp")
-    buf.tofile(dst)
+    with atomic_path(dst) as tmp:  # an interrupted pack never leaves a half-written file under its final name
+        buf.tofile(tmp)
+    return dst
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
     return dst
 
 

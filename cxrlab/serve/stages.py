@@ -245,7 +245,7 @@ class _SegmenterStage(Stage):
 
         from cxrlab.anatomy.predict import LungSegmenter
         from cxrlab.export import apply_backend
-        from cxrlab.export.backends import mask_agreement
+        from cxrlab.severity.engine import segmenter_agreement
 
         super().__init__(run_dir)
         self.model_dir = Path(run_dir)
@@ -254,10 +254,7 @@ class _SegmenterStage(Stage):
         self.sample = self.segmenter.example_input()  # a phantom film: engines judged by the masks they draw
         self.module, self.engine = apply_backend(self.segmenter, "model", backend, sample=self.sample,
                                                  onnx_path=fresh_onnx(self.run_dir),
-                                                 agree=mask_agreement(
-                                                     self.segmenter.config.threshold,
-                                                     channels=[self.segmenter.config.channels.index(c)
-                                                               for c in self.segmenter.needed_channels()]))
+                                                 agree=segmenter_agreement(self.segmenter))
 
     @classmethod
     def matches(cls, recipe: dict[str, Any]) -> bool:
@@ -293,7 +290,7 @@ class LungStage(_SegmenterStage):
 
     def use_output(self, output: str | None) -> None:
         """Draw the lungs as ``output`` (a convention of the run, or ``shared``/None) instead of the run's default."""
-        self.segmenter.convention = self.segmenter._check_convention(None if output in (None, "shared") else output)
+        self.segmenter.use_convention(output)
 
     def card(self) -> dict[str, Any]:
         return super().card() | {"lung_output": self.segmenter.convention or "shared"}

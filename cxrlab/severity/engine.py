@@ -15,7 +15,7 @@ from torch import nn
 
 from cxrlab.anatomy.predict import LungSegmenter
 from cxrlab.errors import ConfigError
-from cxrlab.export.backends import bf16_supported, create_backend, list_backends, mask_agreement
+from cxrlab.export.backends import Agreement, bf16_supported, create_backend, list_backends, mask_agreement
 
 AUTO = "auto"
 # the precision names of cxrlab.anatomy (LungSegmenter) → the export backend that computes the same arithmetic
@@ -42,6 +42,13 @@ class ChannelsLast(nn.Module):
         return self.module(x.contiguous(memory_format=torch.channels_last))
 
 
+def segmenter_agreement(segmenter: LungSegmenter) -> Agreement:
+    """How ``fastest`` judges an engine for ``segmenter``: its masks on the channels the segmenter returns must
+    agree with PyTorch fp32's (``mask_agreement`` at the segmenter's own threshold)."""
+    seen = [segmenter.config.channels.index(c) for c in segmenter.needed_channels()]
+    return mask_agreement(segmenter.config.threshold, channels=seen)
+
+
 def stage_segmenter(segmenter: LungSegmenter, backend: str) -> LungSegmenter:
     """A copy of ``segmenter`` whose network runs on ``backend`` (resolved); its pre- and post-processing, input
     size (the one it was trained at) and threshold are the segmenter's own."""
@@ -49,9 +56,7 @@ def stage_segmenter(segmenter: LungSegmenter, backend: str) -> LungSegmenter:
     module = copy.deepcopy(segmenter.model).eval()  # the caller's model stays as it was (NCHW, its own precision)
     if backend.startswith("torch-"):
         module = ChannelsLast(module)
-    seen = [segmenter.config.channels.index(c) for c in segmenter.needed_channels()]  # the masks it returns
-    engine = create_backend(backend, module, sample=sample, agree=mask_agreement(segmenter.config.threshold,
-                                                                                 channels=seen))
+    engine = create_backend(backend, module, sample=sample, agree=segmenter_agreement(segmenter))
     # precision "fp32": the backend decides the arithmetic, not the segmenter's own autocast; the channels it was
     # trained on and its lung output (the run's default convention) stay the segmenter's
     return LungSegmenter(engine, segmenter.config, precision="fp32", run_dir=segmenter.run_dir,
