@@ -99,6 +99,24 @@ def test_predict_outputs_and_sides(run_dir: Path, phantom_manifest):
     small = cv2.resize(image, (96, 80))
     out = seg.predict_batch([image, small])
     assert out[1]["lung_mask"].shape == (80, 96)
+    # the service's lungs-only call: the same lungs, no heart computed
+    lungs = seg.predict_batch([image, small], lungs_only=True)
+    assert seg.needed_channels(lungs_only=True) == ["mask_right_lung", "mask_left_lung"]
+    for full, only in zip(out, lungs):
+        assert set(only) == {"patient_right_mask", "patient_left_mask", "lung_mask"}
+        for key in only:
+            np.testing.assert_array_equal(only[key], full[key])
+
+
+def test_centroid_from_moments_is_the_pixel_mean():
+    from cxrlab.anatomy.postprocess import centroid_x
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.uint8, bool, np.int64):
+        mask = (rng.random((60, 90)) > 0.8).astype(dtype)
+        assert centroid_x(mask) == pytest.approx(np.nonzero(mask)[1].mean(), rel=1e-12)
+    assert centroid_x(np.zeros((5, 5), np.uint8)) is None
+    assert centroid_x(np.full((4, 6), 3, np.uint8)) == pytest.approx(2.5)  # any non-zero value counts once
 
 
 def test_channel_mismatch_is_a_clear_error(run_dir: Path):

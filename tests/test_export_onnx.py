@@ -56,7 +56,8 @@ def test_cli_export(service_runs):
 
 
 def test_backends_registry_and_outputs():
-    assert set(list_backends()) == {"torch-fp32", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "fastest"}
+    assert set(list_backends()) == {"torch-fp32", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16",
+                                    "openvino-int8", "fastest"}
     assert {"torch-fp32", "onnxruntime", "openvino", "fastest"} <= set(available_backends())
     with pytest.raises(ConfigError, match="unknown inference backend"):
         create_backend("tensorrt", torch.nn.Identity(), sample=torch.zeros(1))

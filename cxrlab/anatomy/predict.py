@@ -144,6 +144,13 @@ class LungSegmenter:
         lung = film[schema.KEY_LUNG_MASK] if self.in_channels == 2 else None
         return torch.from_numpy(self._prepare(film[schema.KEY_IMAGE], lung, 0)[0][None].copy())
 
+    def network_inputs(self, images: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None = None
+                       ) -> np.ndarray:
+        """The ``N×C×size×size`` float32 batch the network sees for ``images`` (and their lung masks for
+        image+lung models), prepared exactly as for prediction (e.g. int8 calibration inputs)."""
+        lung_masks = list(lung_masks) if lung_masks is not None else [None] * len(images)
+        return np.stack([self._prepare(im, lm, i)[0] for i, (im, lm) in enumerate(zip(images, lung_masks))])
+
     def _prepare(self, image: np.ndarray, lung_mask: np.ndarray | None, index: int) -> tuple[np.ndarray, dict]:
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[0] == 1:
@@ -187,24 +194,27 @@ class LungSegmenter:
             probs = torch.sigmoid(logits if index is None else logits[:, index]).float().numpy()
         return [undo_resize_pad(p, params, is_mask=False) for p, (_, params) in zip(probs, prepared)]
 
-    def needed_channels(self, convention: str | None = "default") -> list[str]:
-        """The output channels ``postprocess`` reads for ``convention``."""
+    def needed_channels(self, convention: str | None = "default", lungs_only: bool = False) -> list[str]:
+        """The output channels ``postprocess`` reads for ``convention`` (``lungs_only``: the lung channels only)."""
         convention = self.convention if convention == "default" else self._check_convention(convention)
-        names = [c for c in self.config.targets if c in self.supervised_targets]
+        names = [c for c in self.config.targets if c in self.supervised_targets
+                 and not (lungs_only and c not in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG))]
         if convention is not None:  # its lung channels replace the shared ones (each is resized back: not free)
             sides = (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)
             names = [c for c in names if c not in sides] + [convention_channel(c, convention) for c in sides]
         return names
 
     def postprocess(self, probs: np.ndarray, convention: str | None = "default",
-                    channels: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                    channels: Sequence[str] | None = None, lungs_only: bool = False) -> dict[str, np.ndarray]:
         """Probabilities (laid out as ``channels``, default all of ``config.channels``) → masks; ``convention``
-        overrides the segmenter's own for this image."""
+        overrides the segmenter's own for this image; ``lungs_only`` skips the other targets (e.g. the heart)."""
         convention = self.convention if convention == "default" else self._check_convention(convention)
         t = self.config.threshold
         out: dict[str, np.ndarray] = {}
         channels = list(channels) if channels is not None else self.config.channels
         for col in self.config.targets:
+            if lungs_only and self.config.is_lung_model:
+                break
             if col not in (schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG) and col in self.supervised_targets:
                 m = (probs[channels.index(col)] >= t).astype(np.uint8)
                 out[mask_key(col)] = clean(m) if col == schema.MASK_HEART else m
@@ -218,14 +228,17 @@ class LungSegmenter:
         return out
 
     def predict_batch(self, images: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None = None,
-                      batch_size: int = 32) -> list[dict[str, np.ndarray]]:
-        """Masks (uint8 {0,1}, each at its image's size) for a list of images of any sizes."""
+                      batch_size: int = 32, lungs_only: bool = False) -> list[dict[str, np.ndarray]]:
+        """Masks (uint8 {0,1}, each at its image's size) for a list of images of any sizes. ``lungs_only``: a lung
+        model's lung masks only (each other channel would be mapped back to full size and cleaned for nothing)."""
+        lungs_only = lungs_only and self.config.is_lung_model
+        channels = self.needed_channels(lungs_only=lungs_only)
         out: list[dict[str, np.ndarray]] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             masks = None if lung_masks is None else lung_masks[start:start + batch_size]
-            channels = self.needed_channels()
-            out.extend(self.postprocess(p, channels=channels) for p in self.probabilities(chunk, masks, channels))
+            out.extend(self.postprocess(p, channels=channels, lungs_only=lungs_only)
+                       for p in self.probabilities(chunk, masks, channels))
         return out
 
     def predict(self, image: np.ndarray, lung_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -1,5 +1,6 @@
 """Inference backends by name: ``torch-fp32``, ``torch-bf16``, ``onnxruntime``, ``openvino`` (fp32),
-``openvino-bf16`` (CPUs with native bf16) and ``fastest`` (times the others on the model and keeps the fastest
+``openvino-bf16`` (CPUs with native bf16), ``openvino-int8`` (a run's calibrated int8 graph, written by
+``cxrlab export RUN --int8``; :mod:`cxrlab.export.quantize`) and ``fastest`` (times the others on the model and keeps the fastest
 whose outputs agree with PyTorch fp32).
 
 A backend turns a trained ``torch.nn.Module`` into a module with the same call signature whose forward runs on
@@ -156,12 +157,11 @@ class OpenVinoModule(_Wrapped):
     """Runs the exported ONNX graph compiled by OpenVINO's CPU plugin (oneDNN kernels; AVX-512 / AMX bf16 when the
     precision is ``bf16``). Outputs come back in the graph's order, re-keyed like the PyTorch module's."""
 
-    def __init__(self, module: nn.Module, onnx_path: Path, sample: torch.Tensor, precision: str = "f32"):
+    def __init__(self, module: nn.Module, onnx_path: Path, sample: torch.Tensor, precision: str = "f32",
+                 engine: str | None = None):
         super().__init__(module)
-        import openvino as ov
-
-        self.onnx_path = Path(onnx_path)
-        self.engine = "openvino" if precision == "f32" else f"openvino-{precision}"
+        self.onnx_path = Path(onnx_path)  # an ONNX file, or an OpenVINO IR (.xml) such as the int8 graph
+        self.engine = engine or ("openvino" if precision == "f32" else f"openvino-{precision}")
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                   # the same thread budget as torch (the service's torch_threads), one stream: latency first
                   "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "NUM_STREAMS": 1}
@@ -264,6 +264,26 @@ def _openvino_bf16(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | 
         return OpenVinoModule(module, path, sample, precision="bf16")
 
 
+def _int8_available() -> bool:
+    from cxrlab.export.quantize import int8_supported
+
+    return _openvino_available() and int8_supported()
+
+
+@BACKENDS.register("openvino-int8", available=_int8_available)
+def _openvino_int8(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | Path | None = None) -> nn.Module:
+    """The run's calibrated int8 graph beside ``onnx_path`` (``cxrlab export RUN --int8``); the layers NNCF left
+    unquantized run in bf16 where the CPU has it. No such graph (or one made from another ONNX file): refused."""
+    from cxrlab.export.quantize import INT8_XML, fresh_int8
+
+    xml = fresh_int8(onnx_path)
+    if xml is None:
+        raise ConfigError(f"no calibrated int8 graph for this model ({INT8_XML} made from the model.onnx beside it; "
+                          "`cxrlab export RUN --int8` writes one for segmentation runs)")
+    return OpenVinoModule(module, xml, sample, precision="bf16" if bf16_supported() else "f32",
+                          engine="openvino-int8")
+
+
 #: largest |output - PyTorch fp32 output| on the timing sample for ``fastest`` to accept an engine by default
 #: (classifier logits: bf16 engines are ~0.5 off and are refused there)
 FASTEST_TOLERANCE = 0.05
@@ -321,7 +341,11 @@ def choose_fastest(module: nn.Module, *, sample: torch.Tensor, onnx_path: str | 
         accepted: dict[str, str] = {}
         engines: dict[str, nn.Module] = {}
         for name in names:
-            engine = BACKENDS.get(name)(module, sample=sample, onnx_path=path)
+            try:
+                engine = BACKENDS.get(name)(module, sample=sample, onnx_path=path)
+            except ConfigError as exc:  # e.g. openvino-int8 without a calibrated graph
+                rejected[name] = str(exc)
+                continue
             ok, why = agree(_flat(engine(sample)), reference)
             if not ok:
                 rejected[name] = why

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrlab.anatomy.postprocess import centroid_x
 from cxrlab.data import schema
 from cxrlab.errors import InputError
 from cxrlab.io import ImageHeader
@@ -40,8 +41,8 @@ def image_checks(image: np.ndarray, header: ImageHeader) -> dict[str, Any]:
 
 
 def _centroid_x(mask: np.ndarray) -> float:
-    xs = np.nonzero(mask)[1]
-    return float(xs.mean()) if xs.size else float("nan")
+    x = centroid_x(mask)
+    return float("nan") if x is None else x
 
 
 def mask_checks(image: np.ndarray, masks: dict[str, np.ndarray], header: ImageHeader) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def contours(mask: np.ndarray, scale: float = 1.0, max_points: int = 200) -> lis
         while len(c) > max_points:  # keep the JSON small; a contour of a 3000-px lung has thousands of points
             c = cv2.approxPolyDP(c, eps, True)
             eps *= 2
-        polys.append([[round(float(x) * scale, 1), round(float(y) * scale, 1)] for x, y in c[:, 0, :]])
+        polys.append(np.round(c[:, 0, :].astype(np.float64) * scale, 1).tolist())  # plain floats: JSON-ready
     return polys
 
 

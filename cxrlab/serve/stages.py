@@ -265,10 +265,10 @@ class _SegmenterStage(Stage):
         return [(self.role, self.module, self.sample, self.model_dir / "model.onnx")]
 
     def _predict(self, images: list[np.ndarray], lung_masks: list[np.ndarray] | None,
-                 timer: Timer, step: str) -> list[dict[str, np.ndarray]]:
+                 timer: Timer, step: str, lungs_only: bool = False) -> list[dict[str, np.ndarray]]:
         before = self.engine.seconds
         with timer(step):
-            out = self.segmenter.predict_batch(images, lung_masks)
+            out = self.segmenter.predict_batch(images, lung_masks, lungs_only=lungs_only)
         network = self.engine.seconds - before
         timer.seconds[f"{step}.network"] = network
         return out
@@ -283,7 +283,8 @@ class LungStage(_SegmenterStage):
         from cxrlab.data import schema
 
         timer = Timer()
-        for case, masks in zip(cases, self._predict([c.image for c in cases], None, timer, "lung_segmentation")):
+        for case, masks in zip(cases, self._predict([c.image for c in cases], None, timer, "lung_segmentation",
+                                                    lungs_only=True)):  # the service shows no heart mask
             for key in (schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK, schema.KEY_LEFT_MASK):
                 case.masks[key] = masks[key]
         return timer.seconds
