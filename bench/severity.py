@@ -112,10 +112,20 @@ def fit(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from cxrlab.severity.evaluation import predict_rows, summarize_severity
 
-    pipe = SeverityPipeline.from_run(RUN)
     qu = load_manifest(OUT / "data" / "covidquex.csv").df
     split = pd.read_csv(RUN / "disease" / "split.csv", dtype=str)
     qu["split"] = qu[schema.IMAGE].map(dict(zip(split[schema.IMAGE], split["split"])))
+    if args.backend != "auto":  # the same test images on another engine: accuracy by engine (report's table)
+        pipe = SeverityPipeline.from_run(RUN, backend=args.backend)
+        pred = predict_rows(pipe, qu[qu["split"] == "test"], progress=_log, stage=f"covidquex test, {args.backend}")
+        pred.to_parquet(OUT / f"pred_covidquex_test_{args.backend}.parquet")
+        engines = {k: getattr(st.model, "choice", {}).get("chosen", getattr(st.model, "engine", args.backend))
+                   for k, st in zip(("lung", "disease"), pipe._stages)}
+        atomic_write_json(OUT / f"engine_{args.backend}.json", {"backend": args.backend, "engines": engines,
+                                                                "machine": machine()})
+        print(f"wrote pred_covidquex_test_{args.backend}.parquet (engines {engines})")
+        return
+    pipe = SeverityPipeline.from_run(RUN)
     ieee = load_manifest(OUT / "data" / "ieee8023.csv").df
     bsplit = pd.read_csv(RUN / "brixia_split.csv", dtype=str)
     ieee["brixia_split"] = ieee[schema.IMAGE].map(dict(zip(bsplit[schema.IMAGE], bsplit["split"])))
@@ -124,7 +134,7 @@ def evaluate(args: argparse.Namespace) -> None:
     scored_pred = predict_rows(pipe, scored, progress=_log, stage="ieee8023 scored")
     seg_pred.to_parquet(OUT / "pred_covidquex_test.parquet")
     scored_pred.to_parquet(OUT / "pred_ieee8023_scored.parquet")
-    result = {"scoring": pipe.scoring.model_dump(mode="json"),
+    result = {"scoring": pipe.scoring.model_dump(mode="json"), "backend": pipe.backend,
               **summarize_severity(seg_pred, scored_pred, scored), "machine": machine()}
     # Stage I (runs/lung_bench) trained on lung masks of some of these images: the same figures on the images
     # that are also in the lung run's test part show whether that flatters the result.
@@ -402,6 +412,21 @@ def report(args: argparse.Namespace) -> None:
             lines.append(f"| {sp['backend']} | {sp['images_per_s']:.2f} | {sp['images']} | {sp['batch_size']} | "
                          f"{sp['lung_size']} / {sp['disease_size']} px | {sp['machine']['date_utc']} | "
                          f"{before} → {load} |")
+    by_engine = sorted(OUT.glob("engine_*.json"))
+    if by_engine:
+        lines += ["", "## Accuracy by inference engine (same test images)",
+                  "`bench/severity.py evaluate --backend B`: the figures above come from the default engine "
+                  f"(`{ev.get('backend', 'auto')}`); the same COVID-QU-Ex test images on other engines. int8 graphs: "
+                  "`cxrlab export RUN --int8` (calibrated on training images). Brackets: patient bootstrap 95 % CI.", "",
+                  "| backend | engines (lungs / disease) | Dice per image | Dice pooled | zone-count MAE | date (UTC) |",
+                  "|---|---|---|---|---|---|"]
+        for path in by_engine:
+            info = json.loads(path.read_text())
+            pred_e = pd.read_parquet(OUT / f"pred_covidquex_test_{info['backend']}.parquet")
+            c = segmentation_cis(pred_e, n_boot=1000)
+            lines.append(f"| {info['backend']} | {info['engines']['lung']} / {info['engines']['disease']} | "
+                         f"{ci(c.get('dice_mean', {}))} | {ci(c.get('dice_pooled', {}))} | "
+                         f"{ci(c.get('zone_count_mae', {}))} | {info['machine']['date_utc']} |")
     sub = ev.get("lung_held_out", {})
     if sub:
         sd, si = sub.get("disease", {}), sub.get("involvement", {})

@@ -109,3 +109,13 @@ def check_parity(
         name=name, onnx_path=str(onnx_path), max_abs_diff=worst, tolerance=tolerance, n_samples=len(samples),
         input_shape=list(samples[0].shape), passed=bool(worst <= tolerance),
     )
+
+
+def fresh_onnx(run_dir: str | Path, name: str = "model.onnx") -> Path | None:
+    """``run_dir/<name>`` when ``cxrlab export`` wrote it after the checkpoint, else None (re-export)."""
+    run_dir = Path(run_dir)
+    onnx_path = run_dir / name
+    ckpts = [p for p in (run_dir / "checkpoints").glob("*.pt")] if (run_dir / "checkpoints").is_dir() else []
+    if onnx_path.is_file() and all(onnx_path.stat().st_mtime >= p.stat().st_mtime for p in ckpts):
+        return onnx_path
+    return None

@@ -104,7 +104,8 @@ def quantize_run(run_dir: str | Path, *, calibration: str | Path | None = None, 
     from cxrlab.export.backends import create_backend
     from cxrlab.export.quantize import int8_paths, quantize_int8
     from cxrlab.io import read_image
-    from cxrlab.serve.stages import create_stage, detect_role, fresh_onnx
+    from cxrlab.export.onnx import fresh_onnx
+    from cxrlab.serve.stages import create_stage, detect_role
     from cxrlab.utils import atomic_write_json
 
     run_dir = Path(run_dir)

@@ -228,15 +228,6 @@ def _role_from_recipe(recipe: dict[str, Any]) -> str | None:
     return None
 
 
-def fresh_onnx(run_dir: Path, name: str = "model.onnx") -> Path | None:
-    """``run_dir/<name>`` when ``cxrlab export`` wrote it after the checkpoint, else None (re-export)."""
-    onnx_path = run_dir / name
-    ckpts = [p for p in (run_dir / "checkpoints").glob("*.pt")] if (run_dir / "checkpoints").is_dir() else []
-    if onnx_path.is_file() and all(onnx_path.stat().st_mtime >= p.stat().st_mtime for p in ckpts):
-        return onnx_path
-    return None
-
-
 class _SegmenterStage(Stage):
     """A segmentation run (:class:`cxrlab.anatomy.LungSegmenter` covers lung and disease models alike)."""
 
@@ -245,6 +236,7 @@ class _SegmenterStage(Stage):
 
         from cxrlab.anatomy.predict import LungSegmenter
         from cxrlab.export import apply_backend
+        from cxrlab.export.onnx import fresh_onnx
         from cxrlab.severity.engine import segmenter_agreement
 
         super().__init__(run_dir)
@@ -428,6 +420,7 @@ class _ClassifierStage(Stage):
 
         from cxrlab.export import apply_backend, create_backend
         from cxrlab.export.cam import CAM_ONNX, FeatureTap
+        from cxrlab.export.onnx import fresh_onnx
         from cxrlab.train import load_run
 
         super().__init__(run_dir)

@@ -16,6 +16,7 @@ from torch import nn
 from cxrlab.anatomy.predict import LungSegmenter
 from cxrlab.errors import ConfigError
 from cxrlab.export.backends import Agreement, bf16_supported, create_backend, list_backends, mask_agreement
+from cxrlab.export.onnx import fresh_onnx
 
 AUTO = "auto"
 # the precision names of cxrlab.anatomy (LungSegmenter) → the export backend that computes the same arithmetic
@@ -56,7 +57,10 @@ def stage_segmenter(segmenter: LungSegmenter, backend: str) -> LungSegmenter:
     module = copy.deepcopy(segmenter.model).eval()  # the caller's model stays as it was (NCHW, its own precision)
     if backend.startswith("torch-"):
         module = ChannelsLast(module)
-    engine = create_backend(backend, module, sample=sample, agree=segmenter_agreement(segmenter))
+    # the run's own exported graph when it is fresh (and beside it the calibrated int8 graph, if any)
+    onnx_path = fresh_onnx(segmenter.run_dir) if segmenter.run_dir is not None else None
+    engine = create_backend(backend, module, sample=sample, onnx_path=onnx_path,
+                            agree=segmenter_agreement(segmenter))
     # precision "fp32": the backend decides the arithmetic, not the segmenter's own autocast; the channels it was
     # trained on and its lung output (the run's default convention) stay the segmenter's
     return LungSegmenter(engine, segmenter.config, precision="fp32", run_dir=segmenter.run_dir,
