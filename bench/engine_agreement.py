@@ -77,8 +77,10 @@ def main() -> None:
         v = np.array(values)
         lines.append(f"| {key} | {len(v)} | {v.mean():.4f} | {v.min():.4f} | {int((v < 0.98).sum())} |")
     lines += ["", "An image where both engines draw nothing counts as agreement (Dice 1). What this cannot show: "
-              "agreement with fp32 is not accuracy; the accuracy figures of the severity and anatomy pages were "
-              "measured with their own engines (stated there).", ""]
+              "agreement with fp32 is not accuracy. Against the ground truth, the severity page's \"Accuracy by "
+              "inference engine\" table runs the same held-out test images on `fastest` and on PyTorch fp32 "
+              "([severity.md](severity.md)); int8 engines (`cxrlab export RUN --int8`) move more edge pixels than "
+              "bf16 ones, which is what the rows above show. The service's lung stage returns no heart mask.", ""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
