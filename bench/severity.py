@@ -416,8 +416,9 @@ def report(args: argparse.Namespace) -> None:
     if by_engine:
         lines += ["", "## Accuracy by inference engine (same test images)",
                   "`bench/severity.py evaluate --backend B`: the figures above come from the default engine "
-                  f"(`{ev.get('backend') or 'auto'}`: torch-bf16 on CPUs with native bf16, else torch-fp32); the same COVID-QU-Ex test images on other engines. int8 graphs: "
-                  "`cxrlab export RUN --int8` (calibrated on training images). Brackets: patient bootstrap 95 % CI.", "",
+                  f"(`{ev.get('backend') or 'auto'}`: torch-bf16 on CPUs with native bf16, else torch-fp32); the "
+                  "same COVID-QU-Ex test images on other engines. int8 graphs: `cxrlab export RUN --int8` "
+                  "(calibrated on training images). Brackets: patient bootstrap 95 % CI.", "",
                   "| backend | engines (lungs / disease) | Dice per image | Dice pooled | zone-count MAE | date (UTC) |",
                   "|---|---|---|---|---|---|"]
         for path in by_engine:
