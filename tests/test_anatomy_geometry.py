@@ -216,3 +216,25 @@ def test_fill_holes_matches_scipy(seed):
     mask = (rng.random((48, 64)) < rng.uniform(0.3, 0.8)).astype(np.uint8)
     expected = ndimage.binary_fill_holes(mask.astype(bool)).astype(np.uint8)
     assert np.array_equal(fill_holes(mask), expected)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_two_separate_lungs_match_a_scipy_reference(seed):
+    """The two-lung path (labels and centroids from one connected-component pass, no second hole fill) equals
+    a plain reference: fill the union, label 8-connected, keep the two largest, order by mean column."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    probs = [cv2.GaussianBlur(rng.random((40, 56)).astype(np.float32), (5, 5), 0) for _ in range(2)]
+    for p in probs:  # two blobs far apart, so the two-component branch is taken; noise gives holes and islands
+        p[:, 24:32] = 0.0
+        p[8:32, 4:20] += 0.5
+        p[8:32, 36:52] += 0.5
+    right, left = assign_lungs(probs[0], probs[1], 0.6)
+    union = ndimage.binary_fill_holes((probs[0] >= 0.6) | (probs[1] >= 0.6))
+    labels, n = ndimage.label(union, structure=np.ones((3, 3)))
+    areas = np.bincount(labels.ravel())[1:]
+    a, b = (labels == i + 1 for i in np.argsort(areas)[::-1][:2])
+    if np.nonzero(a)[1].mean() > np.nonzero(b)[1].mean():
+        a, b = b, a
+    assert np.array_equal(right, a.astype(np.uint8)) and np.array_equal(left, b.astype(np.uint8))

@@ -13,8 +13,15 @@ import numpy as np
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label 8-connected components: ``(labels, areas)`` with ``areas[i]`` for label ``i + 1``."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8)
-    return labels, stats[1:, cv2.CC_STAT_AREA]
+    labels, areas, _ = _components_with_centroids(mask)
+    return labels, areas
+
+
+def _components_with_centroids(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(labels, areas, centroid columns)``, index ``i`` for label ``i + 1``."""
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, dtype=np.uint8),
+                                                                   connectivity=8)
+    return labels, stats[1:, cv2.CC_STAT_AREA], centroids[1:, 0]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -87,15 +94,17 @@ def assign_lungs(prob_right: np.ndarray, prob_left: np.ndarray, threshold: float
     right = prob_right >= threshold
     left = prob_left >= threshold
     union = fill_holes(right | left)
-    labels, areas = components(union)
+    labels, areas, centre_x = _components_with_centroids(union)
     if len(areas) == 0:
         zero = np.zeros(union.shape, dtype=np.uint8)
         return zero, zero.copy()
     order = np.argsort(areas)[::-1]
     keep = [i for i in order[:2] if areas[i] >= min_fraction * areas[order[0]]]
     if len(keep) == 2:
-        a, b = (fill_holes(labels == i + 1) for i in keep)
-        return (a, b) if centroid_x(a) < centroid_x(b) else (b, a)
+        # components of a hole-free mask have no holes (8-connected lungs, 4-connected background), and their
+        # centroids come with the labels: no second fill or pass over the pixels
+        a, b = ((labels == i + 1).astype(np.uint8) for i in keep)
+        return (a, b) if centre_x[keep[0]] < centre_x[keep[1]] else (b, a)
     comp = labels == keep[0] + 1
     r = clean(comp & (prob_right >= prob_left))
     l = clean(comp & (prob_left > prob_right))

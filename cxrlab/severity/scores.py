@@ -81,8 +81,9 @@ def discard_outside_lungs(disease: np.ndarray, patient_right: np.ndarray, patien
 
 
 def _fraction(disease: np.ndarray, region: np.ndarray) -> float:
-    area = int(region.sum())
-    return float("nan") if area == 0 else float((disease & region).sum()) / area
+    # count_nonzero, not sum: on boolean masks it is ~8x faster, and the service scores every image
+    area = int(np.count_nonzero(region))
+    return float("nan") if area == 0 else float(np.count_nonzero(disease & region)) / area
 
 
 def lung_involvement(disease: np.ndarray, patient_right: np.ndarray, patient_left: np.ndarray) -> dict[str, float]:
@@ -260,7 +261,7 @@ def score_masks(
         "opacity_score": opacity_score(f_r, f_l),
         "zone_count": float(zone_count_score(zf, zone_threshold)),
         "brixia_global": float(brixia_total(bz)),
-        "disease_outside_lungs_px": float((d & ~(r | l)).sum()),
+        "disease_outside_lungs_px": float(np.count_nonzero(d & ~(r | l))),
     }
     for i, z in enumerate(BRIXIA_ZONES):
         rec[f"zone_involvement_{z}"] = float(zf[i])
