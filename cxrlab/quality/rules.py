@@ -79,9 +79,11 @@ def mask_checks(image: np.ndarray, masks: dict[str, np.ndarray], header: ImageHe
                 out["lateral_suspected"] = True
                 notes.append("lung fields overlap horizontally: lateral view?")
     if 0 < n_lung < lungs.size:
-        # means from one dot product and one sum: selecting the pixels (image[lungs]) copied them, ~2 ms an image
-        img = np.asarray(image, dtype=np.float64).ravel()
-        inside_sum, total = float(np.dot(img, lungs.ravel())), float(img.sum())
+        # means from sums: selecting the pixels (image[lungs]) copied them (~1-2 ms an image). Not np.dot: that
+        # wakes BLAS's thread pool, whose spinning threads then slowed the next network ~1.5x on a 2-core CPU
+        img = np.asarray(image, dtype=np.float32)
+        inside_sum = float(np.multiply(img, lungs, dtype=np.float32).sum(dtype=np.float64))
+        total = float(img.sum(dtype=np.float64))
         inside, outside = inside_sum / n_lung, (total - inside_sum) / (lungs.size - n_lung)
         out["inverted"] = bool(inside > outside + 0.05)
         if out["inverted"]:

@@ -73,6 +73,11 @@ class AnalysisPipeline:
             import torch
 
             torch.set_num_threads(config.torch_threads)
+        # numpy's OpenBLAS only multiplies small arrays in this pipeline; once woken, its idle threads spin and
+        # slowed the networks ~1.5x on a 2-core CPU (measured: a dot product in the quality checks). One thread.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
         stages = create_stages(config.models.present(), backend=config.backend, cam_method=config.cam_method,
                                heatmap_pass=config.heatmap_pass)
         gate = None
