@@ -108,16 +108,21 @@ def test_int8_is_for_segmentation_runs(service_runs):
         quantize_run(service_runs["diagnosis"])
 
 
-def test_installed_export_int8_errors_are_one_line(service_runs, tmp_path):
-    cxrlab = Path(sys.executable).with_name("cxrlab")
+def test_export_int8_errors_are_one_line(service_runs, tmp_path):
+    """Refused before anything is exported; the installed command (one subprocess) prints the reason, no
+    traceback."""
+    from typer.testing import CliRunner
+
+    from cxrlab.cli.main import app
+
     run = str(service_runs["opacity"])
-    cases = [
-        ([run, "--calibration", str(tmp_path / "m.csv")], "--calibration is for --int8"),
-        ([run, "--int8", "--calibration", str(tmp_path / "missing.csv")], "missing.csv"),
-        ([str(service_runs["diagnosis"]), "--int8"], "segmentation runs"),
-    ]
-    for args, expected in cases:
-        proc = subprocess.run([str(cxrlab), "export", *args], capture_output=True, text=True, timeout=300)
-        out = " ".join((proc.stdout + proc.stderr).split())
-        assert proc.returncode != 0 and expected in out, out
-        assert "Traceback" not in out
+    for args, expected in [([run, "--calibration", str(tmp_path / "m.csv")], "--calibration is for --int8"),
+                           ([str(service_runs["diagnosis"]), "--int8"], "segmentation runs")]:
+        result = CliRunner().invoke(app, ["export", *args])  # main() prints these; here the error itself
+        assert isinstance(result.exception, ConfigError) and expected in str(result.exception), result.output
+    cxrlab = Path(sys.executable).with_name("cxrlab")
+    proc = subprocess.run([str(cxrlab), "export", run, "--int8", "--calibration", str(tmp_path / "missing.csv")],
+                          capture_output=True, text=True, timeout=300)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0 and "missing.csv" in out and "does not exist" in out, out
+    assert "Traceback" not in out and "parity ok" not in out  # refused before the export

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import httpx
@@ -406,3 +407,36 @@ def test_a_severity_run_brings_its_stage_one_drawn_as_fitted(service_runs, tmp_p
     (run / "severity.json").write_text(json.dumps({**spec, "lung_output": "v7"}))
     with pytest.raises(InputError, match="unknown lung convention 'v7'"):
         create_stages({"opacity": run}, backend="torch-fp32")
+
+
+def test_a_configured_lung_model_is_matched_to_the_severity_scoring(service_runs, tmp_path, caplog):
+    """The same lung run as the severity run's Stage I: drawn in the output the scoring was fitted with (an output
+    it lacks is refused by name). Another lung run: served, but the log and both cards say the scoring was fitted
+    on other lungs."""
+    import json
+    import logging
+    import shutil
+
+    from cxrlab.errors import InputError
+    from cxrlab.serve.stages import create_stages
+
+    spec = json.loads((service_runs["opacity"] / "severity.json").read_text())
+    same = {"lung": service_runs["lung"], "opacity": service_runs["opacity"]}
+    stages = {s.role: s for s in create_stages(same, backend="torch-fp32")}
+    assert "stage_one_note" not in stages["opacity"].card() and "lung_output_note" not in stages["lung"].card()
+    assert stages["opacity"].card()["fitted_with_lung_run"] == str(stages["opacity"].lung_run)
+
+    run = tmp_path / "sev"
+    shutil.copytree(service_runs["opacity"], run)
+    lung_run = Path(spec["lung_run"]) if Path(spec["lung_run"]).is_absolute() else service_runs["opacity"] / spec["lung_run"]
+    (run / "severity.json").write_text(json.dumps({**spec, "lung_run": str(lung_run), "lung_output": "v7"}))
+    with pytest.raises(InputError, match="unknown lung convention 'v7'"):
+        create_stages({"lung": lung_run, "opacity": run}, backend="torch-fp32")
+
+    other = tmp_path / "other_lung"
+    shutil.copytree(lung_run, other)
+    with caplog.at_level(logging.WARNING, logger="cxrlab.serve.stages"):
+        stages = {s.role: s for s in create_stages({"lung": other, "opacity": service_runs["opacity"]},
+                                                     backend="torch-fp32")}
+    note = stages["opacity"].card()["stage_one_note"]
+    assert str(other) in note and "fitted with Stage I" in note and note in caplog.text

@@ -60,6 +60,10 @@ def export_cmd(
 
     if calibration is not None and not int8:
         raise ConfigError("--calibration is for --int8")
+    if int8:
+        from cxrlab.export.runs import check_int8_request
+
+        check_int8_request(run, calibration)
     reports = export_run(run, fmt=fmt, tolerance=tolerance)
     for r in reports:
         console.print(f"{r.name}: {r.onnx_path}  max |diff| = {r.max_abs_diff:.3g} (tolerance {r.tolerance:g}) "

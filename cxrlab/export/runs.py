@@ -59,6 +59,20 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", tolerance: float = 1e-3, 
 INT8_ROLES = ("lung", "opacity")
 
 
+def check_int8_request(run_dir: str | Path, calibration: str | Path | None) -> None:
+    """Refuse an ``--int8`` request that cannot succeed before anything is exported (a classifier run, a
+    calibration manifest that is not there)."""
+    from cxrlab.errors import InputError
+    from cxrlab.serve.stages import detect_role
+
+    role = detect_role(run_dir)
+    if role not in INT8_ROLES:
+        raise ConfigError(f"{run_dir}: --int8 is offered for segmentation runs ({', '.join(INT8_ROLES)}), not for "
+                          f"a {role} run")
+    if calibration is not None and not Path(calibration).exists():
+        raise InputError(calibration, "calibration manifest does not exist", field="--calibration")
+
+
 def calibration_images(model_dir: Path, manifest: str | Path | None, n: int, seed: int = 0) -> list[str]:
     """``n`` image paths (seeded draw): from ``manifest`` when given, else the run's own *training* images
     (``split.csv``, part ``train``; never val/test, whose figures the int8 graph is later judged on)."""
@@ -109,11 +123,8 @@ def quantize_run(run_dir: str | Path, *, calibration: str | Path | None = None, 
     from cxrlab.utils import atomic_write_json
 
     run_dir = Path(run_dir)
-    role = detect_role(run_dir)
-    if role not in INT8_ROLES:
-        raise ConfigError(f"{run_dir}: --int8 is offered for segmentation runs ({', '.join(INT8_ROLES)}), not for "
-                          f"a {role} run")
-    stage = create_stage(role, run_dir, backend="torch-fp32")
+    check_int8_request(run_dir, calibration)
+    stage = create_stage(detect_role(run_dir), run_dir, backend="torch-fp32")
     segmenter, model_dir = stage.segmenter, stage.model_dir
     onnx_path = fresh_onnx(model_dir)
     if onnx_path is None:

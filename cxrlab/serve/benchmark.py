@@ -364,9 +364,9 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"{mark(s.get('meets_latency_target_14'))} | {mark(s.get('meets_batch_all_target_14'))} |")
     engines = {k: b.get("engines") for k, b in r["backends"].items() if b.get("engines")}
     if "fastest" in engines:
-        lines += ["", "Engines chosen by `fastest` (median ms per call on each model's sample when loaded; a "
-                  "segmenter's sample is a phantom chest film, a classifier's random; agreement with fp32 as judged "
-                  "then): "
+        lines += ["", "Engines chosen by `fastest` (median ms per call on each model's sample when loaded; each "
+                  "model's sample is a phantom chest film through its own input pipeline; agreement with fp32 as "
+                  "judged then): "
                   + "; ".join(f"{role}: {e.get('name')} ({e.get('choice', {}).get('median_ms')}; "
                               f"{(e.get('choice', {}).get('accepted') or {}).get(e.get('name'), 'agreement not recorded')}"
                               f"{'; refused: ' + str(e['choice']['rejected']) if e.get('choice', {}).get('rejected') else ''})"

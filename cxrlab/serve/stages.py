@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -27,6 +28,8 @@ import yaml
 from cxrlab.errors import ConfigError
 from cxrlab.registry import Registry
 from cxrlab.utils import file_sha256
+
+logger = logging.getLogger(__name__)
 
 #: role -> stage class (constructor ``(run_dir, *, backend, cam_method, heatmap_pass)``)
 STAGES: Registry[type] = Registry("service stage")
@@ -204,7 +207,29 @@ def create_stages(runs: dict[str, Path], *, backend: str, cam_method: str = "gra
             stages.append(lung)
         if getattr(stage, "needs_masks", False) and "lung" not in runs:
             raise ConfigError(f"{stage.run_dir}: this diagnosis run needs lung masks: configure a lung model")
+    _match_stage_one(stages)
     return stages
+
+
+def _match_stage_one(stages: list[Stage]) -> None:
+    """The severity scoring was fitted on one Stage I (lung run and lung output). When the configured lung model is
+    that run, it draws the lungs in the output the scoring was fitted with; when it is another run, the severity
+    scores rest on lungs they were not fitted with: said in the log and on both model cards."""
+    lung = next((s for s in stages if s.role == "lung"), None)
+    opacity = next((s for s in stages if s.role == "opacity"), None)
+    if lung is None or opacity is None or opacity.lung_run is None:
+        return
+    if Path(lung.run_dir).resolve() == Path(opacity.lung_run).resolve():
+        drawn = lung.segmenter.convention or "shared"
+        if opacity.lung_output is not None and drawn != opacity.lung_output:
+            lung.use_output(opacity.lung_output)
+            lung.output_note = (f"lungs drawn as {opacity.lung_output!r} (the run's default is {drawn!r}): the "
+                                f"severity run {opacity.run_dir} was fitted with that output")
+        return
+    opacity.stage_one_note = (f"severity scoring fitted with Stage I {opacity.lung_run} "
+                              f"({opacity.lung_output or 'shared'} lungs), served with {lung.run_dir}: zone and "
+                              "grade thresholds may not carry over")
+    logger.warning("%s", opacity.stage_one_note)
 
 
 def detect_role(run_dir: str | Path) -> str:
@@ -286,7 +311,8 @@ class LungStage(_SegmenterStage):
         self.segmenter.use_convention(output)
 
     def card(self) -> dict[str, Any]:
-        return super().card() | {"lung_output": self.segmenter.convention or "shared"}
+        note = {"lung_output_note": self.output_note} if getattr(self, "output_note", None) else {}
+        return super().card() | {"lung_output": self.segmenter.convention or "shared"} | note
 
 
 @STAGES.register("opacity")
@@ -327,8 +353,10 @@ class OpacityStage(_SegmenterStage):
         return ("lung_run" in recipe and "manifests" in recipe) or super().matches(recipe)
 
     def card(self) -> dict[str, Any]:
+        note = {"stage_one_note": self.stage_one_note} if getattr(self, "stage_one_note", None) else {}
         return super().card() | {"scoring": self.scoring.model_dump(mode="json"), "disease_model": self.version(),
-                                 "fitted_with_lung_output": self.lung_output}
+                                 "fitted_with_lung_output": self.lung_output,
+                                 "fitted_with_lung_run": str(self.lung_run) if self.lung_run else None} | note
 
     def run(self, cases: list[Any], *, heatmap: bool) -> dict[str, float]:
         from cxrlab.anatomy.geometry import lung_zones
@@ -435,8 +463,7 @@ class _ClassifierStage(Stage):
         if heatmap_pass not in HEATMAP_PASSES:
             raise ConfigError(f"heatmap_pass {heatmap_pass!r}: choose one of {', '.join(HEATMAP_PASSES)}")
         self.heatmap_pass = heatmap_pass
-        spec = self.pipeline.spec
-        self.sample = torch.rand(1, self.pipeline.in_chans, spec.size, spec.size)
+        self.sample = self._example_input()
         self.task = self._task()
         self.cam_weight = self._forward_cam_weight()
         if self.cam_weight is None:
@@ -458,6 +485,26 @@ class _ClassifierStage(Stage):
     def _forward_cam_weight(self) -> Any:
         """The head weight when this stage's heatmap can come from the forward pass (None: Grad-CAM backward)."""
         return None
+
+    def _example_input(self) -> Any:
+        """``(1, C, size, size)``: a phantom chest film (with its lungs, for lung ROIs) through the run's own input
+        pipeline. ``fastest`` judges and times engines on it: on noise, a classifier's outputs and their rounding
+        say little about a chest film's."""
+        import torch
+
+        from cxrlab.data import schema
+        from cxrlab.data.phantom import render_sample
+
+        spec = self.pipeline.spec
+        film = render_sample("covid19", severity=0.5, size=max(spec.size, 64), seed=0)
+        sample = {k: film[k] for k in (schema.KEY_IMAGE, schema.KEY_LUNG_MASK, schema.KEY_RIGHT_MASK,
+                                       schema.KEY_LEFT_MASK)}
+        sample[schema.KEY_META] = {"image": "phantom example"}
+        x = np.ascontiguousarray(self.pipeline.prepare_with_lungs(sample)[0][0], dtype=np.float32)
+        expected = (self.pipeline.in_chans, spec.size, spec.size)
+        if x.shape != expected:  # a pipeline this check does not know: its own example shape is the contract
+            raise ConfigError(f"{self.run_dir}: the input pipeline made a {x.shape} input, the model takes {expected}")
+        return torch.from_numpy(x)[None]
 
     def _task(self) -> Any:
         for task in self.tasks.tasks:
