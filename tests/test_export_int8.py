@@ -126,3 +126,20 @@ def test_export_int8_errors_are_one_line(service_runs, tmp_path):
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode != 0 and "missing.csv" in out and "does not exist" in out, out
     assert "Traceback" not in out and "parity ok" not in out  # refused before the export
+
+
+def test_calibration_draws_training_images_only(tmp_path):
+    import pandas as pd
+
+    from cxrlab.export.runs import calibration_images
+
+    rows = [{"image": f"/data/{part}_{i}.png", "patient_id": f"{part}{i}", "split": part}
+            for part, n in (("train", 6), ("val", 3), ("test", 3)) for i in range(n)]
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    drawn = calibration_images(tmp_path, None, 5, seed=0)
+    assert len(drawn) == len(set(drawn)) == 5 and all("/train_" in p for p in drawn)
+    assert drawn == calibration_images(tmp_path, None, 5, seed=0)  # seeded
+    with pytest.raises(ConfigError, match="6 image"):
+        calibration_images(tmp_path, None, 7)
+    with pytest.raises(ConfigError, match="--calibration MANIFEST"):
+        calibration_images(tmp_path / "elsewhere", None, 2)
