@@ -13,6 +13,7 @@ in ``<run>/export.json``. Parity inputs: seeded uniform images in [0, 1] at the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", tolerance: float = 1e-3, 
     return reports
 
 
-#: roles whose networks ``--int8`` quantizes. Classifiers are left out: on real films the diagnosis probe's top
-#: class already changed on 9 % of images in bf16 (``docs/benchmarks/service.md``), int8 moves it further.
+#: roles whose networks ``--int8`` quantizes. Classifiers are left out: on 64 real films the diagnosis probe's top
+#: class already changed on 9 % of images in bf16 (a one-off probe, ``docs/severity.md``); int8 moved it further.
 INT8_ROLES = ("lung", "opacity")
 
 
@@ -116,11 +117,10 @@ def quantize_run(run_dir: str | Path, *, calibration: str | Path | None = None, 
     from cxrlab.anatomy.predict import LungSegmenter
     from cxrlab.data import schema
     from cxrlab.export.backends import create_backend
+    from cxrlab.export.onnx import fresh_onnx
     from cxrlab.export.quantize import int8_paths, quantize_int8
     from cxrlab.io import read_image
-    from cxrlab.export.onnx import fresh_onnx
     from cxrlab.serve.stages import create_stage, detect_role
-    from cxrlab.utils import atomic_write_json
 
     run_dir = Path(run_dir)
     check_int8_request(run_dir, calibration)
@@ -152,7 +152,5 @@ def quantize_run(run_dir: str | Path, *, calibration: str | Path | None = None, 
     agreement = {"channels": [segmenter.config.channels[i] for i in seen], "images": len(check),
                  **_dice_by_channel(got, ref)}
     info_path = int8_paths(onnx_path)[2]
-    import json
-
     atomic_write_json(info_path, json.loads(info_path.read_text()) | {"agreement_with_fp32": agreement})
     return [{"name": stage.role, "xml": str(int8_paths(onnx_path)[0]), "agreement_with_fp32": agreement}]
