@@ -1,8 +1,8 @@
 """Post-training int8 quantization (NNCF) of an exported ONNX graph, for OpenVINO's CPU plugin.
 
 int8 needs activation ranges, so it needs calibration inputs, and they must look like what the model will see:
-calibrated on one phantom film, the disease model's masks on real films agreed with fp32's at Dice 0.79; on 16 of
-its training images, 0.99 (``bench/engine_agreement.py``). So the int8 graph is made once, by
+calibrated on one phantom film, the disease model's masks on real films agreed with fp32's at Dice 0.93 (pooled);
+on 16 of its training images, 0.98 (``bench/int8_calibration.py``). So the int8 graph is made once, by
 ``cxrlab export RUN --int8`` (calibrated on the run's own *training* images, never its val/test ones), and lands
 next to ``model.onnx`` as ``model.int8.xml``/``.bin`` with ``int8.json`` (what it was made from, and its mask
 agreement with fp32 on other training images). The ``openvino-int8`` backend reads it only while ``int8.json``
