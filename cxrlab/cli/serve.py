@@ -54,7 +54,7 @@ def export_cmd(
     calibration_images: int = typer.Option(32, min=1, help="images that calibrate --int8"),
     check_images: int = typer.Option(16, min=1, help="other images on which --int8 masks are checked against fp32"),
 ) -> None:
-    """Export a run's model(s) to ONNX in the run directory and check parity with PyTorch (``--int8``: then an
+    """Export a run's model(s) to ONNX in the run directory and check parity with PyTorch (--int8: then an
     int8 graph calibrated on real images, with its mask agreement with fp32)."""
     from cxrlab.export import export_run
 
