@@ -1,9 +1,8 @@
 """What int8 calibration needs, and why classifiers are left in fp32 → docs/benchmarks/int8_calibration.md
 
-    .venv/bin/python bench/int8_calibration.py --lung runs/lung_bench --severity runs/severity256/run \
-        --diagnosis runs/diag256
+    .venv/bin/python bench/int8_calibration.py --severity runs/severity256/run --diagnosis runs/diag256
 
-For each segmentation network of the service benchmark (lungs, disease), int8 graphs are calibrated
+For each segmentation network of the severity run (its Stage I lungs and its disease model), int8 graphs are calibrated
 (``cxrlab.export.quantize.quantize_int8``, as ``cxrlab export RUN --int8`` does) on three sets: one phantom film,
 six phantom films, and 16 of the run's own training images; each graph's masks are then compared with PyTorch
 fp32's on the service benchmark's real films (the calibration images are never among them). For the diagnosis
@@ -65,7 +64,6 @@ def agreement(seg: LungSegmenter, onnx: Path, calibration: np.ndarray, films: np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lung", type=Path, default=Path("runs/lung_bench"))
     ap.add_argument("--severity", type=Path, default=Path("runs/severity256/run"))
     ap.add_argument("--diagnosis", type=Path, default=Path("runs/diag256"))
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -76,7 +74,7 @@ def main() -> None:
     pipe = SeverityPipeline.from_run(args.severity, precision="fp32")
     models = {"lungs": (pipe.lung, pipe.lung.run_dir), "disease": (pipe.disease, pipe.disease.run_dir)}
     lines = ["# int8 calibration: what it needs", "",
-             f"Produced by `.venv/bin/python bench/int8_calibration.py --lung {args.lung} --severity {args.severity} "
+             f"Produced by `.venv/bin/python bench/int8_calibration.py --severity {args.severity} "
              f"--diagnosis {args.diagnosis}`; {machine_info()['cpu']}, "
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, load {load_average()} (accuracy only: no "
              "figure here is a timing).", "",
