@@ -78,6 +78,36 @@ def test_the_run_keeps_the_lung_output_it_was_fitted_with(runs, tmp_path):
     assert SeverityPipeline.from_run(run).lung.convention is None
 
 
+def test_disease_threshold_is_fitted_on_val_recorded_and_used(runs, test_rows, tmp_path):
+    import shutil
+
+    from cxrlab.anatomy.predict import LungSegmenter
+    from cxrlab.anatomy.threshold import write_run_threshold
+
+    record = json.loads((runs["run"] / "disease" / "threshold.json").read_text())
+    t = record["threshold"]
+    assert record["fitted_on"]["split"] == "val" and record["fitted_on"]["images"] > 0
+    assert set(record["fitted_on"]["groups"]) <= {"disease", "clear"}
+    assert record["score"] >= record["score_at_recipe_threshold"]
+    best = max(record["scores"].values())
+    assert t == record["recipe_threshold"] or record["scores"][f"{t:.2f}"] == pytest.approx(best)
+    pipe = SeverityPipeline.from_run(runs["run"])
+    assert pipe.disease.config.threshold == t and pipe._stages[1].config.threshold == t  # every engine cuts there
+    assert ScoringParams.load(runs["run"] / "scoring.json").fitted_on["disease_threshold"]["threshold"] == t
+
+    run = tmp_path / "sev"
+    shutil.copytree(runs["run"], run)
+    images = [read_image(p)[0] for p in test_rows[schema.IMAGE].iloc[:6]]
+    area = {}
+    for cut in (0.1, 0.9):
+        write_run_threshold(run / "disease", cut, {})
+        area[cut] = [int(r.masks["disease_mask"].sum()) for r in SeverityPipeline.from_run(run).predict_batch(images)]
+    assert all(lo >= hi for lo, hi in zip(area[0.1], area[0.9])) and sum(area[0.1]) > sum(area[0.9])
+    (run / "disease" / "threshold.json").write_text('{"threshold": 1.5}')
+    with pytest.raises(InputError, match="strictly between 0 and 1"):
+        LungSegmenter.from_run(run / "disease")
+
+
 def test_two_stage_beats_trivial_baseline(runs, test_rows, phantom_manifest):
     """Per-lung involvement and Brixia total on held-out patients beat "predict the training mean"."""
     pipe = SeverityPipeline.from_run(runs["run"])

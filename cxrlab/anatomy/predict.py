@@ -17,6 +17,7 @@ import torch
 from cxrlab.anatomy.architectures import SegmentationNet, create_segmentation_model
 from cxrlab.anatomy.config import SegmentationConfig, convention_channel, load_config
 from cxrlab.anatomy.default_output import RUN_DEFAULT, SHARED, run_default_convention
+from cxrlab.anatomy.threshold import run_threshold
 from cxrlab.anatomy.postprocess import assign_lungs, clean
 from cxrlab.data import schema
 from cxrlab.data.dataset import mask_key
@@ -81,7 +82,8 @@ class LungSegmenter:
                  convention: str | None = RUN_DEFAULT) -> "LungSegmenter":
         """``convention``: which annotators' lungs to draw (a name from the run's ``lung_conventions``);
         ``"shared"`` or None = the shared lung channels, trained on every source; by default the output the run
-        recorded as generalizing best to unseen hospitals (``default_output.json``), else the shared channels."""
+        recorded as generalizing best to unseen hospitals (``default_output.json``), else the shared channels.
+        Masks are cut at the run's fitted threshold (``threshold.json``) when it has one, else the recipe's."""
         run_dir = Path(run_dir)
         recipe = run_dir / "recipe.yaml"
         if not run_dir.is_dir():
@@ -97,6 +99,9 @@ class LungSegmenter:
         except ConfigError as exc:
             raise InputError(recipe, f"not a valid segmentation config for this cxrlab version ({exc}); was the "
                                      "run written by another version?") from None
+        fitted = run_threshold(run_dir)  # a cut chosen on validation images after training (threshold.json)
+        if fitted is not None:
+            cfg = cfg.model_copy(update={"threshold": fitted})
         ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
         state = load_checkpoint(ckpt)
         model = create_segmentation_model(cfg.arch, cfg.encoder, "none", cfg.in_channels, len(cfg.channels),

@@ -4,7 +4,8 @@ A severity run directory::
 
     runs/severity/<name>/
       recipe.yaml        the resolved SeverityConfig (incl. seeds)
-      disease/           the Stage II segmentation run (a normal anatomy run directory)
+      disease/           the Stage II segmentation run (a normal anatomy run directory); its threshold.json is
+                         the mask threshold fitted on the val images (``fit_disease_threshold``)
       scoring.json       ScoringParams: zone strategy, zone threshold, Brixia cut-points, what they were fitted on
       severity.json      {"lung_run", "disease_run"}: what SeverityPipeline.from_run loads
       predictions.parquet, metrics.json   (written by ``cxrlab severity evaluate``)
@@ -88,6 +89,9 @@ class SeverityConfig(_Strict):
     sampling: Literal["balanced", "natural"] = "balanced"
     # Balance on any manifest column instead (e.g. has_disease, source_dataset, sex); None = as above.
     group_column: str | None = None
+    # Choose Stage II's mask threshold on the val images (per-image Dice in the predicted lungs, disease and clear
+    # films counted as groups) and record it in the disease run's threshold.json; False keeps the recipe's cut.
+    fit_disease_threshold: bool = True
     zone_strategy: ZoneStrategy = "equal_area"
     zone_reference: Literal["mask", "brixia"] = "mask"  # what "zone affected" means when fitting the threshold
     brixia: BrixiaFitConfig = Field(default_factory=BrixiaFitConfig)

@@ -27,6 +27,7 @@ import yaml
 
 from cxrlab.anatomy.config import load_config
 from cxrlab.anatomy.default_output import SHARED
+from cxrlab.anatomy.threshold import THRESHOLD_FILE, write_run_threshold
 from cxrlab.anatomy.train import train_segmentation
 from cxrlab.data import schema
 from cxrlab.data.manifest import Manifest, load_manifest, save_manifest
@@ -34,7 +35,7 @@ from cxrlab.data.splits import assert_patient_disjoint, load_split, save_split, 
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.io import image_size, read_mask, write_png
 from cxrlab.severity.config import SeverityConfig, load_severity_config
-from cxrlab.severity.fitting import brixia_columns, fit_scoring
+from cxrlab.severity.fitting import brixia_columns, fit_disease_threshold, fit_scoring
 from cxrlab.severity.pipeline import PIPELINE_FILE, SCORING_FILE, SeverityPipeline
 from cxrlab.utils import atomic_write_json, atomic_write_text, remove_stale_temps, seed_everything
 
@@ -169,15 +170,29 @@ def fit_run(cfg: SeverityConfig, run_dir: Path, table: pd.DataFrame, report: Pro
     table = table.copy()
     table["split"] = table[schema.IMAGE].map(dict(zip(split[schema.IMAGE], split["split"])))
     assert_patient_disjoint(table.dropna(subset=["split"]))
+    if cfg.fit_disease_threshold:
+        (disease_run / THRESHOLD_FILE).unlink(missing_ok=True)  # a refit starts from the recipe's cut
     pipe = SeverityPipeline.from_runs(lung_run, disease_run)
     val = table[table["split"] == "val"]
     no_val = val.empty
     if no_val:
         val = table[table["split"] == "train"]  # tiny data: fit on training images and say so in fitted_on
+    threshold = None
+    if cfg.fit_disease_threshold:
+        threshold = fit_disease_threshold(
+            pipe, val, on_batch=lambda i, n: report("fit", i, n, "fitting the disease threshold"))
+        if no_val:
+            threshold["fitted_on"]["split"] = "train (no validation images)"
+        write_run_threshold(disease_run, threshold["threshold"], {k: v for k, v in threshold.items()
+                                                                  if k != "threshold"})
+        pipe = SeverityPipeline.from_runs(lung_run, disease_run)  # the zone threshold is fitted on these masks
     scoring = fit_scoring(pipe, val, brixia_rows(cfg, table[table["split"] == "train"], run_dir),
                           zone_strategy=cfg.zone_strategy, zone_reference=cfg.zone_reference,
                           brixia_prefix=cfg.brixia.columns_prefix,
                           on_batch=lambda i, n: report("fit", i, n, "fitting scoring parameters"))
+    if threshold is not None:
+        scoring.fitted_on["disease_threshold"] = {"threshold": threshold["threshold"],
+                                                  "file": f"disease/{THRESHOLD_FILE}"}
     if no_val:
         scoring.fitted_on["warning"] = "no validation images: zone threshold fitted on training images"
     scoring.save(run_dir / SCORING_FILE)
