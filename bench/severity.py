@@ -232,6 +232,21 @@ def _lung_output(run: Path) -> str:
     return json.loads(spec.read_text()).get("lung_output", "shared") if spec.exists() else "shared"
 
 
+def _threshold_line(disease_run: Path) -> str:
+    """The Stage II mask cut the figures use, and what it was chosen on."""
+    from cxrlab.anatomy.threshold import THRESHOLD_FILE
+
+    path = disease_run / THRESHOLD_FILE
+    if not path.exists():
+        return "- Stage II mask threshold: the recipe's 0.5 (the run records no fitted threshold)."
+    t = json.loads(path.read_text())
+    on = t.get("fitted_on", {})
+    return (f"- Stage II mask threshold: **{t['threshold']:.2f}**, fitted on the validation part ({on.get('images')} "
+            f"images: {on.get('groups')}) by the mean over disease / clear films of the per-image Dice inside the "
+            f"predicted lungs: {t['score']:.4f} against {t['score_at_recipe_threshold']:.4f} at the recipe's "
+            f"{t['recipe_threshold']:.2f} (`disease/threshold.json`, written by the `fit` step).")
+
+
 def _variant_lines(main: Path, others: list[Path]) -> list[str]:
     """Stage II variants on the same split and Stage I: the choice (validation Dice) and their test figures."""
     if not others:
@@ -325,6 +340,7 @@ def report(args: argparse.Namespace) -> None:
         "- Data: COVID-QU-Ex infection subset (`covid_qu_ex_infection_seg`): COVID-19 images with QaTa-COV19 masks and",
         "  normal images as disease-free negatives; non-COVID pneumonia left out (never annotated). Patient-level split",
         "  70/15/15 (pseudo-patients, stratified by disease/clear), seed 0. All figures below are on the **test** part.",
+        _threshold_line(RUN / "disease"),
         f"- Scoring: zones `{sc['zone_strategy']}`; zone threshold {sc['zone_threshold']:.3f} fitted on the validation",
         f"  part; Brixia cut-points {', '.join(f'{c:.3f}' for c in sc['brixia_cutpoints'])} fitted on the senior",
         "  reader's scores of the **training** patients (70 %) of the BrixIA-scored ieee8023 images.",
@@ -449,9 +465,11 @@ def report(args: argparse.Namespace) -> None:
               "- The QaTa-COV19 disease masks are semi-automatic and coarse: a per-image Dice is bounded by how",
               "  consistently they outline opacities, and small lesions weigh as much as large ones in the per-image mean.",
               "- The zone threshold and Brixia cut-points are fitted (validation / training patients), not tuned on test.",
-              "- Previous benchmark pages (in git history): 2026-12-05 11:03, the same Stage II with Stage I's shared",
-              "  lung channels: Dice 0.704 per image / 0.793 pooled, zone-count MAE 0.79; 2026-11-22 (128 px, 3 × 300",
-              "  draws): Dice 0.61 / IoU 0.48 per image on the same split recipe.",
+              "- Previous benchmark pages (in git history): 2026-12-05 22:23 (`runs/severity256`: default U-Net decoder,",
+              "  24 × 600 draws, cut 0.5): Dice 0.718 per image / 0.810 pooled, zone-count MAE 0.79; its slim-decoder",
+              "  variant (17 epochs × 600 draws): 0.758 / 0.828, MAE 0.70; 2026-12-05 11:03, the same Stage II with",
+              "  Stage I's shared lung channels: Dice 0.704 per image / 0.793 pooled, zone-count MAE 0.79; 2026-11-22",
+              "  (128 px, 3 × 300 draws): Dice 0.61 / IoU 0.48 per image on the same split recipe.",
               ]
     lines += _variant_lines(OUT, [Path(p) for p in getattr(args, "also", []) or []])
     lines += ["", f"Failed images (no lung found / unreadable): {ev.get('failed_images', 0)} of the segmentation rows, "
