@@ -232,6 +232,22 @@ def _lung_output(run: Path) -> str:
     return json.loads(spec.read_text()).get("lung_output", "shared") if spec.exists() else "shared"
 
 
+def _init_from_note(disease_cfg: dict) -> str:
+    """A fine-tuned Stage II: the run it started from, that run's budget and where it stopped."""
+    start = disease_cfg.get("init_from")
+    if not start:
+        return ""
+    start = Path(start)
+    first = yaml_load(start / "recipe.yaml")
+    hist = pd.read_csv(start / "history.csv")
+    best = hist.loc[hist["val_dice"].idxmax()]
+    draws = len(hist) * int(first.get("samples_per_epoch") or 0)
+    return (f" Fine-tuned (lr {disease_cfg.get('lr')}, cosine) from `{start}`: lr {first.get('lr')}, "
+            f"{len(hist)} of {first.get('epochs')} planned epochs × {first.get('samples_per_epoch')} draws = {draws} "
+            f"draws, early-stopped with patience {first.get('patience')} (best epoch {int(best['epoch'])}, val Dice "
+            f"{best['val_dice']:.3f}), on the same patient split (its `split.csv` is identical).")
+
+
 def _threshold_line(disease_run: Path) -> str:
     """The Stage II mask cut the figures use, and what it was chosen on."""
     from cxrlab.anatomy.threshold import THRESHOLD_FILE
@@ -336,7 +352,8 @@ def report(args: argparse.Namespace) -> None:
         f"{disease_cfg.get('samples_per_epoch')} balanced draws (images with / without disease equally) = {draws} "
         f"draws, loss `{disease_cfg.get('loss', {}) or 'bce_dice'}`, early stopping patience "
         f"{disease_cfg.get('patience')} on the validation Dice"
-        + (f" (best epoch {int(best['epoch'])}, val Dice {best['val_dice']:.3f})" if best is not None else "") + ".",
+        + (f" (best epoch {int(best['epoch'])}, val Dice {best['val_dice']:.3f})" if best is not None else "") + "."
+        + _init_from_note(disease_cfg),
         "- Data: COVID-QU-Ex infection subset (`covid_qu_ex_infection_seg`): COVID-19 images with QaTa-COV19 masks and",
         "  normal images as disease-free negatives; non-COVID pneumonia left out (never annotated). Patient-level split",
         "  70/15/15 (pseudo-patients, stratified by disease/clear), seed 0. All figures below are on the **test** part.",
