@@ -245,7 +245,9 @@ def _init_from_note(disease_cfg: dict) -> str:
     return (f" Fine-tuned (lr {disease_cfg.get('lr')}, cosine) from `{start}`: lr {first.get('lr')}, "
             f"{len(hist)} of {first.get('epochs')} planned epochs × {first.get('samples_per_epoch')} draws = {draws} "
             f"draws, early-stopped with patience {first.get('patience')} (best epoch {int(best['epoch'])}, val Dice "
-            f"{best['val_dice']:.3f}), on the same patient split (its `split.csv` is identical).")
+            f"{best['val_dice']:.3f}), on the same patient split (its `split.csv` is identical)"
+            + (f"; first stage: `{json.loads(info.read_text()).get('command')}`"
+               if (info := start.parents[1] / "train_info.json").exists() else "") + ".")
 
 
 def _threshold_line(disease_run: Path) -> str:
