@@ -232,6 +232,19 @@ def _lung_output(run: Path) -> str:
     return json.loads(spec.read_text()).get("lung_output", "shared") if spec.exists() else "shared"
 
 
+def _lung_test_note(lung_run: Path) -> str:
+    """Stage I's own held-out lung Dice (its metrics.json), so the page says which lung model it used."""
+    path = lung_run / "metrics.json"
+    if not path.exists():
+        return ""
+    m = json.loads(path.read_text())
+    own = {k.split(" ")[0]: v["lungs"]["dice_mean"] for k, v in m.get("test", {}).get("by_source", {}).items()}
+    return (f" Its test-part mean lung Dice, each source in its own convention: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in own.items())
+            + f" ({m.get('epochs_run')} epochs run, best val {m.get('best_val_dice', float('nan')):.4f}; "
+            "anatomy.md describes the same recipe's earlier run).")
+
+
 def _init_from_note(disease_cfg: dict) -> str:
     """A fine-tuned Stage II: the run it started from, that run's budget and where it stopped."""
     start = disease_cfg.get("init_from")
@@ -348,7 +361,7 @@ def report(args: argparse.Namespace) -> None:
         f"{lung_cfg.get('size')} px, {lung_cfg.get('epochs')} epochs planned; trained on JSRT/SCR, ieee8023 V7 and "
         "COVID-QU-Ex lung masks by `python bench/segmentation.py train`), lung output "
         f"`{_lung_output(RUN)}` (recorded in the run's `severity.json`; the lung run's default output, chosen on "
-        "held-out sources: [lung_default_output.md](lung_default_output.md)).",
+        "held-out sources: [lung_default_output.md](lung_default_output.md))." + _lung_test_note(Path(cfg["lung_run"])),
         f"- Stage II: `{disease_cfg['arch']}` / `{disease_cfg['encoder']}` ({disease_cfg.get('weights')} weights), "
         f"input `{disease_cfg.get('input')}`, {disease_cfg['size']} px, {len(hist)} epochs × "
         f"{disease_cfg.get('samples_per_epoch')} balanced draws (images with / without disease equally) = {draws} "
