@@ -88,7 +88,7 @@ def choose_threshold(scores: np.ndarray, current: float, candidates: Sequence[fl
     here = np.flatnonzero(np.isclose(candidates, current))
     base = float(scores[here[0]]) if len(here) else float("nan")
     chosen = float(candidates[best]) if not np.isfinite(base) or scores[best] - base >= min_gain else float(current)
-    return {"threshold": chosen, "score": float(scores[best] if chosen != current or not np.isfinite(base)
-                                                else base),
+    score = base if chosen == current and np.isfinite(base) else float(scores[best])
+    return {"threshold": chosen, "score": score,
             "score_at_recipe_threshold": base, "recipe_threshold": float(current), "min_gain": min_gain,
             "scores": {f"{c:.2f}": float(s) for c, s in zip(candidates, scores)}}
