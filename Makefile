@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/cxrlab demo --out $(DEMO_OUT)
 
+# one worker process per core (pytest-xdist); each worker runs torch single-threaded (tests/conftest.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 serve: $(STAMP)
 	$(BIN)/cxrlab serve --config $(DEMO_OUT)/service.yaml

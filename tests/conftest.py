@@ -10,6 +10,10 @@ from pathlib import Path
 
 # Passive OpenMP waiting: spinning threads starve the other core on small CI machines (set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# `make test` runs one pytest-xdist worker per core; each keeps to one thread (also in the commands it starts), as
+# two workers with two threads each on two cores only contend.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

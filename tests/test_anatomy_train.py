@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import platform
 import shutil
 from pathlib import Path
 
@@ -78,6 +80,9 @@ def test_round_trip_beats_fixed_ellipse_baseline(run_dir: Path, phantom_root: Pa
     assert summary["overall"]["lungs"]["dice_mean"] == pytest.approx(
         metrics["test"]["overall"]["lungs"]["dice_mean"], abs=1e-6)
     assert {"right_lung_dice", "left_lung_hd95_px256", "heart_jaccard"} <= set(table.columns)
+    # the run records the software it was trained with (to tell whether a rerun can reproduce it)
+    assert metrics["software"]["python"] == platform.python_version()
+    assert metrics["software"]["torch"] == importlib.metadata.version("torch")
 
 
 def test_predict_outputs_and_sides(run_dir: Path, phantom_manifest):

@@ -43,6 +43,15 @@ def test_console_script_is_installed():
     assert CLI.is_file() and os.access(CLI, os.X_OK), CLI
 
 
+def test_the_command_line_loads_no_network_library_until_a_command_needs_one():
+    """Help and argument checking must not wait for torch (seconds on a small CPU): every area's commands
+    import their libraries when they run."""
+    probe = "import sys, cxrlab.cli.main; print(sorted({'torch', 'segmentation_models_pytorch', 'timm'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
 # --- usage errors: usage line + one sentence, exit 2; help alone exits 0 ---------------------------------------
 @pytest.mark.parametrize("args, code, names", [
     ([], 0, ["Usage: cxrlab", "segment", "train"]),                          # no arguments: help

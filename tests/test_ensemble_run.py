@@ -411,3 +411,17 @@ def test_join_same_films_keeps_a_shared_film_on_one_side(tmp_path):
     plain = ens.fold_assignment(cfg, df)
     assert ens.SPLIT_UNIT not in plain
     assert sorted(plain[schema.PATIENT_ID]) == sorted(df[schema.PATIENT_ID])
+
+
+def test_reuse_refuses_fold_models_trained_with_other_library_versions():
+    """A fold model trained with another torch (or with no record) is retrained, and the log says why."""
+    from cxrlab.train.ensemble import software_difference
+    from cxrlab.versions import software_versions
+
+    here = software_versions()
+    assert software_difference(here) is None
+    assert software_difference({**here, "cxrlab_commit": "0123456789ab", "platform": "elsewhere"}) is None
+    older = {**here, "torch": "1.13.0"}
+    assert software_difference(older) == f"trained with other library versions: torch 1.13.0 there, {here['torch']} here"
+    assert "records no software versions" in software_difference(None)
+    assert "numpy unrecorded there" in software_difference({k: v for k, v in here.items() if k != "numpy"})

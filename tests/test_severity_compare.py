@@ -133,3 +133,5 @@ def test_segmentation_cis_on_a_hand_made_table():
     assert cis["dice_mean"]["low"] <= 0.6 <= cis["dice_mean"]["high"]
     assert cis["fp_area_mean"]["value"] == pytest.approx(0.025) and cis["fp_any"]["value"] == pytest.approx(0.5)
     assert cis["zone_count_mae"]["value"] == pytest.approx(3 / 5) and cis["zone_count_mae"]["n"] == 5
+    # the films with disease alone: |3-2| + |2-2| + |1-2| over 3
+    assert cis["zone_count_mae_disease"]["value"] == pytest.approx(2 / 3) and cis["zone_count_mae_disease"]["n"] == 3

@@ -127,6 +127,25 @@ def test_two_stage_beats_trivial_baseline(runs, test_rows, phantom_manifest):
     assert total["mae"]["value"] < baseline_total, (total["mae"]["value"], baseline_total)
 
 
+def test_a_normal_film_without_a_mask_counts_zero_zones_in_the_reference(runs, test_rows):
+    """A normal film with no disease mask (as in COVID-QU-Ex) is scored against a zone count of 0 and enters the
+    zone-count MAE, as the scoring paper's test set does; the COVID-19-only MAE leaves it out."""
+    from cxrlab.severity.evaluation import predict_rows, segmentation_cis
+
+    normal = test_rows[test_rows[schema.FINDING] == "normal"].head(1).copy()
+    sick = test_rows[test_rows[schema.FINDING] != "normal"].dropna(subset=[schema.MASK_DISEASE]).head(2)
+    assert len(normal) == 1 and len(sick) == 2
+    normal[schema.MASK_DISEASE] = None
+    pred = predict_rows(SeverityPipeline.from_run(runs["run"]), pd.concat([sick, normal], ignore_index=True))
+    clear = pred[pred[schema.IMAGE] == normal[schema.IMAGE].iloc[0]].iloc[0]
+    assert clear["ref_zone_count"] == 0 and not np.isnan(clear["fp_area"])
+    cis = segmentation_cis(pred, n_boot=10)
+    err = (pred["pred_zone_count"] - pred["ref_zone_count"]).abs()
+    assert cis["zone_count_mae"]["n"] == 3 and cis["zone_count_mae"]["value"] == pytest.approx(err.mean())
+    assert cis["zone_count_mae_disease"]["n"] == 2
+    assert cis["zone_count_mae_disease"]["value"] == pytest.approx(err[pred["n_true"] > 0].mean())
+
+
 def test_predict_one_image_masks_scores_overlay(runs, test_rows, tmp_path):
     pipe = SeverityPipeline.from_run(runs["run"])
     image, _ = read_image(test_rows[schema.IMAGE].iloc[0])

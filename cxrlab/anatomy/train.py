@@ -33,6 +33,7 @@ from cxrlab.data import schema
 from cxrlab.data.splits import save_split
 from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temps, seed_everything
+from cxrlab.versions import software_versions
 
 Progress = Callable[[str, int, int, str], None]
 
@@ -269,7 +270,7 @@ def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str 
 
     metrics: dict[str, Any] = {"best_val_dice": best_saved, "selection": cfg.selection, "epochs_run": len(history),
                                "precision": precision, "device": _device_name(device),
-                               "supervised_targets": supervised,
+                               "supervised_targets": supervised, "software": software_versions(),
                                "n_images": {k: int(v) for k, v in df["split"].value_counts().items()}}
     test = df[df["split"] == "test"].reset_index(drop=True)
     if cfg.evaluate_test and len(test):

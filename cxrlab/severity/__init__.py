@@ -8,32 +8,30 @@
 Score definitions: :mod:`cxrlab.severity.scores` and ``docs/severity.md``.
 """
 
-from cxrlab.severity.config import ScoringParams, SeverityConfig, load_severity_config
-from cxrlab.severity.evaluation import evaluate_severity
-from cxrlab.severity.fitting import fit_scoring
-from cxrlab.severity.overlay import render_overlay, write_overlay
-from cxrlab.severity.pipeline import SeverityPipeline, SeverityResult
-from cxrlab.severity.scores import (
-    brixia_total,
-    brixia_zone_scores,
-    discard_outside_lungs,
-    extent_grade,
-    fit_brixia_cutpoints,
-    fit_zone_threshold,
-    geographic_extent,
-    involvement_grade,
-    lung_involvement,
-    opacity_score,
-    score_masks,
-    zone_count_score,
-    zone_involvement,
-)
-from cxrlab.severity.train import train_severity
+from importlib import import_module
 
-__all__ = [
-    "ScoringParams", "SeverityConfig", "SeverityPipeline", "SeverityResult", "brixia_total", "brixia_zone_scores",
-    "discard_outside_lungs", "evaluate_severity", "extent_grade", "fit_brixia_cutpoints", "fit_scoring",
-    "fit_zone_threshold", "geographic_extent", "involvement_grade", "load_severity_config", "lung_involvement",
-    "opacity_score", "render_overlay", "score_masks", "train_severity", "write_overlay", "zone_count_score",
-    "zone_involvement",
-]
+# Public name → the module that defines it. Loaded on first use, so `import cxrlab.severity.compare` (e.g. by the
+# command line's help) does not pull in torch and the two networks' libraries.
+_EXPORTS = {
+    "ScoringParams": "config", "SeverityConfig": "config", "load_severity_config": "config",
+    "evaluate_severity": "evaluation", "fit_scoring": "fitting", "render_overlay": "overlay",
+    "write_overlay": "overlay", "SeverityPipeline": "pipeline", "SeverityResult": "pipeline",
+    "train_severity": "train",
+    **{name: "scores" for name in (
+        "brixia_total", "brixia_zone_scores", "discard_outside_lungs", "extent_grade", "fit_brixia_cutpoints",
+        "fit_zone_threshold", "geographic_extent", "involvement_grade", "lung_involvement", "opacity_score",
+        "score_masks", "zone_count_score", "zone_involvement")},
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f"cxrlab.severity.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -5,7 +5,8 @@
   mask: false-positive area (predicted disease pixels / image pixels) and the share of images with any.
 - Per-lung involvement (rows with masks): MAE of the predicted infected fraction against the fraction from the
   ground-truth masks; the 0–3 grade's macro-MAE and quadratic kappa against the grade from those masks.
-- Zone count: MAE against the count of zones the ground-truth disease touches.
+- Zone count: MAE against the count of zones the ground-truth disease touches (0 for a disease-free film), over
+  all such images (the scoring paper's test set mixes COVID-19 and normal films) and over those with disease.
 - Brixia-style zone and total scores against each reader column set (model–reader and reader–reader rows of
   :func:`cxrlab.evaluate.agreement_table`), Cohen geographic extent / opacity: MAE and R².
 """
@@ -75,6 +76,7 @@ def predict_rows(pipe: SeverityPipeline, df: pd.DataFrame, batch_size: int = 8,
             elif not _has(row.get(schema.MASK_DISEASE)) and row.get(schema.FINDING) in clear_findings:
                 rec["fp_area"] = float(pred_d.mean())
                 rec["fp_any"] = bool(pred_d.any())
+                rec["ref_zone_count"] = 0.0  # a disease-free film touches no zone (the scoring paper's normals)
             out.append(rec)
         if progress:
             progress(stage, min(start + batch_size, len(rows)), len(rows), "two-stage inference")
@@ -102,7 +104,8 @@ def segmentation_cis(pred: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> di
     """Patient-level bootstrap 95 % CIs (``{value, low, high, n_boot}``) of the :func:`segmentation_summary`
     figures and the zone-count MAE, from a :func:`predict_rows` table: ``dice_mean``/``iou_mean`` (per image, over
     images with disease), ``dice_pooled``/``iou_pooled``, ``fp_area_mean``/``fp_any`` (disease-free images) and
-    ``zone_count_mae`` (every image with a ground-truth zone count, normal images included)."""
+    ``zone_count_mae`` (every image with a reference zone count: normal images included, as in the scoring
+    paper's test set) and ``zone_count_mae_disease`` (the images with disease only)."""
     from cxrlab.evaluate.bootstrap import bootstrap
 
     out: dict = {}
@@ -126,11 +129,13 @@ def segmentation_cis(pred: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> di
         out.update({k: v.as_dict() for k, v in est.items()})
     if "ref_zone_count" in pred:
         zc = pred.dropna(subset=["pred_zone_count", "ref_zone_count"]).reset_index(drop=True)
-        if len(zc):
-            err = (zc["pred_zone_count"] - zc["ref_zone_count"]).abs().to_numpy(float)
-            est = bootstrap(lambda idx: {"zone_count_mae": float(err[idx].mean())}, len(zc),
-                            zc[schema.PATIENT_ID].to_numpy(), n_boot=n_boot, seed=seed)
-            out["zone_count_mae"] = est["zone_count_mae"].as_dict() | {"n": int(len(zc))}
+        with_disease = zc["n_true"].fillna(0).to_numpy() > 0 if "n_true" in zc else np.zeros(len(zc), bool)
+        for key, part in (("zone_count_mae", zc), ("zone_count_mae_disease", zc[with_disease])):
+            if len(part):
+                err = (part["pred_zone_count"] - part["ref_zone_count"]).abs().to_numpy(float)
+                est = bootstrap(lambda idx: {key: float(err[idx].mean())}, len(part),
+                                part[schema.PATIENT_ID].to_numpy(), n_boot=n_boot, seed=seed)
+                out[key] = est[key].as_dict() | {"n": int(len(part))}
     return out
 
 

@@ -19,8 +19,8 @@ Resumable: a finished fold model (``metrics.json``) is kept, an interrupted one 
 ``checkpoints/last.pt``, one killed before its first checkpoint starts again.
 
 Reuse (``reuse=OLD_RUN``, ``cxrlab train ... --reuse OLD_RUN``): a new run whose recipe changes some learners
-takes every finished fold model of OLD_RUN whose learner recipe, fold split and lung run are identical to its own
-(hard-linked, else copied; ``learners/<name>/fold<k>/reused_from.json`` says from where) and trains the rest, so
+takes every finished fold model of OLD_RUN whose learner recipe, fold split, lung run and training libraries
+(:data:`TRAINING_PACKAGES`, from its ``metrics.json``) are identical to its own (hard-linked, else copied; ``learners/<name>/fold<k>/reused_from.json`` says from where) and trains the rest, so
 adding or changing one learner does not retrain the others.
 """
 
@@ -167,10 +167,29 @@ def _split_rows(path: Path) -> pd.DataFrame:
     return table.sort_values(list(table.columns)).reset_index(drop=True)
 
 
+# Libraries whose version can change what a fold model learns from the same recipe and rows; cxrlab's own commit is
+# not compared (every commit would refuse reuse; recipe changes are caught by the recipe comparison).
+TRAINING_PACKAGES = ("numpy", "torch", "torchvision", "timm", "segmentation-models-pytorch", "scikit-learn")
+
+
+def software_difference(recorded: dict[str, Any] | None) -> str | None:
+    """Why a model trained with the ``recorded`` software (a run's ``metrics.json`` ``software``) may not be taken
+    as if trained here, or None when every training library has the same version."""
+    from cxrlab.versions import software_versions
+
+    if not recorded:
+        return "it records no software versions (trained by an older cxrlab)"
+    here = software_versions()
+    changed = [f"{name} {recorded.get(name, 'unrecorded')} there, {here[name]} here" for name in TRAINING_PACKAGES
+               if recorded.get(name) != here[name]]
+    return "trained with other library versions: " + "; ".join(changed) if changed else None
+
+
 def reusable_fold(cfg: EnsembleConfig, learner, split_file: Path, lung_run: str | None, old_run: Path,
                   fold: int) -> tuple[Path | None, str]:
     """OLD_RUN's finished fold model of ``learner`` if it was trained exactly as this run would train it (the same
-    resolved learner recipe, the same train/val/test rows and the same lung run), else ``(None, why not)``."""
+    resolved learner recipe, the same train/val/test rows, the same lung run and the same versions of the training
+    libraries), else ``(None, why not)``."""
     from cxrlab.recipes.loader import load_recipe
 
     source = old_run / "learners" / learner.name / f"fold{fold}"
@@ -188,6 +207,13 @@ def reusable_fold(cfg: EnsembleConfig, learner, split_file: Path, lung_run: str 
     old_lung = json.loads(old_filter.read_text()).get("lung_run") if old_filter.is_file() else None
     if _same_path(old_lung) != _same_path(lung_run):
         return None, "it used another lung run"
+    try:
+        recorded = json.loads((source / "metrics.json").read_text()).get("software")
+    except (OSError, ValueError, AttributeError):
+        return None, "its metrics.json does not load"
+    why = software_difference(recorded)
+    if why:
+        return None, why
     return source, "identical"
 
 
