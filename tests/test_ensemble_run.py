@@ -183,16 +183,27 @@ def test_reuse_takes_identical_fold_models_and_trains_changed_learners(ensemble_
     raw["learners"][1]["recipe"]["train"] = {"stages": [{"epochs": 1, "train_blocks": "all", "lr": 0.001}]}
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(raw))
+    # the old run's third global fold model says it was trained with another torch: it is trained again
+    old = tmp_path / "old"
+    shutil.copytree(ensemble_run, old)
+    fold_metrics = old / "learners" / "global" / "fold2" / "metrics.json"
+    recorded = json.loads(fold_metrics.read_text())
+    recorded["run"]["software"]["torch"] = "1.13.0"
+    fold_metrics.write_text(json.dumps(recorded))
     out = tmp_path / "run"
     proc = subprocess.run([CLI, "train", str(changed), "--data", str(two_manifests[0]), "--data",
-                           str(two_manifests[1]), "--out", str(out), "--reuse", str(ensemble_run)],
+                           str(two_manifests[1]), "--out", str(out), "--reuse", str(old)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = " ".join(proc.stderr.split())
-    for k in (1, 2, 3):
+    for k in (1, 2):
         assert f"learner global, fold {k}/3: reused from" in log
+    assert "learner global, fold 3: not reused" in log and "torch 1.13.0 there" in log
+    assert "learner global, fold 3/3: trained" in log
+    for k in (1, 2, 3):
         assert f"learner patch, fold {k}/3: trained" in log
     assert "not reused" in log and "its learner recipe differs" in log
+    ensemble_run = old  # what was reused comes from the copy
     old_ckpt = ensemble_run / "learners" / "global" / "fold1" / "checkpoints" / "best.pt"
     new_ckpt = out / "learners" / "global" / "fold1" / "checkpoints" / "best.pt"
     assert new_ckpt.read_bytes() == old_ckpt.read_bytes()

@@ -20,7 +20,8 @@ Resumable: a finished fold model (``metrics.json``) is kept, an interrupted one 
 
 Reuse (``reuse=OLD_RUN``, ``cxrlab train ... --reuse OLD_RUN``): a new run whose recipe changes some learners
 takes every finished fold model of OLD_RUN whose learner recipe, fold split, lung run and training libraries
-(:data:`TRAINING_PACKAGES`, from its ``metrics.json``) are identical to its own (hard-linked, else copied; ``learners/<name>/fold<k>/reused_from.json`` says from where) and trains the rest, so
+(:data:`TRAINING_PACKAGES`, from its ``metrics.json``) are identical to its own (hard-linked, else copied;
+``learners/<name>/fold<k>/reused_from.json`` says from where) and trains the rest, so
 adding or changing one learner does not retrain the others.
 """
 
@@ -208,7 +209,8 @@ def reusable_fold(cfg: EnsembleConfig, learner, split_file: Path, lung_run: str 
     if _same_path(old_lung) != _same_path(lung_run):
         return None, "it used another lung run"
     try:
-        recorded = json.loads((source / "metrics.json").read_text()).get("software")
+        metrics = json.loads((source / "metrics.json").read_text())
+        recorded = metrics.get("software") or (metrics.get("run") or {}).get("software")  # training runs: under run
     except (OSError, ValueError, AttributeError):
         return None, "its metrics.json does not load"
     why = software_difference(recorded)
