@@ -246,21 +246,36 @@ def _lung_test_note(lung_run: Path) -> str:
 
 
 def _init_from_note(disease_cfg: dict) -> str:
-    """A fine-tuned Stage II: the run it started from, that run's budget and where it stopped."""
-    start = disease_cfg.get("init_from")
-    if not start:
+    """A fine-tuned Stage II: each run it started from (following ``init_from`` back to the first), that run's
+    budget, where it stopped and the command that trained it."""
+    notes, start, lr = [], disease_cfg.get("init_from"), disease_cfg.get("lr")
+    while start:
+        start = Path(start)
+        earlier = yaml_load(start / "recipe.yaml")
+        hist = pd.read_csv(start / "history.csv")
+        best = hist.loc[hist["val_dice"].idxmax()]
+        draws = len(hist) * int(earlier.get("samples_per_epoch") or 0)
+        info = start.parents[1] / "train_info.json"
+        notes.append(f"fine-tuned (lr {lr}, cosine) from `{start}`: lr {earlier.get('lr')}, {len(hist)} of "
+                     f"{earlier.get('epochs')} planned epochs × {earlier.get('samples_per_epoch')} draws = {draws} "
+                     f"draws, patience {earlier.get('patience')} (best epoch {int(best['epoch'])}, val Dice "
+                     f"{best['val_dice']:.3f} on {earlier.get('val_max_images')} val images at most), same patient "
+                     "split (its `split.csv` is identical)"
+                     + (f", trained by `{json.loads(info.read_text()).get('command')}`" if info.exists() else ""))
+        start, lr = earlier.get("init_from"), earlier.get("lr")
+    return "".join(f" {n[0].upper()}{n[1:]}." if i == 0 else f" That run was {n}." for i, n in enumerate(notes))
+
+
+def _chain_minutes_note(disease_cfg: dict, hist: pd.DataFrame) -> str:
+    """For a fine-tuned Stage II: the training-epoch minutes of the whole chain of runs, each run's share."""
+    minutes, start = [hist["epoch_seconds"].sum() / 60], disease_cfg.get("init_from")
+    while start:
+        minutes.append(pd.read_csv(Path(start) / "history.csv")["epoch_seconds"].sum() / 60)
+        start = yaml_load(Path(start) / "recipe.yaml").get("init_from")
+    if len(minutes) == 1:
         return ""
-    start = Path(start)
-    first = yaml_load(start / "recipe.yaml")
-    hist = pd.read_csv(start / "history.csv")
-    best = hist.loc[hist["val_dice"].idxmax()]
-    draws = len(hist) * int(first.get("samples_per_epoch") or 0)
-    return (f" Fine-tuned (lr {disease_cfg.get('lr')}, cosine) from `{start}`: lr {first.get('lr')}, "
-            f"{len(hist)} of {first.get('epochs')} planned epochs × {first.get('samples_per_epoch')} draws = {draws} "
-            f"draws, early-stopped with patience {first.get('patience')} (best epoch {int(best['epoch'])}, val Dice "
-            f"{best['val_dice']:.3f}), on the same patient split (its `split.csv` is identical)"
-            + (f"; first stage: `{json.loads(info.read_text()).get('command')}`"
-               if (info := start.parents[1] / "train_info.json").exists() else "") + ".")
+    parts = " + ".join(f"{m:.0f}" for m in reversed(minutes))
+    return f"; with the runs it was fine-tuned from, {sum(minutes):.0f} min of training epochs ({parts}, first run first)"
 
 
 def _threshold_line(disease_run: Path) -> str:
@@ -353,7 +368,8 @@ def report(args: argparse.Namespace) -> None:
         "## Machine and load",
         f"- training: {tr['machine']['cpu']}, {tr['machine']['cores']} cores, shared with other jobs of the session "
         f"(helpers' benchmarks, tests), finished {tr['machine']['date_utc']} UTC; at the end `{tr['machine']['load']}`; "
-        f"{hist['epoch_seconds'].sum() / 60:.0f} min of training epochs ({tr['seconds'] / 60:.0f} min wall).",
+        f"{hist['epoch_seconds'].sum() / 60:.0f} min of training epochs ({tr['seconds'] / 60:.0f} min wall)"
+        + _chain_minutes_note(disease_cfg, hist) + ".",
         f"- evaluation: {ev['machine']['date_utc']} UTC, `{ev['machine']['load']}`.",
         "",
         "## Setup",
