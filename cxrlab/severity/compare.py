@@ -220,7 +220,8 @@ def _ci(v: float, lo: float, hi: float, digits: int = 3) -> str:
 
 def comparison_markdown(table: pd.DataFrame) -> str:
     head = ("| decoder | Dice per image (95 % CI) | Dice pooled | IoU per image (95 % CI) | IoU pooled | zone-count MAE, "
-            "all films with normals (95 % CI) | grade macro-MAE (95 % CI) | FP area on normals | images/s (both stages) | params (M) | GMACs |\n"
+            "all films with normals (95 % CI) | grade macro-MAE (95 % CI) | FP area on normals | "
+            "images/s (both stages) | params (M) | GMACs |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in table.itertuples():
