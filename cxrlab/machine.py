@@ -6,13 +6,31 @@ Shared by the service benchmark and the scripts under ``bench/`` so every page d
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
 import subprocess
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def restores_torch_threads(fn: F) -> F:
+    """Run ``fn`` and put torch's intra-op thread count back as it found it: a trainer that sets its recipe's
+    ``threads`` must not leave the caller (a notebook, a comparison that times the model next) on that count."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def machine_info() -> dict[str, Any]:

@@ -162,6 +162,23 @@ def test_two_channel_model_needs_lung_mask(phantom_root: Path, tmp_path: Path):
     assert set(out) == {"disease_mask"} and out["disease_mask"].shape == (64, 64)
 
 
+def test_training_leaves_the_callers_thread_count_as_it_was(phantom_root: Path, tmp_path: Path):
+    # a comparison times each decoder right after training it: a trainer that left torch on its recipe's
+    # `threads` made every later timing in the process single-threaded
+    cfg = tiny_config(phantom_root / "manifest.csv", threads=1, epochs=1, samples_per_epoch=8, evaluate_test=False,
+                      weights="none", encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]})
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        train_segmentation(cfg, out=tmp_path / "threads")
+        assert torch.get_num_threads() == 3
+        with pytest.raises(ConfigError):  # also when training stops with an error
+            train_segmentation({**cfg, "lr": 1.0}, out=tmp_path / "threads", resume=True)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_unsupervised_target_is_never_output(phantom_root: Path, tmp_path: Path):
     """Trained without any heart mask (as on V7/COVID-QU-Ex alone), the run must not emit a heart mask: that
     channel never saw a label, so its output would be noise fed to the cardiothoracic ratio."""

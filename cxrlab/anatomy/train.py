@@ -34,6 +34,7 @@ from cxrlab.data.splits import save_split
 from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temps, seed_everything
 from cxrlab.versions import software_versions
+from cxrlab.machine import restores_torch_threads
 
 Progress = Callable[[str, int, int, str], None]
 
@@ -133,6 +134,7 @@ def _validate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, precisio
     return sum(losses) / max(n, 1), selection_score(np.array(dices), sources, selection)
 
 
+@restores_torch_threads
 def train_segmentation(config: SegmentationConfig | dict | str | Path, out: str | Path | None = None,
                        resume: bool = False, progress: Progress | None = None) -> Path:
     """Train a segmentation model; returns the run directory. ``progress(stage, done, total, status)``."""

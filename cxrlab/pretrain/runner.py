@@ -36,6 +36,7 @@ from cxrlab.pretrain.config import PretrainConfig
 from cxrlab.pretrain.data import Pool, build_pool, cache_arrays, seen_table
 from cxrlab.pretrain.model import SEG_STRIDE, PretrainNet
 from cxrlab.utils import atomic_path, atomic_write_json, atomic_write_text, seed_everything
+from cxrlab.machine import restores_torch_threads
 
 BACKBONE_FILE = "backbone.pt"
 CONTRACT_FILE = "contract.json"
@@ -89,6 +90,7 @@ def _save_checkpoint(path: Path, net, opt, sched, step: int, history: list[dict]
                     "step": step, "history": history}, tmp)
 
 
+@restores_torch_threads
 def pretrain(cfg: PretrainConfig, manifests: list[str | Path], out: str | Path, *, resume: bool = False,
              exclude_patients_of: list[str | Path] = (), exclude_sources: list[str] = (),
              log: Callable[[str], None] = print, stop_after: int | None = None) -> Path:

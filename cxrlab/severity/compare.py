@@ -94,6 +94,8 @@ def network_size(pipe: Any) -> dict[str, float]:
 def evaluate_decoder(run: Path, *, part: str = "test", backend: str = "auto", speed_images: int = 32,
                      batch_size: int = 8, n_boot: int = 200, progress: Progress | None = None) -> dict[str, Any]:
     """The figures of one decoder's severity run (see the module docstring)."""
+    import torch
+
     from cxrlab.severity.evaluation import predict_rows, segmentation_cis, summarize_severity
     from cxrlab.severity.pipeline import SeverityPipeline
 
@@ -121,6 +123,7 @@ def evaluate_decoder(run: Path, *, part: str = "test", backend: str = "auto", sp
     speed = pipe.throughput(paths, batch_size=batch_size)
     result["images_per_s"] = speed["images_per_s"]
     result["speed_images"] = speed["images"]
+    result["torch_threads"] = torch.get_num_threads()  # the timing's own thread count (the record's is at start)
     result.update(network_size(pipe))
     return result
 

@@ -45,6 +45,7 @@ from cxrlab.train.tracking import require_mlflow, track_run
 from cxrlab.versions import software_versions
 from cxrlab.utils import (atomic_path, atomic_write_json, cxrlab_home, file_sha256, remove_stale_temps,
                           seed_everything)
+from cxrlab.machine import restores_torch_threads
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -478,6 +479,7 @@ def _progress(show: bool):
     return progress()
 
 
+@restores_torch_threads
 def train(recipe: Recipe | str | os.PathLike, data: Sequence[str | os.PathLike | Manifest] | str | Manifest,
           out: str | os.PathLike, resume: bool = False, overrides: Sequence[str] = (), show_progress: bool = True,
           on_epoch_end: EpochCallback | None = None, split: str | os.PathLike | None = None,
