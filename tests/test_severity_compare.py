@@ -4,6 +4,7 @@ decoder, resume, the table and the plot, and clear errors."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,10 @@ def test_rerun_resumes_without_retraining(study):
     out = study["out"]
     before = {d: (out / d / "compare.json").stat().st_mtime_ns for d in ("unet", "fpn")}
     ckpt = (out / "unet" / "disease" / "checkpoints" / "best.pt").stat().st_mtime_ns
+    # a rerun with every result on disk only rewrites the page: the date and load stay those of the runs
+    first = json.loads((out / "comparison.json").read_text())
+    again = compare_decoders(study["config"], out, ["unet", "fpn"], speed_images=4, n_boot=20)
+    assert again["machine"]["date"] == first["machine"]["date"] and again["load_before"] == first["load_before"]
     (out / "fpn" / "compare.json").unlink()  # as if killed after fpn's training, before its evaluation
     comparison = compare_decoders(study["config"], out, ["unet", "fpn"], speed_images=4, n_boot=20)
     assert (out / "unet" / "compare.json").stat().st_mtime_ns == before["unet"]
@@ -114,6 +119,13 @@ def test_page_can_be_written_into_docs(study, tmp_path):
     page = files["markdown"].read_text()
     assert files["plot"] == tmp_path / "docs" / "decoders.png" and files["plot"].exists()
     assert "Produced by `cxrlab x`" in page and "![decoders](decoders.png)" in page
+    assert re.search(r"backend \S+, \d+ torch thread\(s\)", page)
+    # a decoder that predicts nothing at the budget is named as such, not left as a bare row of zeros
+    idle = json.loads(json.dumps(comparison))
+    idle["results"]["unet"]["disease"].update(dice_mean=0.4, dice_pooled=0.5, iou_mean=0.3, iou_pooled=0.33)
+    idle["results"]["fpn"]["disease"].update(dice_mean=0.0, dice_pooled=0.0, iou_mean=0.0, iou_pooled=0.0)
+    page = write_comparison(idle, study["out"], tmp_path / "docs" / "idle.md")["markdown"].read_text()
+    assert "Not trained enough at this budget: fpn found none" in page
 
 
 def test_segmentation_cis_on_a_hand_made_table():
