@@ -457,10 +457,11 @@ def opacity_study(args: argparse.Namespace, log: Callable[[str], None]) -> None:
              f"- Wall time of the finished invocations: "
              f"{timing.get('finished_seconds', timing.get('total_seconds', 'not recorded'))} s",
              *[f"- {note}" for note in args.note],
-             f"- Machine: {m['cpu']}, {m['cores']} cores, shared with other helpers' jobs (load at start "
-             f"{load_start}, at end {load_average()}); no GPU.",
-             "- What this cannot show: a quick-preset number is not the paper's set-up (64 px, one architecture, "
-             "a patient sub-sample, short schedules); HCS and reader tables rest on small samples (see the CIs).", "",
+             f"- Machine: {m['cpu']}, {m['cores']} cores (load average at start {load_start}, at end "
+             f"{load_average()}); no GPU.",
+             "- What this cannot show: a quick-preset number is not the paper's set-up (its reductions are listed "
+             "under Set-up: resolution, one ImageNet architecture, short schedules); HCS and reader tables rest on "
+             "small samples (see the CIs).", "",
              body]
     args.report_opacity.write_text("\n".join(lines))
     log(f"wrote {args.report_opacity}")

@@ -62,7 +62,8 @@ def test_shipped_opacity_study_is_the_papers_grid():
     assert "midline" in spec.grid_labels["input.roi"] and "spine" in spec.grid_labels["input.roi"]
     assert "MA-HCS" in spec.selection_rule
     quick = spec.with_preset("quick")
-    assert "input.size=64" in quick.set and quick.protocol[0].top == 2
+    assert "input.size=128" in quick.set and quick.protocol[0].top == 2
+    assert spec.presets["quick"].max_patients is None  # every patient: the hour allows it (docs/study.md)
     assert "input.size=224" in spec.with_preset("paper").set
     with pytest.raises(ConfigError, match="no preset 'huge'"):
         spec.with_preset("huge")
@@ -226,8 +227,17 @@ def test_resume_after_an_interrupted_study(study_dir, phantom_root, tmp_path, ra
         shutil.rmtree(t)
     untouched = next(out.glob("trials/*/left/fold0"))
     before = (untouched / "trial.json").stat().st_mtime_ns
+    # another grid in the same directory is refused before anything runs
+    other = tiny_study()
+    other["grid"] = {k: v[:1] for k, v in other["grid"].items()}
+    with pytest.raises(ConfigError, match="holds another study"):
+        run_study(StudySpec.model_validate(other), [phantom_root / "manifest.csv"] * 2, out)
+    # an edited description is not another study: it resumes, and the report's words are the new ones
+    edited = {**tiny_study(), "description": "the tiny study, described anew", "notes": ["a new note"]}
     lines: list[str] = []
-    run_study(StudySpec.model_validate(tiny_study()), [phantom_root / "manifest.csv"] * 2, out, log=lines.append)
+    run_study(StudySpec.model_validate(edited), [phantom_root / "manifest.csv"] * 2, out, log=lines.append)
+    assert any("only descriptive text changed" in ln for ln in lines)
+    assert "described anew" in (out / "study.yaml").read_text()
     done = [ln for ln in lines if "macro-MAE" in ln]
     assert len(done) == 3  # the interrupted fold and the two final models, nothing else retrained
     assert (untouched / "trial.json").stat().st_mtime_ns == before

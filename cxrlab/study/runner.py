@@ -32,7 +32,7 @@ from cxrlab.study.grid import Combination, expand_grid, joint_best, rank
 from cxrlab.study.prepare import PREPARERS
 from cxrlab.study.spec import StudySpec, load_study
 from cxrlab.study.trial import score_grades, side_overrides, test_predictions
-from cxrlab.utils import atomic_write_json
+from cxrlab.utils import atomic_write_json, atomic_write_text
 
 SIDELESS = "both"
 
@@ -162,6 +162,22 @@ class Study:
         return pd.concat(parts, ignore_index=True)
 
 
+#: study-file keys that only describe (printed in the report): editing them does not change any trial
+DESCRIPTIVE_KEYS = ("description", "reference", "grid_labels", "notes", "selection_rule")
+
+
+def same_trials(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether two resolved study files define the same study, ignoring their descriptive text (top level and
+    presets' descriptions): a study directory may be resumed under an edited description, not another grid."""
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in d.items() if k not in DESCRIPTIVE_KEYS}
+        out["presets"] = {name: {k: v for k, v in (p or {}).items() if k != "description"}
+                          for name, p in (d.get("presets") or {}).items()}
+        return out
+
+    return strip(saved) == strip(current)
+
+
 def run_study(study: str | os.PathLike | StudySpec, data: Sequence[str | os.PathLike], out: str | os.PathLike,
               lung_model: str | os.PathLike | None = None, address: str | None = None, preset: str | None = None,
               num_cpus: int | None = None, log: Callable[[str], None] = print) -> Path:
@@ -177,11 +193,14 @@ def run_study(study: str | os.PathLike | StudySpec, data: Sequence[str | os.Path
     resolved = yaml.safe_dump({**spec.model_dump(mode="json"), "preset": preset}, sort_keys=False)
     saved = out / "study.yaml"
     if saved.is_file() and saved.read_text() != resolved:
-        raise ConfigError(f"{out} holds another study (or preset): its study.yaml differs; use another --out")
+        if not same_trials(yaml.safe_load(saved.read_text()), yaml.safe_load(resolved)):
+            raise ConfigError(f"{out} holds another study (or preset): its study.yaml differs; use another --out")
+        atomic_write_text(saved, resolved)  # only the words changed: the report prints the current ones
+        log("study.yaml: only descriptive text changed (descriptions, labels, notes); the trials are kept")
     if lung_model is not None and not Path(lung_model).is_dir():
         raise InputError(lung_model, "no such lung run directory")
     if not saved.is_file():
-        saved.write_text(resolved)
+        atomic_write_text(saved, resolved)
     _record_time(out, t_start, None)  # an invocation killed later stays listed (without an end)
     paths = prepare_data(spec, data, out, max_patients)
     splits = make_splits(spec, paths["train"], out)
