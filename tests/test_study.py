@@ -176,6 +176,14 @@ def test_reader_and_subgroup_tables(study_dir, phantom_root):
     assert np.array_equal(pred["r1_right"].to_numpy(), reader_grades(df, ZONES["right"]))
     for side in ("right", "left"):
         assert set(pred[f"model_{side}"].unique()) <= {0.0, 1.0, 2.0, 3.0}
+    means = md[md.index("Mean grade per rater"):md.index("Table 7 analogue")]
+    rater_rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:6]] for ln in means.splitlines()
+                  if ln.startswith("| ") and not ln.startswith("| rater")}
+    assert set(rater_rows) == {"model", "r1", "r2"}
+    assert rater_rows["r2"][1] == "0% / 0%" and rater_rows["r1"][1] == ""  # r2 grades as r1; r1 is the reference
+    assert float(rater_rows["model"][0]) == pytest.approx(pred["model_right"].mean(), abs=0.006)
+    above = (pred["model_left"] > pred["r1_left"]).mean()
+    assert rater_rows["model"][3].startswith(f"{above:.0%} / ")
     table8 = md[md.index("Table 8 analogue"):]
     assert "| sex | F |" in table8 and "| sex | M |" in table8 and "| age | " in table8
 

@@ -229,6 +229,21 @@ def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: i
                             for s in ("right", "left")]) for k in READER_KEYS]
             rows.append([f"{a} vs {b}", "average", "", *[_fmt(float(v)) for v in avg]])
         doc.table(["pair", "side", "n", *READER_KEYS], rows)
+        doc.h("Mean grade per rater")
+        ref = readers[0]
+        doc.p(f"A systematic offset (a model that grades another hospital's lungs higher or lower than its readers) "
+              f"shows here, not in the MAE alone. Shares: lungs graded above / below the {ref} reader.")
+        rows = []
+        for rater in raters:
+            cells: list[Any] = [rater]
+            for side in ("right", "left"):
+                mine, theirs = df[f"{rater}_{side}"].to_numpy(float), df[f"{ref}_{side}"].to_numpy(float)
+                ok = np.isfinite(mine) & np.isfinite(theirs)
+                cells += [_fmt(float(np.mean(mine[ok])) if ok.any() else np.nan, 2),
+                          "" if rater == ref or not ok.any() else
+                          f"{np.mean(mine[ok] > theirs[ok]):.0%} / {np.mean(mine[ok] < theirs[ok]):.0%}"]
+            rows.append(cells)
+        doc.table(["rater", "right mean", f"right above / below {ref}", "left mean", f"left above / below {ref}"], rows)
         doc.h("Binary collapses (Table 7 analogue)")
         rows = []
         for a, b in pairs:
