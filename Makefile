@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/cxrlab demo --out $(DEMO_OUT)
 
-# one worker process per core (pytest-xdist); each worker runs torch single-threaded (tests/conftest.py)
+# one worker process per core (pytest-xdist); each worker runs torch single-threaded (tests/conftest.py). Whole
+# files per worker (--dist loadfile): a module's trained-model fixture is built once, not once per worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 serve: $(STAMP)
 	$(BIN)/cxrlab serve --config $(DEMO_OUT)/service.yaml
