@@ -88,6 +88,10 @@ def test_export_int8_on_a_severity_run_and_the_service_uses_it(service_runs, tmp
 
     stage = STAGES.create("opacity", run, backend="openvino-int8")
     assert stage.card()["engine"]["name"] == "openvino-int8"
+    # fastest's evidence for int8 where its phantom sample shows an empty mask: this real-image check
+    from cxrlab.severity.engine import int8_evidence
+
+    assert int8_evidence(stage.segmenter) == {"openvino-int8": pytest.approx(min(agreement["pooled"]))}
     fastest = STAGES.create("opacity", run, backend="fastest")
     assert "openvino-int8" in fastest.card()["engine"]["choice"]["median_ms"] \
         or "openvino-int8" in fastest.card()["engine"]["choice"]["rejected"]
@@ -97,6 +101,7 @@ def test_export_int8_on_a_severity_run_and_the_service_uses_it(service_runs, tmp
     (disease_dir / INT8_INFO).write_text(json.dumps(info))
     with pytest.raises(ConfigError, match="no calibrated int8 graph"):
         STAGES.create("opacity", run, backend="openvino-int8")
+    assert int8_evidence(stage.segmenter) == {}  # a stale graph's record is no evidence
     choice = STAGES.create("opacity", run, backend="fastest").card()["engine"]["choice"]
     assert "no calibrated int8 graph" in choice["rejected"]["openvino-int8"]
 

@@ -142,6 +142,26 @@ def test_segmenters_accept_an_engine_by_its_masks(monkeypatch):
     assert "moved" in by_mask["rejected"] and "<" in by_mask["rejected"]["moved"]
 
 
+def test_an_empty_reference_mask_judges_no_reduced_precision_engine():
+    """A disease network on a clear film draws nothing: every engine "agrees" on an empty mask, so only fp32
+    engines pass on that sample, and a reduced-precision one needs agreement measured on real images."""
+    from cxrlab.export import backends
+
+    empty = [torch.full((1, 1, 16, 16), -12.0)]  # fp32 logits: no pixel reaches the cut
+    agree = backends.mask_agreement(0.5)
+    assert agree(empty, empty, "onnxruntime")[0] and agree(empty, empty, "openvino")[0]
+    ok, why = agree(empty, empty, "openvino-bf16")
+    assert not ok and "cannot be judged" in why
+    with_record = backends.mask_agreement(0.5, evidence={"openvino-int8": 0.991, "openvino-bf16": 0.95})
+    ok, why = with_record(empty, empty, "openvino-int8")
+    assert ok and "0.9910 >= 0.98" in why
+    assert not with_record(empty, empty, "openvino-bf16")[0]
+    # a sample with a mask is judged on it, evidence or not
+    drawn = [torch.where(torch.arange(256).view(1, 1, 16, 16) < 128, 12.0, -12.0)]
+    assert with_record([drawn[0].clone()], drawn, "openvino-bf16")[0]
+    assert not agree([empty[0]], drawn, "onnxruntime")[0]
+
+
 def test_openvino_parity_on_a_run_export(service_runs, tmp_path):
     """OpenVINO compiles the graph `cxrlab export` wrote; fp32 matches PyTorch like onnxruntime does."""
     import shutil

@@ -45,9 +45,27 @@ class ChannelsLast(nn.Module):
 
 def segmenter_agreement(segmenter: LungSegmenter) -> Agreement:
     """How ``fastest`` judges an engine for ``segmenter``: its masks on the channels the segmenter returns must
-    agree with PyTorch fp32's (``mask_agreement`` at the segmenter's own threshold)."""
+    agree with PyTorch fp32's (``mask_agreement`` at the segmenter's own threshold). Where the sample shows an
+    empty mask, the int8 engine is judged by the agreement ``cxrlab export --int8`` measured on real images."""
     seen = [segmenter.config.channels.index(c) for c in segmenter.needed_channels()]
-    return mask_agreement(segmenter.config.threshold, channels=seen)
+    return mask_agreement(segmenter.config.threshold, channels=seen, evidence=int8_evidence(segmenter))
+
+
+def int8_evidence(segmenter: LungSegmenter) -> dict[str, float]:
+    """``{"openvino-int8": pooled mask Dice}`` (the worst channel) from the run's int8 record, when the int8
+    graph is the one made from the run's current ONNX file and the record has the check on real images."""
+    import json
+
+    from cxrlab.export.quantize import fresh_int8, int8_paths
+
+    onnx_path = fresh_onnx(segmenter.run_dir) if segmenter.run_dir is not None else None
+    if fresh_int8(onnx_path) is None:
+        return {}
+    try:
+        pooled = json.loads(int8_paths(onnx_path)[2].read_text())["agreement_with_fp32"]["pooled"]
+        return {"openvino-int8": float(min(pooled))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def stage_segmenter(segmenter: LungSegmenter, backend: str) -> LungSegmenter:
