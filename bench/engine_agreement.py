@@ -85,13 +85,15 @@ def main() -> None:
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, load {load_average()}. Stage I draws "
         f"`{pipe.lung.convention or 'shared'}` lungs (the severity run's recorded output).",
         "",
-        "Engines chosen by `fastest` when each model loaded (phantom film, mask Dice >= 0.98 vs fp32): "
+        "Engines chosen by `fastest` when each model loaded (phantom film, mask Dice >= 0.98 vs fp32; see "
+        "below): "
         + "; ".join(f"{k}: {c['chosen']} ({c['accepted'].get(c['chosen'], '')})" for k, c in chosen.items()) + ".",
         "",
         "On that phantom sample fp32 draws: " + "; ".join(
             f"{k} {px} mask pixels (largest probability {pmax:.2g})" for k, (px, pmax) in sample_px.items())
-        + ". A stage with no pixel there was accepted without evidence (any engine agrees on an empty mask): "
-        "the real films below are its only check.",
+        + ". Where fp32 draws no pixel there, the sample cannot judge an engine: `fastest` then accepts fp32 "
+        "engines, and int8 only on the real-image agreement its export recorded (the run's own training images; "
+        "the films below are other hospitals' too).",
         "",
         "| mask | images | mean Dice vs fp32 | min | images below 0.98 | pixels that differ, % of lungs: median / max "
         "| images where only one engine draws the mask |",
