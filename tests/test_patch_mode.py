@@ -146,7 +146,13 @@ def test_explanation_uses_the_probabilistic_patch_cam(cam_run, phantom_manifest,
 
     df = phantom_manifest.df.head(3)
     patch_run = cam_run
-    em = load_explain_model(patch_run)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        em = load_explain_model(patch_run)
+        assert torch.get_num_threads() == 3  # loading a model leaves the caller's thread count alone
+    finally:
+        torch.set_num_threads(before)
     rows = df.to_dict("records")
     results = explain_rows(em, rows, "diagnosis")
     predicted = load_run(patch_run).predict(df)

@@ -26,6 +26,7 @@ from cxrlab.explain.hcs import (DEFAULT_DEFINITION, DEFAULT_THRESHOLD, HCS_DEFIN
 from cxrlab.explain.heatmap import probability_weighted_heatmap, rescale
 from cxrlab.explain.cams import compute_cam
 from cxrlab.explain.overlay import overlay, png_bytes
+from cxrlab.machine import restores_torch_threads
 from cxrlab.utils import atomic_write_bytes, atomic_write_json
 
 LUNG_COLUMNS = (schema.MASK_LUNGS, schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)
@@ -41,6 +42,7 @@ class ExplainModel:
     target_layers: list[nn.Module]
     run_dir: Path
     segmenter: Any = None  # cxrlab.anatomy LungSegmenter for images without mask files
+    threads: int = 0  # the run's training thread count (the explain command runs on it; 0: unset)
 
     def heads(self) -> dict[str, dict]:
         """Head name -> {"task", "classes", "ordinal_scale"} for the classification/ordinal heads."""
@@ -65,14 +67,14 @@ def load_explain_model(run_dir: str | os.PathLike, checkpoint: str = "best",
     from cxrlab.train import load_run
 
     run = load_run(run_dir, checkpoint)
-    torch.set_num_threads(run.recipe.train.threads)  # as training does: extra threads stall on a shared CPU
-    run.model.eval()
+    run.model.eval()  # torch's thread count stays the caller's: loading a model is no place to change it
     segmenter = None
     if lung_model is not None:
         from cxrlab.anatomy.predict import LungSegmenter
 
         segmenter = LungSegmenter.from_run(lung_model)
-    return ExplainModel(run.model, run.pipeline, run.tasks, run.cam_target_layers(), Path(run_dir), segmenter)
+    return ExplainModel(run.model, run.pipeline, run.tasks, run.cam_target_layers(), Path(run_dir), segmenter,
+                        threads=int(run.recipe.train.threads or 0))
 
 
 def _row_sample(em: ExplainModel, row: pd.Series | dict) -> dict:
@@ -215,6 +217,7 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
 
 
+@restores_torch_threads
 def explain_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike,
                    method: str = "gradcam", head: str | None = None, threshold: float = DEFAULT_THRESHOLD,
                    data: str | os.PathLike | None = None, lung_model: str | os.PathLike | None = None,
@@ -226,6 +229,8 @@ def explain_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLik
     """
     HCS_DEFINITIONS.get(hcs_definition)  # an unknown name fails before the model loads
     em = load_explain_model(run_dir, lung_model=lung_model)
+    if em.threads:
+        torch.set_num_threads(em.threads)  # as training does: extra threads stall on a shared CPU
     heads = em.heads()
     if head is None:
         head = next(iter(heads), None)
