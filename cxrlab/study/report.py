@@ -142,9 +142,10 @@ def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None]
     if preset and preset in spec.get("presets", {}):
         p = spec["presets"][preset]
         doc.p(f"Preset {preset}: {p.get('description', '')} Budget reductions: overrides "
-              f"{', '.join(p['set']) or 'none'}; training data sub-sampled to {p.get('max_patients') or 'all'} "
-              "patients; HCS on "
-              f"{spec['hcs_images']} test images per trial.")
+              f"{', '.join(p['set']) or 'none'}; "
+              + (f"training data sub-sampled to {p['max_patients']} patients" if p.get("max_patients")
+                 else "every patient of the training data")
+              + f"; HCS on {spec['hcs_images']} test images per trial.")
     for role, info in data_info.items():
         doc.p(f"Data ({role}): {info['source']} via preparer {info['prepare']}: {info['rows']} images, "
               f"{info['patients']} patients" + (f"; sub-sampled to {info['subsampled_to_patients']} patients "
