@@ -1,4 +1,5 @@
-"""What this machine is and can do, for benchmark records: CPU model, load, measured GEMM peak, model FLOPs.
+"""What this machine is and can do, for benchmark records: CPU model, load, measured GEMM peak, model FLOPs; and
+``restores_torch_threads``, which keeps a trainer's thread setting from outliving it.
 
 Shared by the service benchmark and the scripts under ``bench/`` so every page describes the machine the same way.
 """
