@@ -241,3 +241,21 @@ def test_cam_restores_each_module_mode():
     x = torch.rand(2, 1, 16, 16)
     compute_cam(wrapper, x, "gradcam", [net[0]], [OutputTarget(0)] * 2)
     assert wrapper.training and not net.training and not net[1].training  # BatchNorm stays in eval mode
+
+
+@pytest.mark.parametrize("decision,expected", [("mode", 3), ("median", 2)])
+def test_explained_grade_follows_the_tasks_decision_rule(monkeypatch, decision, expected):
+    """The explain entry's ``pred`` is the grade ``predict`` writes: an ordinal task read by its median
+    (probabilities 0.35 / 0.05 / 0.2 / 0.4: most probable grade 3, median grade 2) must not be shown as 3."""
+    from types import SimpleNamespace
+
+    import cxrlab.explain.run as run
+
+    image, lungs = np.zeros((3, 8, 8), np.float32), np.ones((8, 8), bool)
+    probs = np.array([[0.35, 0.05, 0.2, 0.4]])
+    monkeypatch.setattr(run, "prepare_with_mask", lambda em, row: [(image, lungs)])
+    monkeypatch.setattr(run, "heads_heatmap", lambda em, x, heads, method: (np.ones((len(x), 8, 8)), probs))
+    em = SimpleNamespace(pipeline=SimpleNamespace(patches=None),
+                         heads=lambda: {"opacity": {"task": "opacity", "decision": decision}})
+    entry = run.explain_rows(em, [{"image": "a.png"}], "opacity", with_overlay=False)[0]
+    assert entry["pred"] == expected

@@ -62,7 +62,9 @@ def test_shipped_opacity_study_is_the_papers_grid():
     assert "midline" in spec.grid_labels["input.roi"] and "spine" in spec.grid_labels["input.roi"]
     assert "MA-HCS" in spec.selection_rule
     quick = spec.with_preset("quick")
-    assert "input.size=128" in quick.set and quick.protocol[0].top == 2
+    assert "input.size=256" in quick.set and quick.protocol[0].top == 2
+    assert quick.grid["train.balancing"] == ["under", "double"]  # over: a backbone pass per draw (report)
+    assert "tasks.0.decision=median" in spec.set  # the MAE's Bayes decision, both presets (stated in the notes)
     assert spec.presets["quick"].max_patients is None  # every patient: the hour allows it (docs/study.md)
     assert "input.size=224" in spec.with_preset("paper").set
     with pytest.raises(ConfigError, match="no preset 'huge'"):
@@ -150,6 +152,10 @@ def test_two_worker_ray_study_runs_the_protocol(study_dir):
         assert stages[2]["sides"][side]["best"] == kept[0]
         oof = pd.read_parquet(study_dir / "oof" / f"{kept[0]}__{side}.parquet")
         assert sorted(oof["fold"].unique()) == [0, 1, 2]
+        pooled = stages[1]["sides"][side][kept[0]]["pooled"]
+        # both decision rules on the same pooled probabilities; the study's own (ce: mode) is the ranked one
+        assert pooled["macro_mae"] == pytest.approx(pooled["macro_mae_mode"])
+        assert 0 <= pooled["macro_mae_median"] <= 3
         assert oof["patient_id"].duplicated().sum() == 0 or oof.groupby("patient_id")["fold"].nunique().max() == 1
     log = (study_dir / "log.txt").read_text().splitlines()
     finished = [ln for ln in log if "macro-MAE" in ln]
@@ -157,6 +163,7 @@ def test_two_worker_ray_study_runs_the_protocol(study_dir):
     assert finished[-1].startswith("[####################] 10/10")
     html = (study_dir / "report.html").read_text()
     assert "Table 3 analogue" in html and "Tables 4-5 analogue" in html and "<table>" in html
+    assert "median grade" in html
     assert (study_dir / "report.md").read_text().count("|---") >= 5
 
 

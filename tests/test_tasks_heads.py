@@ -94,6 +94,30 @@ def test_vectorised_corn_matches_coral_pytorch():
     assert corn_per_sample(logits, y, 4).mean() == pytest.approx(float(corn_loss(logits, y, 4)), rel=1e-5)
 
 
+def test_median_decision_minimises_absolute_error_where_the_mode_does_not():
+    # grade probabilities 0.4 / 0 / 0 / 0.6 with bimodal mass and 0.3 / 0.3 / 0.4 / 0
+    probs = np.array([[0.4, 0.0, 0.0, 0.6], [0.35, 0.05, 0.2, 0.4], [0.3, 0.3, 0.4, 0.0]])
+    logits = np.log(np.clip(probs, 1e-9, None))
+    mode = create_task("opacity", sides=["right"]).decode({"opacity:opacity_right": logits})["pred_opacity_right"]
+    median = create_task("opacity", sides=["right"], decision="median").decode(
+        {"opacity:opacity_right": logits})["pred_opacity_right"]
+    np.testing.assert_array_equal(mode, [3, 3, 2])
+    np.testing.assert_array_equal(median, [3, 2, 1])
+    # the median's expected absolute error is never above the mode's, and lower on the last two rows
+    grades = np.arange(4)
+    cost = lambda pred: (probs * np.abs(grades[None, :] - pred[:, None])).sum(1)
+    assert (cost(median) <= cost(mode) + 1e-12).all() and (cost(median)[1:] < cost(mode)[1:]).all()
+
+
+def test_decision_defaults_follow_the_loss_and_travel_with_the_task_config():
+    assert create_task("opacity").decision == "mode"
+    assert create_task("opacity", loss="corn").decision == "median"
+    task = TaskSet.from_config([{"kind": "zones", "decision": "median"}]).primary
+    assert task.decision == "median" and task.config()["decision"] == "median"  # recorded in model.json
+    with pytest.raises(ConfigError, match="decision must be one of"):
+        create_task("opacity", decision="mean")
+
+
 def test_macro_mae_weights_each_grade_equally():
     y = np.array([0, 0, 0, 0, 3])
     pred = np.array([0, 0, 0, 0, 0])

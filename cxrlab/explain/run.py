@@ -27,6 +27,7 @@ from cxrlab.explain.heatmap import probability_weighted_heatmap, rescale
 from cxrlab.explain.cams import compute_cam
 from cxrlab.explain.overlay import overlay, png_bytes
 from cxrlab.machine import restores_torch_threads
+from cxrlab.tasks.ordinal import decide
 from cxrlab.utils import atomic_write_bytes, atomic_write_json
 
 LUNG_COLUMNS = (schema.MASK_LUNGS, schema.MASK_RIGHT_LUNG, schema.MASK_LEFT_LUNG)
@@ -56,7 +57,8 @@ class ExplainModel:
                 for column in task.outputs:
                     out[task.head_name(column)] = {"task": task.name, "column": column,
                                                    "classes": [str(g) for g in range(task.n_grades)],
-                                                   "ce": getattr(task, "loss_name", "ce") == "ce"}
+                                                   "ce": getattr(task, "loss_name", "ce") == "ce",
+                                                   "decision": getattr(task, "decision", "mode")}
         return out
 
 
@@ -179,7 +181,8 @@ def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str |
     mass at or above ``threshold``); see :mod:`cxrlab.explain.hcs`.
 
     ``head``: one head, or several whose heatmaps are averaged (per-lung heads of one model); then ``probs``
-    is per head and ``pred`` the highest predicted class over the heads.
+    is per head and ``pred`` the highest predicted class over the heads. An ordinal head's class is read by its
+    task's decision rule (mode or median), as ``predict`` reads it.
     """
     heads = [head] if isinstance(head, str) else list(head)
     if em.pipeline.patches is not None:
@@ -188,6 +191,7 @@ def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str |
         return explain_patch_rows(em, rows, heads[0], method, threshold, with_overlay, hcs_definition)
     rows = list(rows)
     results = []
+    decision = em.heads()[heads[0]].get("decision", "mode")  # the grade rule of the run's predictions
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         inputs = [prepare_with_mask(em, row) for row in chunk]  # per image: one input, or one per side
@@ -204,7 +208,8 @@ def explain_rows(em: ExplainModel, rows: Iterable[pd.Series | dict], head: str |
             fractions = [lung_fraction(m) if m is not None else float("nan") for _, m in per_image]
             mean_p = p.mean(axis=0)  # over the inputs of the image (sides of a per-side run)
             entry = {"image": str(dict(row)[schema.IMAGE]), "probs": mean_p.tolist(), "probs_per_input": p.tolist(),
-                     "pred": int(mean_p.argmax(axis=-1).max()), "hcs": _nanmean(hcs), "hcs_per_input": hcs,
+                     "pred": int(decide(np.atleast_2d(mean_p), decision).max()), "hcs": _nanmean(hcs),
+                     "hcs_per_input": hcs,
                      "lung_fraction": _nanmean(fractions)}
             if with_overlay:
                 entry["overlay"] = np.hstack([overlay(a, hm, m) for hm, (a, m) in zip(h, per_image)])

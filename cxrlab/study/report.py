@@ -175,8 +175,11 @@ def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None]
                     ms = r["mean_sd"]
                     rows.append([*_combo_cells(c, grid_keys),
                                  *[f"{_fmt(ms.get(k, {}).get('mean'))} ± {_fmt(ms.get(k, {}).get('sd'))}"
-                                   for k in CV_KEYS], _fmt(r["pooled"].get("macro_mae")), r["pooled"].get("n")])
-                doc.table([*grid_keys, *CV_KEYS, "pooled OOF macro_mae", "OOF lungs"], rows)
+                                   for k in CV_KEYS], _fmt(r["pooled"].get("macro_mae")),
+                                 _fmt(r["pooled"].get("macro_mae_mode")), _fmt(r["pooled"].get("macro_mae_median")),
+                                 r["pooled"].get("n")])
+                doc.table([*grid_keys, *CV_KEYS, "pooled OOF macro_mae", "… most probable grade",
+                           "… median grade", "OOF lungs"], rows)
             elif stage["kind"] == "select":
                 doc.h(f"Selection ({side})")
                 doc.p(f"Rule: {stage.get('rule') or stage['criterion']}. Chosen: {rec['best']}.")

@@ -60,6 +60,19 @@ def score_grades(y: np.ndarray, pred: np.ndarray, n_grades: int) -> dict[str, fl
     return {"n": int(len(y)), **ordinal_scores(y.astype(int), pred.astype(int), n_grades)}
 
 
+def macro_mae_by_decision(df: pd.DataFrame, column: str, n_grades: int) -> dict[str, float]:
+    """Macro-MAE of the rows' grade probabilities (``prob_<column>_<g>``) read by each decision rule
+    (``macro_mae_mode``, ``macro_mae_median``): what the choice of rule alone changes; {} without them."""
+    from cxrlab.evaluate.ordinal import macro_mae
+    from cxrlab.tasks.ordinal import DECISIONS, decide
+
+    cols = [f"prob_{column}_{g}" for g in range(n_grades)]
+    if not len(df) or not set(cols) <= set(df.columns):
+        return {}
+    probs, y = df[cols].to_numpy(dtype=float), df[column].to_numpy().astype(int)
+    return {f"macro_mae_{d}": macro_mae(y, decide(probs, d)) for d in DECISIONS}
+
+
 def trial_hcs(run_dir: Path, test: pd.DataFrame, manifest: pd.DataFrame, column: str, side: str | None,
               n_images: int, definition: str, lung_model: str | None, seed: int) -> dict[str, Any]:
     """Macro-averaged HCS (mean over true grades of the mean per-image HCS) of the side's head on at most

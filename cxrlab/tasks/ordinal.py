@@ -2,6 +2,12 @@
 
 Losses: ``ce`` (plain cross-entropy over grades), ``corn`` (conditional ordinal, Shi et al. 2021) or ``coral``
 (rank-consistent thresholds, Cao et al. 2020), both from ``coral_pytorch``.
+
+Decision (the predicted grade from the grade probabilities): ``mode`` (the most probable grade: fewest errors,
+the usual classifier reading and the default with ``ce``) or ``median`` (the grade where the cumulative
+probability passes one half: the smallest expected absolute error, the default of the ordinal losses). The
+grades are scored by MAE, so ``median`` is the Bayes choice for it; with a balanced sampler (under / over /
+double) the probabilities carry balanced priors and the median then targets the macro-averaged MAE.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from cxrlab.tasks.base import (Task, focal_ce, register_task, shown_value, sigmo
                                weighted_mean)
 
 LOSSES = ("ce", "corn", "coral")
+DECISIONS = ("mode", "median")
 
 
 def corn_per_sample(logits: Tensor, y: Tensor, n_grades: int) -> Tensor:
@@ -45,6 +52,16 @@ def macro_mae(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([np.abs(pred[y == c] - c).mean() for c in classes])) if len(classes) else float("nan")
 
 
+def decide(probs: np.ndarray, decision: str) -> np.ndarray:
+    """Predicted grade per row of ``N×K`` grade probabilities: ``mode`` (argmax) or ``median`` (the number of
+    thresholds k with P(grade > k) > 1/2, i.e. the first grade whose cumulative probability reaches 1/2)."""
+    if decision == "mode":
+        return probs.argmax(1)
+    if decision == "median":
+        return (1 - np.cumsum(probs, axis=1)[:, :-1] > 0.5).sum(1)
+    raise ConfigError(f"decision must be one of {DECISIONS}, got {decision!r}")
+
+
 class OrdinalTask(Task):
     """Grades in ``columns``, one head each; or, with ``per_side`` (ROI schemes yielding one input per lung),
     one shared head graded on each side's input, the two columns being the patient's right and left."""
@@ -52,10 +69,13 @@ class OrdinalTask(Task):
     supports_focal = True  # only with loss=ce; checked in loss()
 
     def __init__(self, name: str | None, columns: list[str], n_grades: int = 4, loss: str = "ce",
-                 weight: float = 1.0, per_side: bool = False):
+                 weight: float = 1.0, per_side: bool = False, decision: str | None = None):
         super().__init__(name, weight)
         if loss not in LOSSES:
             raise ConfigError(f"task {self.name}: loss must be one of {LOSSES}, got {loss!r}")
+        if decision is not None and decision not in DECISIONS:
+            raise ConfigError(f"task {self.name}: decision must be one of {DECISIONS}, got {decision!r}")
+        self.decision = decision or ("mode" if loss == "ce" else "median")
         self._columns = list(columns)
         self.n_grades = int(n_grades)
         self.loss_name = loss
@@ -141,10 +161,7 @@ class OrdinalTask(Task):
             probs = self.grade_probs(outputs[self.head_name(column)])
             for g in range(self.n_grades):
                 out[f"prob_{column}_{g}"] = probs[:, g]
-            if self.loss_name == "ce":
-                out[f"pred_{column}"] = probs.argmax(1)
-            else:  # ordinal decoding: count thresholds passed
-                out[f"pred_{column}"] = (1 - np.cumsum(probs, axis=1)[:, :-1] > 0.5).sum(1)
+            out[f"pred_{column}"] = decide(probs, self.decision)
             out[f"score_{column}"] = probs @ np.arange(self.n_grades)  # expected grade
         return out
 
@@ -180,7 +197,7 @@ class OrdinalTask(Task):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "columns": self.columns, "n_grades": self.n_grades, "loss": self.loss_name,
-                "per_side": self.per_side}
+                "per_side": self.per_side, "decision": self.decision}
 
 
 @register_task("opacity", description="per-lung ordinal opacity 0-3 (0 %, 1-33 %, 34-66 %, 67-100 % of the lung)")
@@ -188,20 +205,22 @@ class OpacityTask(OrdinalTask):
     """One head per lung (``sides``: right, left or both). Pass ``columns`` to grade other region columns."""
 
     def __init__(self, name: str | None = None, sides: list[str] | None = None, loss: str = "ce",
-                 columns: list[str] | None = None, weight: float = 1.0, per_side: bool = False):
+                 columns: list[str] | None = None, weight: float = 1.0, per_side: bool = False,
+                 decision: str | None = None):
         sides = list(sides or ["right", "left"])
         bad = [s for s in sides if s not in ("right", "left")]
         if bad:
             raise ConfigError(f"task opacity: sides must be right/left (the patient's), got {bad}")
         cols = columns or [schema.OPACITY_RIGHT if s == "right" else schema.OPACITY_LEFT for s in sides]
-        super().__init__(name or "opacity", cols, 4, loss, weight, per_side)
+        super().__init__(name or "opacity", cols, 4, loss, weight, per_side, decision)
 
 
 @register_task("zones", description="six Brixia zones 0-3 (A-C patient right, D-F patient left), total 0-18")
 class ZonesTask(OrdinalTask):
     def __init__(self, name: str | None = None, loss: str = "ce", columns: list[str] | None = None,
-                 weight: float = 1.0):
-        super().__init__(name or "zones", columns or list(schema.BRIXIA_COLUMNS), 4, loss, weight)
+                 weight: float = 1.0, decision: str | None = None):
+        super().__init__(name or "zones", columns or list(schema.BRIXIA_COLUMNS), 4, loss, weight,
+                         decision=decision)
 
     def decode(self, outputs):
         out = super().decode(outputs)
