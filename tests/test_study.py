@@ -282,3 +282,36 @@ def test_train_side_trains_and_validates_one_lung(phantom_root, tmp_path, cxrlab
     assert not any(c.startswith("val_opacity_right.") for c in hist.columns)  # the other lung is not scored
     pred = pd.read_parquet(run / "predictions.parquet")
     assert pred["pred_opacity_left"].notna().all()
+
+
+def test_a_memory_kill_is_one_clear_error_that_names_the_way_out(tmp_path, monkeypatch):
+    """Ray kills a worker when the node runs low on memory and Tune raises it from fit(), not as a trial
+    error; the study says so in one line and how to go on (resume, fewer trials at once)."""
+    from ray import tune
+
+    from cxrlab.study import engine
+
+    class OutOfMemoryError(Exception):  # the name Ray's exception has
+        pass
+
+    class FakeTuner:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        @staticmethod
+        def can_restore(path):
+            return False
+
+        def fit(self):
+            try:
+                raise OutOfMemoryError("1 worker(s) were killed due to the node running low on memory.\n"
+                                       "Memory on the node was 22.48GB used / 23.54GB limit")
+            except OutOfMemoryError as exc:
+                raise RuntimeError("Caught unexpected exception") from exc
+
+    monkeypatch.setattr(tune, "Tuner", FakeTuner)
+    with pytest.raises(engine.StudyError, match=r"stage0-screen: a trial was killed .* low on memory .*"
+                                                 r"--trials-at-once 1"):
+        engine._fit(tmp_path / "stage0-screen", [], None, "stage0-screen")
+    assert engine.is_memory_kill(RuntimeError("the node running low on memory"))
+    assert not engine.is_memory_kill(RuntimeError("CUDA error"))

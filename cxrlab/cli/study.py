@@ -24,6 +24,9 @@ def run_cmd(
     out: Path = typer.Option(..., "--out", help="study directory (rerun the same command to resume)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local Ray)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="a budget preset of the study file (quick, paper)"),
+    trials_at_once: Optional[int] = typer.Option(None, "--trials-at-once", min=1,
+                                                 help="local Ray: trials run side by side (default: one per CPU "
+                                                 "core); fewer when the machine runs short of memory"),
 ) -> None:
     """Run or resume a study: every stage of its protocol, each trial one Ray Tune trial; writes DIR/best/.
     An ensemble recipe (flannel-patch-quick, flannel-patch) runs each learner × fold as a trial, on shared folds."""
@@ -35,11 +38,13 @@ def run_cmd(
     if is_ensemble_recipe(study):
         from cxrlab.study.ensemble import run_ensemble_study
 
-        run_ensemble_study(study, data, out, lung_model=lung_model, address=address, preset=preset, log=log)
+        run_ensemble_study(study, data, out, lung_model=lung_model, address=address, preset=preset,
+                           num_cpus=trials_at_once, log=log)
     else:
         from cxrlab.study import run_study
 
-        run_study(study, data, out, lung_model=lung_model, address=address, preset=preset, log=log)
+        run_study(study, data, out, lung_model=lung_model, address=address, preset=preset, num_cpus=trials_at_once,
+                  log=log)
     console.print(f"study: {out} (report: {out / 'report.html'})")
 
 

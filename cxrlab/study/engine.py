@@ -111,7 +111,15 @@ def _fit(path: Path, todo: list[dict[str, Any]], progress: Any, name: str) -> No
             run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent.resolve()), verbose=0,
                                       callbacks=[progress], failure_config=tune.FailureConfig(max_failures=0),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as exc:  # noqa: BLE001 - Tune raises a memory kill from fit(), not as a trial error
+        if not is_memory_kill(exc):
+            raise
+        first = next((ln.strip() for ln in str(exc).splitlines() if "memory" in ln.lower()), str(exc))
+        raise StudyError(f"{name}: a trial was killed because the machine ran low on memory ({first}); finished "
+                         "trials are kept: rerun the same command to resume, with --trials-at-once 1 (one trial "
+                         "at a time) if it happens again") from exc
     if grid.errors:
         failed = [r for r in grid if r.error is not None]
         which = failed[0].config["trial"]["id"] if failed and failed[0].config else "a trial"
@@ -119,6 +127,17 @@ def _fit(path: Path, todo: list[dict[str, Any]], progress: Any, name: str) -> No
         reason = lines[-1] if lines else "unknown error"
         raise StudyError(f"{len(grid.errors)} trial(s) of {name} failed; {which}: {reason} "
                          f"(logs under {path}; rerun the same command to resume)")
+
+
+def is_memory_kill(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is Ray's out-of-memory kill of a worker."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "OutOfMemoryError" or "running low on memory" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run_trials(trials: list[dict[str, Any]], storage: Path, name: str, *, address: str | None = None,
