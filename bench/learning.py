@@ -460,8 +460,12 @@ def opacity_study(args: argparse.Namespace, log: Callable[[str], None]) -> None:
              f"- Machine: {m['cpu']}, {m['cores']} cores (load average at start {load_start}, at end "
              f"{load_average()}); no GPU.",
              "- What this cannot show: a quick-preset number is not the paper's set-up (its reductions are listed "
-             "under Set-up: resolution, one ImageNet architecture, short schedules); HCS and reader tables rest on "
-             "small samples (see the CIs).", "",
+             "under Set-up: resolution, one ImageNet architecture, fewer balancing schemes, short schedules); HCS and "
+             "reader tables rest on small samples (see the CIs); the readers grade on another scale (a BrixIA zone "
+             "score is the kind of opacity in the zone) than the model learns (the share of the lung that is "
+             "opaque), so model-vs-reader figures mix that difference with the model's error and the change of "
+             "hospital; the cross-validation is within one source (COVID-QU-Ex) and cannot show a source "
+             "shortcut.", "",
              body]
     args.report_opacity.write_text("\n".join(lines))
     log(f"wrote {args.report_opacity}")
