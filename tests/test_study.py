@@ -156,6 +156,8 @@ def test_two_worker_ray_study_runs_the_protocol(study_dir):
         # both decision rules on the same pooled probabilities; the study's own (ce: mode) is the ranked one
         assert pooled["macro_mae"] == pytest.approx(pooled["macro_mae_mode"])
         assert 0 <= pooled["macro_mae_median"] <= 3
+        low, high = pooled["macro_mae_ci"]  # patient bootstrap around the pooled figure
+        assert low <= pooled["macro_mae"] <= high and low < high
         assert oof["patient_id"].duplicated().sum() == 0 or oof.groupby("patient_id")["fold"].nunique().max() == 1
     log = (study_dir / "log.txt").read_text().splitlines()
     finished = [ln for ln in log if "macro-MAE" in ln]

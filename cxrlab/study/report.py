@@ -26,6 +26,11 @@ READER_KEYS = ["mae", "macro_mae", "weighted_precision", "weighted_recall", "wei
                "kappa_quadratic"]
 
 
+def _with_ci(value: Any, ci: Any) -> str:
+    """``0.419 [0.392, 0.447]``; the value alone when no interval was recorded (older study directories)."""
+    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(value)
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "–"
@@ -175,10 +180,10 @@ def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None]
                     ms = r["mean_sd"]
                     rows.append([*_combo_cells(c, grid_keys),
                                  *[f"{_fmt(ms.get(k, {}).get('mean'))} ± {_fmt(ms.get(k, {}).get('sd'))}"
-                                   for k in CV_KEYS], _fmt(r["pooled"].get("macro_mae")),
+                                   for k in CV_KEYS], _with_ci(r["pooled"].get("macro_mae"), r["pooled"].get("macro_mae_ci")),
                                  _fmt(r["pooled"].get("macro_mae_mode")), _fmt(r["pooled"].get("macro_mae_median")),
                                  r["pooled"].get("n")])
-                doc.table([*grid_keys, *CV_KEYS, "pooled OOF macro_mae", "… most probable grade",
+                doc.table([*grid_keys, *CV_KEYS, "pooled OOF macro_mae [95 % CI]", "… most probable grade",
                            "… median grade", "OOF lungs"], rows)
             elif stage["kind"] == "select":
                 doc.h(f"Selection ({side})")

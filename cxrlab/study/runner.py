@@ -31,7 +31,8 @@ from cxrlab.errors import ConfigError, InputError
 from cxrlab.study.grid import Combination, expand_grid, joint_best, rank
 from cxrlab.study.prepare import PREPARERS
 from cxrlab.study.spec import StudySpec, load_study
-from cxrlab.study.trial import macro_mae_by_decision, score_grades, side_overrides, test_predictions
+from cxrlab.study.trial import (macro_mae_by_decision, pooled_macro_mae_ci, score_grades, side_overrides,
+                                test_predictions)
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 SIDELESS = "both"
@@ -238,6 +239,7 @@ def run_study(study: str | os.PathLike | StudySpec, data: Sequence[str | os.Path
                     col = st.column(s)
                     pooled = score_grades(oof[col].to_numpy(), oof[f"pred_{col}"].to_numpy(), spec.n_grades)
                     pooled.update(macro_mae_by_decision(oof, col, spec.n_grades))
+                    pooled["macro_mae_ci"] = pooled_macro_mae_ci(oof, col, spec.n_grades, spec.seed)
                     summary = fold_summary(per_fold)
                     cv_scores[s][c] = {**pooled, "ma_hcs": summary.get("ma_hcs", {}).get("mean", float("nan"))}
                     rows[c] = {"per_fold": per_fold, "mean_sd": summary, "pooled": pooled}

@@ -74,6 +74,17 @@ def macro_mae_by_decision(df: pd.DataFrame, column: str, n_grades: int) -> dict[
     return {f"macro_mae_{d}": macro_mae(y, decide(probs, d)) for d in DECISIONS}
 
 
+def pooled_macro_mae_ci(df: pd.DataFrame, column: str, n_grades: int, seed: int = 0) -> list[float] | None:
+    """Patient-bootstrap 95 % interval of the pooled out-of-fold macro-MAE (``pred_<column>``), or None."""
+    from cxrlab.evaluate.ordinal import ordinal_metrics
+
+    if not len(df):
+        return None
+    est = ordinal_metrics(df[column].to_numpy().astype(int), df[f"pred_{column}"].to_numpy().astype(int), n_grades,
+                          patient_ids=df["patient_id"].to_numpy(), seed=seed)["metrics"]["macro_mae"]
+    return [float(est["low"]), float(est["high"])]
+
+
 def trial_hcs(run_dir: Path, test: pd.DataFrame, manifest: pd.DataFrame, column: str, side: str | None,
               n_images: int, definition: str, lung_model: str | None, seed: int) -> dict[str, Any]:
     """Macro-averaged HCS (mean over true grades of the mean per-image HCS) of the side's head on at most
