@@ -101,8 +101,8 @@ def trial_hcs(run_dir: Path, test: pd.DataFrame, manifest: pd.DataFrame, column:
     pick = test.sample(n=min(n_images, len(test)), random_state=seed) if len(test) > n_images else test
     rows = manifest.set_index("image").loc[pick["image"]].reset_index().to_dict("records")
     # Grad-CAM keeps every layer's activations for its backward pass: a few images at a time keep a trial's
-    # memory small enough for two trials side by side (16 per-lung inputs of 256 px EfficientNet-Lite2 took
-    # ~6 GB and one of two trials was killed for memory on a 24 GB machine)
+    # memory small enough for two trials side by side (16 images, 32 per-lung inputs of 256 px
+    # EfficientNet-Lite2, took ~6 GB and one of two trials was killed for memory on a 24 GB machine)
     res = explain_rows(em, rows, head, with_overlay=False, hcs_definition=definition, batch_size=HCS_BATCH_IMAGES)
     idx = 0 if side in (None, "right") else 1
     values = [r["hcs_per_input"][idx] if per_side else r["hcs"] for r in res]
