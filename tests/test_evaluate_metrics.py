@@ -340,6 +340,56 @@ def test_agreement_refuses_fractional_ratings():
         agreement_table({"r1": [0, 1, 1], "model": [0.2, 0.9, 0.7]}, model="model", n_boot=0)
 
 
+
+
+def test_monotone_cutpoints_remove_scale_not_ordering():
+    from cxrlab.evaluate.agreement import apply_cutpoints, fit_monotone_cutpoints
+
+    reader = np.array([1, 1, 2, 2, 3, 3, 0])
+    shifted = np.clip(reader - 1, 0, 3)  # the same ordering one grade lower; 0 now hides 0 and 1
+    cuts = fit_monotone_cutpoints(reader, shifted, 4)
+    assert np.all(cuts[1:] >= cuts[:-1])
+    assert np.abs(apply_cutpoints(shifted, cuts) - reader).mean() == pytest.approx(1 / 7)
+    score = reader * 0.1 + 5.0  # another scale, same ordering: removed entirely
+    assert np.array_equal(apply_cutpoints(score, fit_monotone_cutpoints(reader, score, 4)), reader)
+    reversed_order = 3 - reader
+    cuts = fit_monotone_cutpoints(reader, reversed_order, 4)
+    assert np.abs(apply_cutpoints(reversed_order, cuts) - reader).mean() > 0.8  # ordering cannot be relabelled
+
+
+def test_monotone_cutpoints_match_exhaustive_search():
+    import itertools
+
+    from cxrlab.evaluate.agreement import apply_cutpoints, fit_monotone_cutpoints
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        ref, other = rng.integers(0, 4, 25), rng.integers(0, 4, 25)
+        best = min(np.abs(np.array(m)[other] - ref).sum() for m in itertools.combinations_with_replacement(range(4), 4))
+        assert np.abs(apply_cutpoints(other, fit_monotone_cutpoints(ref, other, 4)) - ref).sum() == best
+        ref, score = rng.integers(0, 4, 7), rng.normal(size=7)  # a continuous rating: every level its own step
+        levels, which = np.unique(score, return_inverse=True)
+        best = min(np.abs(np.array(m)[which] - ref).sum()
+                   for m in itertools.combinations_with_replacement(range(4), len(levels)))
+        assert np.abs(apply_cutpoints(score, fit_monotone_cutpoints(ref, score, 4)) - ref).sum() == best
+
+def test_relabelled_mae_bound_and_cross_fit():
+    from cxrlab.evaluate.agreement import relabelled_mae
+
+    rng = np.random.default_rng(0)
+    reader = rng.integers(0, 4, 120).astype(float)
+    model = np.clip(reader + 1, 0, 3)  # a constant offset: a relabelling removes it
+    model[::10] = np.nan  # unrated lungs are left out
+    pid = np.repeat(np.arange(60), 2)
+    r = relabelled_mae(reader, model, 4, pid, n_boot=50)
+    assert r["n"] == 108
+    ok = np.isfinite(model)
+    assert r["in_sample"] < np.abs(model[ok] - reader[ok]).mean()
+    assert r["in_sample"] <= r["cross_fitted"]["value"] + 1e-9
+    assert r["cross_fitted"]["low"] <= r["cross_fitted"]["value"] <= r["cross_fitted"]["high"]
+    with pytest.raises(InputError, match="two patients"):
+        relabelled_mae(reader[:4], model[:4], 4, np.zeros(4))
+
 BINARY_READER = np.array([1, 1, 1, 1, 0, 0, 0, 0])
 BINARY_READER_2 = np.array([1, 1, 0, 0, 0, 0, 0, 1])
 BINARY_PROB = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.3, 0.6, 0.05])

@@ -185,7 +185,7 @@ def test_reader_and_subgroup_tables(study_dir, phantom_root):
     assert np.array_equal(pred["r1_right"].to_numpy(), reader_grades(df, ZONES["right"]))
     for side in ("right", "left"):
         assert set(pred[f"model_{side}"].unique()) <= {0.0, 1.0, 2.0, 3.0}
-    means = md[md.index("Mean grade per rater"):md.index("Table 7 analogue")]
+    means = md[md.index("Mean grade per rater"):md.index("Scale or ordering?")]
     rater_rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:6]] for ln in means.splitlines()
                   if ln.startswith("| ") and not ln.startswith("| rater")}
     assert set(rater_rows) == {"model", "r1", "r2"}
@@ -193,6 +193,15 @@ def test_reader_and_subgroup_tables(study_dir, phantom_root):
     assert float(rater_rows["model"][0]) == pytest.approx(pred["model_right"].mean(), abs=0.006)
     above = (pred["model_left"] > pred["r1_left"]).mean()
     assert rater_rows["model"][3].startswith(f"{above:.0%} / ")
+    scale = md[md.index("Scale or ordering?"):md.index("Table 7 analogue")]
+    relab = {(ln.split("|")[1].strip(), ln.split("|")[2].strip()): [c.strip() for c in ln.split("|")[3:8]]
+             for ln in scale.splitlines() if ln.startswith("| ") and not ln.startswith("| rater")}
+    assert set(relab) == {(r, side) for r in ("model", "model (expected grade)", "r2") for side in ("right", "left")}
+    scores = pred[["model_score_right", "model_score_left"]].to_numpy(float)
+    assert np.isfinite(scores).all() and ((scores >= 0) & (scores <= 3)).all()  # expected grades, kept for the map
+    assert relab[("r2", "right")][1].startswith("0.000") and relab[("r2", "right")][3] == "0.000"
+    # the in-sample bound never exceeds the MAE as graded (the identity is one of the maps it searches)
+    assert float(relab[("model", "left")][3]) <= float(relab[("model", "left")][1])
     table8 = md[md.index("Table 8 analogue"):]
     assert "| sex | F |" in table8 and "| sex | M |" in table8 and "| age | " in table8
 

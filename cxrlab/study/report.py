@@ -17,6 +17,7 @@ import yaml
 
 from cxrlab.errors import InputError
 from cxrlab.evaluate.ordinal import COLLAPSES, ordinal_metrics
+from cxrlab.utils import atomic_path
 
 Table = tuple[list[str], list[list[Any]]]
 AGE_BANDS = (0, 40, 60, 80, 200)
@@ -98,10 +99,13 @@ def _combo_cells(combo: str, grid_keys: list[str]) -> list[str]:
 
 
 def reader_predictions(out: Path, spec: dict, sides: list[str | None], lung_model: str | None) -> pd.DataFrame:
-    """The best model(s)' grades on the readers' images, cached in ``DIR/readers_predictions.parquet``."""
+    """The best model(s)' grades (``model_<side>``) and expected grades (``model_score_<side>``) on the readers'
+    images, cached in ``DIR/readers_predictions.parquet`` (a cache from before the scores were kept is redone)."""
     cache = out / "readers_predictions.parquet"
     if cache.is_file():
-        return pd.read_parquet(cache)
+        cached = pd.read_parquet(cache)
+        if {"model_score_right", "model_score_left"} <= set(cached.columns):
+            return cached
     from cxrlab.data.manifest import load_manifest
     from cxrlab.study.prepare import reader_grades
     from cxrlab.train import load_run
@@ -115,7 +119,9 @@ def reader_predictions(out: Path, spec: dict, sides: list[str | None], lung_mode
         pred = run.predict(df, lung_model=lung_model, mask_cache=out / "lung_masks")
         for side in ([s] if s else ["right", "left"]):
             res[f"model_{side}"] = pred[f"pred_{spec['task_column']}_{side}"].to_numpy()
-    res.to_parquet(cache, index=False)
+            res[f"model_score_{side}"] = pred[f"score_{spec['task_column']}_{side}"].to_numpy()
+    with atomic_path(cache) as tmp:
+        res.to_parquet(tmp, index=False)
     return res
 
 
@@ -253,6 +259,7 @@ def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: i
                           f"{np.mean(mine[ok] > theirs[ok]):.0%} / {np.mean(mine[ok] < theirs[ok]):.0%}"]
             rows.append(cells)
         doc.table(["rater", "right mean", f"right above / below {ref}", "left mean", f"left above / below {ref}"], rows)
+        _relabelling_section(doc, df, raters, ref, pid, spec["n_grades"], n_boot)
         doc.h("Binary collapses (Table 7 analogue)")
         rows = []
         for a, b in pairs:
@@ -282,6 +289,40 @@ def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: i
                 t[f"truth_{side}"] = part.set_index("image")[col].reindex(t["image"]).to_numpy()
                 t[f"model_{side}"] = part.set_index("image")[f"pred_{col}"].reindex(t["image"]).to_numpy()
         _subgroups(doc, t, spec, "truth", n_boot, "the final split's test part")
+
+
+def _relabelling_section(doc: Doc, df: pd.DataFrame, raters: list[str], ref: str, pid: np.ndarray, n_grades: int,
+                         n_boot: int) -> None:
+    """Scale or ordering: each rater's MAE against ``ref`` after the best monotone relabelling of its grades."""
+    from cxrlab.evaluate.agreement import relabelled_mae
+
+    doc.h(f"Scale or ordering? Each rater against the {ref} reader after relabelling its grades")
+    doc.p(f"A rater may order lungs as the {ref} reader does but on another scale (the model learns the share of "
+          "the lung that is opaque; BrixIA readers grade the kind of opacity). The best non-decreasing relabelling "
+          f"of a rater's grades onto the {ref} reader's removes a difference of scale but not of ordering. In "
+          "sample: the map fitted on these very lungs (an optimistic bound: no relabelling does better here). "
+          "Cross-fitted: the map fitted on the other patients of 5 patient folds and applied to the held-out "
+          "fold (what calibrating on part of a hospital's patients would give on the rest; patient-bootstrap 95 % "
+          "CI). If the in-sample bound of the model stays above the readers' own MAE, no calibration of the "
+          "model's scale reaches the readers' agreement. The model's expected grade (the mean of its grade "
+          "distribution) is a finer rating than its grade and is relabelled the same way.")
+    rows = []
+    ratings = [(rater, rater) for rater in raters if rater != ref]
+    if "model" in raters and "model_score_right" in df:  # the expected grade is finer than the grade
+        ratings.insert(1, ("model (expected grade)", "model_score"))
+    for label, column in ratings:
+        for side in ("right", "left"):
+            a, b = df[f"{ref}_{side}"].to_numpy(float), df[f"{column}_{side}"].to_numpy(float)
+            ok = np.isfinite(a) & np.isfinite(b)
+            if len(np.unique(pid[ok])) < 2:
+                rows.append([label, side, int(ok.sum()), "–", "–", "–", "–"])
+                continue
+            r = relabelled_mae(a, b, n_grades, pid, n_boot=n_boot)
+            graded = "–" if column == "model_score" else _fmt(float(np.abs(a[ok] - b[ok]).mean()))
+            rows.append([label, side, r["n"], graded, ", ".join(_fmt(c, 2) for c in r["cutpoints"]),
+                         _fmt(r["in_sample"]), _est(r["cross_fitted"])])
+    doc.table(["rater", "side", "n", "MAE as graded", "in-sample cut-points (grade = cut-points passed)",
+               "MAE after in-sample map (bound)", "MAE after cross-fitted map"], rows)
 
 
 def _subgroups(doc: Doc, df: pd.DataFrame, spec: dict, reference: str, n_boot: int, where: str) -> None:
