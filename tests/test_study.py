@@ -326,3 +326,44 @@ def test_a_memory_kill_is_one_clear_error_that_names_the_way_out(tmp_path, monke
         engine._fit(tmp_path / "stage0-screen", [], None, "stage0-screen")
     assert engine.is_memory_kill(RuntimeError("the node running low on memory"))
     assert not engine.is_memory_kill(RuntimeError("CUDA error"))
+
+
+
+def _raylet_with_agent() -> tuple[subprocess.Popen, int]:
+    """A process titled ``raylet`` that starts a child titled like a Ray agent (``ray::...``); returns the
+    "raylet" and the agent's pid."""
+    agent = ("import ray._raylet, time; ray._raylet.setproctitle('ray::CxrlabTestAgent'); "
+             "print('up', flush=True); time.sleep(120)")
+    raylet = ("import subprocess, sys, time, ray._raylet; ray._raylet.setproctitle('raylet'); "
+              f"c = subprocess.Popen([sys.executable, '-c', {agent!r}], stdout=subprocess.PIPE, text=True); "
+              "c.stdout.readline(); print(c.pid, flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", raylet], stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def test_ray_processes_whose_raylet_died_are_ended_and_others_kept():
+    """A kill -9 of a study's driver leaves Ray's agents running (ray-project/ray#52385); the next local start
+    ends those whose raylet is gone and no other."""
+    import psutil
+
+    from cxrlab.study.engine import end_orphaned_ray_processes
+
+    dead_raylet, orphan = _raylet_with_agent()
+    live_raylet, served = _raylet_with_agent()
+    dead_raylet.kill()  # as when the driver and its raylet are killed: the agent is handed to init
+    dead_raylet.wait()
+    lines: list[str] = []
+    try:
+        ended = end_orphaned_ray_processes(lines.append)
+        assert orphan in ended and served not in ended
+        assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+        assert psutil.Process(served).is_running()
+        assert len(lines) == 1 and str(orphan) in lines[0] and "killed" in lines[0]
+    finally:
+        for pid in (orphan, served):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        live_raylet.kill()
+        live_raylet.wait()

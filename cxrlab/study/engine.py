@@ -2,7 +2,7 @@
 default (``ray.init()``) or on a cluster (``ray.init(address=...)``).
 
 Resume: each batch is a named Tune experiment under ``DIR/ray/``; after a kill it is continued with
-``Tuner.restore`` (``Tuner.can_restore``), and a trial whose cxrlab run directory already holds ``trial.json`` is
+``Tuner.restore`` (``Tuner.can_restore``; Ray processes the killed driver left behind are ended first), and a trial whose cxrlab run directory already holds ``trial.json`` is
 skipped (an interrupted training resumes from its ``checkpoints/last.pt``). Progress: one line per finished
 trial with an overall bar.
 """
@@ -38,7 +38,50 @@ def _trainable(config: dict[str, Any]) -> dict[str, Any]:
     return {"done": 1, **{k: v for k, v in out["scores"].items() if isinstance(v, (int, float)) and v is not None}}
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def end_orphaned_ray_processes(log: Callable[[str], None] | None = None, wait: float = 3.0) -> list[int]:
+    """End this user's Ray processes (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``, idle workers) whose raylet
+    is gone; returns their pids.
+
+    When the driver of a local Ray is killed (``kill -9`` of a study, the machine's OOM killer), its raylet dies but
+    the agents it started can outlive it (ray-project/ray#52385), ~90 MB each, on every kill, until the machine is
+    restarted. Every ``ray::`` process is started by a raylet; one whose parent is no longer a raylet (it was
+    handed to init) serves no cluster, so ending it is safe; the rest are left alone. (The raylet's pid in the
+    process's environment cannot be relied on: setting the ``ray::`` title may clear that memory.)"""
+    import psutil
+
+    uid = os.getuid()
+    orphans = []
+    for proc in psutil.process_iter(["pid", "cmdline", "uids"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if not cmdline or not cmdline[0].startswith("ray::") or proc.info["uids"].real != uid:
+                continue
+            parent = proc.parent()
+            if parent is None or parent.name() != "raylet":
+                orphans.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for proc in orphans:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    # the runtime-env agent may ignore SIGTERM while idle (ray-project/ray#59162)
+    _, alive = psutil.wait_procs(orphans, timeout=wait)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    pids = [p.pid for p in orphans]
+    if pids and log:
+        log(f"ended {len(pids)} Ray process(es) left behind by an earlier run that was killed (pids "
+            f"{', '.join(map(str, pids))})")
+    return pids
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None,
+               log: Callable[[str], None] | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -50,6 +93,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        end_orphaned_ray_processes(log)  # a local Ray after a killed one: free what the killed one left
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
@@ -150,7 +194,7 @@ def run_trials(trials: list[dict[str, Any]], storage: Path, name: str, *, addres
     counter["done"].update(t["id"] for t in trials if trial_done(t["run_dir"]))
     todo = [t for t in trials if not trial_done(t["run_dir"])]
     if todo:
-        ensure_ray(address, num_cpus)
+        ensure_ray(address, num_cpus, log)
 
         _SINKS[name] = (log, counter)
         t0 = time.perf_counter()
