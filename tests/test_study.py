@@ -202,6 +202,21 @@ def test_reader_and_subgroup_tables(study_dir, phantom_root):
     assert relab[("r2", "right")][1].startswith("0.000") and relab[("r2", "right")][3] == "0.000"
     # the in-sample bound never exceeds the MAE as graded (the identity is one of the maps it searches)
     assert float(relab[("model", "left")][3]) <= float(relab[("model", "left")][1])
+    # pictures: written under DIR/figures, linked from the markdown and the HTML report
+    html = (study_dir / "report.html").read_text()
+    for name in ("screen_right.png", "screen_left.png", "cv_confusion_right.png", "readers_right.png",
+                 "readers_left.png"):
+        assert (study_dir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](figures/{name})" in md and f"src='figures/{name}'" in html
+    # the pooled out-of-fold confusion table counts the chosen combination's out-of-fold rows
+    stages = json.loads((study_dir / "stages.json").read_text())
+    best = next(s for s in stages["stages"] if s["kind"] == "select")["sides"]["right"]["best"]
+    oof = pd.read_parquet(study_dir / "oof" / f"{best}__right.parquet")
+    part = md[md.index(f"Pooled out-of-fold confusion of {best} (right)"):]
+    counts = [[int(c) for c in ln.split("|")[3:7]] for ln in part.splitlines()[1:8] if ln.startswith("| right |")]
+    expected = pd.crosstab(oof["opacity_right"], oof["pred_opacity_right"]).reindex(
+        index=range(4), columns=range(4), fill_value=0).to_numpy()
+    assert np.array_equal(np.array(counts), expected)
     table8 = md[md.index("Table 8 analogue"):]
     assert "| sex | F |" in table8 and "| sex | M |" in table8 and "| age | " in table8
 

@@ -103,3 +103,38 @@ def bland_altman_figure(truth: Sequence[float], pred: Sequence[float], ba: dict,
         axes[1].axhline(v, ls=ls, c="crimson", lw=0.9)
     axes[1].set(xlabel="mean of truth and prediction", ylabel="prediction - truth", title="Bland-Altman")
     return _png(fig)
+
+
+def confusion_panels_figure(panels: Sequence[tuple[str, Sequence[Sequence[int]], str, str]],
+                            classes: Sequence[str]) -> bytes:
+    """Several confusion matrices side by side; each panel is ``(title, matrix, x label, y label)``."""
+    k = len(classes)
+    fig, axes = plt.subplots(1, len(panels), figsize=((1.4 + 0.6 * k) * len(panels), 1.2 + 0.6 * k), squeeze=False)
+    for ax, (title, cm, xlabel, ylabel) in zip(axes[0], panels):
+        cm = np.asarray(cm)
+        ax.imshow(cm, cmap="Blues")
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+        ax.set_xticks(range(k), classes, fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def ranking_scatter_figure(points: Sequence[tuple[str, float, float, bool]], xlabel: str, ylabel: str,
+                           title: str) -> bytes:
+    """One point per candidate ``(label, x, y, kept)``; kept candidates filled, the others hollow."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for label, x, y, kept in points:
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        ax.scatter([x], [y], s=40, c="tab:blue" if kept else "white", edgecolors="tab:blue")
+        ax.annotate(label, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    return _png(fig)

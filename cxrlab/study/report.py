@@ -17,7 +17,7 @@ import yaml
 
 from cxrlab.errors import InputError
 from cxrlab.evaluate.ordinal import COLLAPSES, ordinal_metrics
-from cxrlab.utils import atomic_path
+from cxrlab.utils import atomic_path, atomic_write_bytes
 
 Table = tuple[list[str], list[list[Any]]]
 AGE_BANDS = (0, 40, 60, 80, 200)
@@ -59,6 +59,10 @@ class Doc:
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
         self.parts.append(("t", (header, rows)))
 
+    def img(self, path: str, caption: str) -> None:
+        """A picture, by its path relative to the report (``figures/...``)."""
+        self.parts.append(("i", (path, caption)))
+
     def markdown(self) -> str:
         out = []
         for kind, x in self.parts:
@@ -66,6 +70,8 @@ class Doc:
                 out.append(f"{'#' * x[0]} {x[1]}\n")
             elif kind == "p":
                 out.append(f"{x}\n")
+            elif kind == "i":
+                out.append(f"![{x[1]}]({x[0]})\n")
             else:
                 header, rows = x
                 out.append("| " + " | ".join(header) + " |")
@@ -81,6 +87,9 @@ class Doc:
                 body.append(f"<h{x[0]}>{html.escape(x[1])}</h{x[0]}>")
             elif kind == "p":
                 body.append(f"<p>{html.escape(x)}</p>")
+            elif kind == "i":
+                body.append(f"<figure><img src='{html.escape(x[0])}' alt='{html.escape(x[1])}' "
+                            f"style='max-width:100%'><figcaption>{html.escape(x[1])}</figcaption></figure>")
             else:
                 header, rows = x
                 head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
@@ -178,6 +187,7 @@ def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None]
                 rows = [[i + 1, *_combo_cells(r["combo"], grid_keys), *[_fmt(r.get(k)) for k in SCREEN_KEYS],
                          "kept" if r["combo"] in rec["kept"] else ""] for i, r in enumerate(rec["ranking"])]
                 doc.table(["rank", *grid_keys, *SCREEN_KEYS, ""], rows)
+                _screen_figure(doc, out, spec, stage, side, rec)
             elif stage["kind"] == "cv":
                 doc.h(f"{stage['folds']}-fold cross-validation ({side}) — Tables 4-5 analogue (mean ± sd over "
                       "folds; pooled out-of-fold)")
@@ -198,6 +208,7 @@ def write_report(out: str | Path, n_boot: int = 1000, log: Callable[[str], None]
                                                                              key=lambda kv: kv[1]["rank_sum"])]
                 first = next(iter(rec["ranks"].values()))
                 doc.table(["combination", *first.keys()], rows)
+                _pooled_confusion(doc, out, spec, side, rec["best"])
             elif stage["kind"] == "final":
                 doc.h(f"Final model ({side}) on a fresh split (seed {stage['seed']})")
                 t = rec["test"]
@@ -244,6 +255,7 @@ def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: i
                             for s in ("right", "left")]) for k in READER_KEYS]
             rows.append([f"{a} vs {b}", "average", "", *[_fmt(float(v)) for v in avg]])
         doc.table(["pair", "side", "n", *READER_KEYS], rows)
+        _reader_confusions(doc, out, df, raters, readers[0], spec["n_grades"])
         doc.h("Mean grade per rater")
         ref = readers[0]
         doc.p(f"A systematic offset (a model that grades another hospital's lungs higher or lower than its readers) "
@@ -289,6 +301,75 @@ def _reader_sections(doc: Doc, out: Path, spec: dict, decisions: dict, n_boot: i
                 t[f"truth_{side}"] = part.set_index("image")[col].reindex(t["image"]).to_numpy()
                 t[f"model_{side}"] = part.set_index("image")[f"pred_{col}"].reindex(t["image"]).to_numpy()
         _subgroups(doc, t, spec, "truth", n_boot, "the final split's test part")
+
+
+def _save_figure(out: Path, name: str, png: bytes) -> str:
+    """Write a report picture under ``DIR/figures/``; returns its path relative to the report."""
+    atomic_write_bytes(out / "figures" / name, png)
+    return f"figures/{name}"
+
+
+def _grade_confusion(truth: np.ndarray, other: np.ndarray, n_grades: int) -> np.ndarray:
+    from cxrlab.evaluate.multiclass import confusion_matrix
+
+    ok = np.isfinite(truth) & np.isfinite(other)
+    return confusion_matrix(truth[ok].astype(int), other[ok].astype(int), n_grades)
+
+
+def _screen_figure(doc: Doc, out: Path, spec: dict, stage: dict, side: str, rec: dict) -> None:
+    """The screen's candidates on the two selection axes (ranking metric, MA-HCS); kept ones filled."""
+    from cxrlab.evaluate.figures import ranking_scatter_figure
+
+    varying = [i for i, values in enumerate(spec["grid"].values()) if len(values) > 1]
+    points = []
+    for r in rec["ranking"]:
+        cells = _combo_cells(r["combo"], list(spec["grid"]))
+        label = "/".join(cells[i] for i in varying) or r["combo"]
+        x, y = r.get(stage["metric"]), r.get("ma_hcs")
+        points.append((label, np.nan if x is None else float(x), np.nan if y is None else float(y),
+                       r["combo"] in rec["kept"]))
+    rel = _save_figure(out, f"screen_{side}.png", ranking_scatter_figure(
+        points, f"{stage['metric']} (lower is better)", "MA-HCS (higher is better)",
+        f"screen on fold {stage['fold']}, {side}"))
+    doc.img(rel, f"Screen ({side}): every combination by {stage['metric']} and MA-HCS; filled = kept")
+
+
+def _pooled_confusion(doc: Doc, out: Path, spec: dict, side: str, combo: str) -> None:
+    """Pooled out-of-fold confusion matrix of the chosen combination (rows true grade, columns predicted)."""
+    from cxrlab.evaluate.figures import confusion_panels_figure
+
+    path = out / "oof" / f"{combo}__{side}.parquet"
+    if not path.is_file():
+        return
+    oof = pd.read_parquet(path)
+    n = spec["n_grades"]
+    panels, rows = [], []
+    for lung in ([side] if side in ("right", "left") else ["right", "left"]):
+        col = f"{spec['task_column']}_{lung}"
+        if col not in oof or f"pred_{col}" not in oof:
+            continue
+        cm = _grade_confusion(oof[col].to_numpy(float), oof[f"pred_{col}"].to_numpy(float), n)
+        panels.append((f"{lung} lung, pooled out-of-fold", cm, "predicted grade", "true grade"))
+        rows += [[lung, g, *cm[g].tolist()] for g in range(n)]
+    if not panels:
+        return
+    doc.p(f"Pooled out-of-fold confusion of {combo} ({side}); rows true grade, columns predicted grade.")
+    doc.table(["lung", "true grade", *[f"pred {g}" for g in range(n)]], rows)
+    rel = _save_figure(out, f"cv_confusion_{side}.png", confusion_panels_figure(panels, [str(g) for g in range(n)]))
+    doc.img(rel, f"Pooled out-of-fold confusion of the chosen combination ({side})")
+
+
+def _reader_confusions(doc: Doc, out: Path, df: pd.DataFrame, raters: list[str], ref: str, n_grades: int) -> None:
+    """Each rater's grades against the first reader's, per lung (rows: the reference reader)."""
+    from cxrlab.evaluate.figures import confusion_panels_figure
+
+    for side in ("right", "left"):
+        panels = [(f"{rater} vs {ref}, {side}", _grade_confusion(df[f"{ref}_{side}"].to_numpy(float),
+                                                                  df[f"{rater}_{side}"].to_numpy(float), n_grades),
+                   rater, ref) for rater in raters if rater != ref]
+        rel = _save_figure(out, f"readers_{side}.png",
+                           confusion_panels_figure(panels, [str(g) for g in range(n_grades)]))
+        doc.img(rel, f"{side} lung: each rater's grade (columns) against the {ref} reader's (rows)")
 
 
 def _relabelling_section(doc: Doc, df: pd.DataFrame, raters: list[str], ref: str, pid: np.ndarray, n_grades: int,
