@@ -329,7 +329,7 @@ def _screen_figure(doc: Doc, out: Path, spec: dict, stage: dict, side: str, rec:
         points.append((label, np.nan if x is None else float(x), np.nan if y is None else float(y),
                        r["combo"] in rec["kept"]))
     rel = _save_figure(out, f"screen_{side}.png", ranking_scatter_figure(
-        points, f"{stage['metric']} (lower is better)", "MA-HCS (higher is better)",
+        points, stage["metric"], "MA-HCS",
         f"screen on fold {stage['fold']}, {side}"))
     doc.img(rel, f"Screen ({side}): every combination by {stage['metric']} and MA-HCS; filled = kept")
 
