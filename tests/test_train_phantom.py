@@ -238,3 +238,58 @@ def test_cli_train_predict_and_recipes(phantom_root, home, tmp_path):
     assert len(table) == 3 and "prob_covid19" in table.columns
     bad = runner.invoke(app, args[:-1] + [str(tmp_path / "other"), "--set", "train.lrr=1"])
     assert isinstance(bad.exception, ConfigError) and "train.lrr" in str(bad.exception)
+
+
+def _view_bank(cache: Path) -> dict:
+    (path,) = list(cache.glob("views-*.pt"))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_over_sampling_from_cached_augmented_views(phantom_root, home, tmp_path):
+    """train.augment_views=K: each training item's K seeded augmented views pass through the frozen part once and
+    are cached; every draw takes one of them, so a second run (or another fold) reads the bank and trains alike."""
+    common = FAST + ["input.size=32", "train.precision=fp32", "train.channels_last=off", "train.balancing=over",
+                     "train.stages=[{epochs: 2, train_blocks: 0, lr: 0.01}]", "train.augment_views=3",
+                     f"train.cache_dir={tmp_path / 'c'}"]
+    first = train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "a", show_progress=False,
+                  overrides=common)
+    bank = _view_bank(tmp_path / "c")
+    n_train = (pd.read_csv(first / "split.csv")["split"] == "train").sum()
+    outputs = {k: v for k, v in bank.items() if not k.endswith("#targets")}
+    assert len(outputs) == 3 * n_train and len(bank) == 6 * n_train  # K views per item, each with its targets
+    some = sorted(outputs)[0].rsplit("@view", 1)[0]
+    views = [outputs[f"{some}@view{k}"] for k in range(3)]
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])  # the views differ
+    mtime = next((tmp_path / "c").glob("views-*.pt")).stat().st_mtime_ns
+    second = train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "b", show_progress=False,
+                   overrides=common)
+    assert next((tmp_path / "c").glob("views-*.pt")).stat().st_mtime_ns == mtime  # read, not recomputed
+    ha, hb = pd.read_csv(first / "history.csv"), pd.read_csv(second / "history.csv")
+    np.testing.assert_allclose(ha[["train_loss", "val_loss"]], hb[["train_loss", "val_loss"]], atol=1e-6)
+    uncached = train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "u", show_progress=False,
+                     overrides=[*common[:-2], f"train.cache_dir={tmp_path / 'u_cache'}"])
+    assert not list((tmp_path / "u_cache").glob("views-*.pt"))  # K = 0: a fresh augmentation every draw
+
+
+def test_mirrored_views_carry_swapped_side_targets(phantom_root, home, tmp_path):
+    """A cached view that is mirrored carries the mirrored targets: the patient-right grade of a flipped view is
+    the left lung's grade (as in a fresh augmentation)."""
+    overrides = FAST + ["input.size=32", "input.roi=none", "model.backbone=resnet18", "model.weights=none",
+                        "train.batch_size=16",
+                        "input.augment=[{name: rand_hflip, p: 1.0}]", "train.augment_views=1",
+                        "train.stages=[{epochs: 1, train_blocks: 0, lr: 0.01}]", f"train.cache_dir={tmp_path / 'c'}"]
+    run = train("aloe-opacity", [phantom_root / "manifest.csv"], tmp_path / "r", show_progress=False,
+                overrides=overrides)
+    bank = _view_bank(tmp_path / "c")
+    grades = load_manifest(phantom_root / "manifest.csv").df.set_index("image")[["opacity_right", "opacity_left"]]
+    train_images = set(pd.read_csv(run / "split.csv").query("split == 'train'")["image"])
+    checked = 0
+    for key, value in bank.items():
+        if key.endswith("#targets"):
+            image = key.split("#", 1)[0]  # keys: <image>#<side>@view<k>#targets
+            assert image in train_images  # only training items have views
+            right, left = grades.loc[image]
+            if np.isfinite(right) and np.isfinite(left) and right != left:
+                assert value.tolist() == [left, right]
+                checked += 1
+    assert checked > 0

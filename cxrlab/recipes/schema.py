@@ -198,6 +198,10 @@ class TrainSpec(_Strict):
     feature_cache: Literal["auto"] | bool = Field("auto", description="cache frozen-part outputs when nothing random "
                                                                      "precedes them (false: never)")
     cache_dir: str | None = Field(None, description="default: $CXRLAB_HOME/cache")
+    augment_views: int = Field(0, ge=0, description="with random augmentation and a frozen part: K seeded "
+                               "augmented views per training item, passed through the frozen part once and cached; "
+                               "each draw takes one of its item's K views (0: a fresh augmentation every draw, "
+                               "nothing cached)")
     num_workers: int = Field(2, ge=0, description="processes preparing images (keep both cores busy)")
     threads: int = Field(1, ge=1, description="torch intra-op threads (1: on a shared CPU more threads spin and stall)")
     side: Literal["right", "left"] | None = Field(

@@ -125,10 +125,14 @@ class InputPipeline:
                         list(s.get(schema.KEY_META, {}).get("applied", []))))
         return out
 
-    def augmenter(self, force: bool) -> Callable | None:
+    def augment_specs(self, force: bool) -> list:
+        """The random augmentation entries training uses (``force``: the default set when none is configured)."""
         if self.spec.patches is not None:
-            return None  # the schema refuses input.augment in patch mode; random patches vary every step instead
-        specs = self.spec.augment or (DEFAULT_AUGMENT if force else [])
+            return []  # the schema refuses input.augment in patch mode; random patches vary every step instead
+        return list(self.spec.augment or (DEFAULT_AUGMENT if force else []))
+
+    def augmenter(self, force: bool) -> Callable | None:
+        specs = self.augment_specs(force)
         return build_transforms(specs, seed=0) if specs else None
 
 
@@ -228,19 +232,22 @@ class AugmentedItems(Dataset):
     """
 
     def __init__(self, inputs: torch.Tensor, order: np.ndarray, augment: Callable, seed: int,
-                 targets: np.ndarray, target_names: Sequence[str]):
+                 targets: np.ndarray, target_names: Sequence[str], draw_keys: Sequence[int] | None = None):
         if len(set(target_names)) != len(target_names):
             raise ConfigError(f"target columns must be unique to follow augmentation, got {list(target_names)}")
         if targets.shape[1] != len(target_names):
             raise ConfigError(f"{targets.shape[1]} target columns but {len(target_names)} names")
         self.inputs, self.order, self.augment, self.seed = inputs, order, augment, seed
         self.targets, self.target_names = targets, list(target_names)
+        # the draw of position ``pos`` is seeded by (seed, pos), or by (seed, draw_keys[pos]) when given: a cached
+        # view must not change with the order it is computed in
+        self.draw_keys = draw_keys
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, pos])
+        rng = np.random.default_rng([self.seed, pos if self.draw_keys is None else int(self.draw_keys[pos])])
         item = self.order[pos]
         labels = dict(zip(self.target_names, self.targets[item].tolist()))
         sample = {schema.KEY_IMAGE: self.inputs[item].float().numpy(), schema.KEY_LABELS: labels,

@@ -86,6 +86,7 @@ class StagePlan:
     frozen: int  # backbone stages kept frozen (from the input side)
     n_stages: int
     cached: bool
+    views: int = 0  # training draws come from K cached augmented views per item (0: inputs as they are)
 
     @property
     def start(self) -> int | None:
@@ -148,6 +149,8 @@ class Trainer:
         self.ckpt_dir = run_dir / "checkpoints"
         self._features: torch.Tensor | None = None
         self._features_start: int | None = None
+        self._views: tuple[torch.Tensor, torch.Tensor] | None = None  # (K, train items, ...) outputs and targets
+        self._views_start: int | None = None
 
     # --- stage set-up ---------------------------------------------------------------------------------
     def plan(self, index: int, state: TrainState) -> StagePlan:
@@ -157,9 +160,11 @@ class Trainer:
         untouched = state.min_frozen is None or frozen <= state.min_frozen
         # patch mode: no feature cache. Every step draws new random patches, so the frozen part's inputs never
         # repeat (a cache keyed by patch would never hit, one keyed by image would be wrong)
-        cached = (self.recipe.train.feature_cache is not False and frozen > 0 and self.augment is None and untouched
-                  and self.pipeline.patches is None)
-        return StagePlan(index, frozen, self.n_stages, cached)
+        # with augmentation the frozen part's inputs are random: cached only as a bank of K views per item
+        views = self.recipe.train.augment_views if self.augment is not None else 0
+        cached = (self.recipe.train.feature_cache is not False and frozen > 0 and untouched
+                  and self.pipeline.patches is None and (self.augment is None or views > 0))
+        return StagePlan(index, frozen, self.n_stages, cached, views if cached else 0)
 
     def _set_trainable(self, plan: StagePlan) -> list[nn.Parameter]:
         stages = self.model.backbone.stages()
@@ -222,6 +227,55 @@ class Trainer:
         self._features, self._features_start = store.stack(keys), plan.frozen
         return self._features
 
+    @torch.no_grad()
+    def _augmented_views(self, plan: StagePlan, progress: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen-part outputs of ``plan.views`` seeded augmented views of every training item, with the targets
+        each view carries (a mirrored view swaps the side targets), ``(K, items, ...)`` each; cached on disk.
+
+        View ``k`` of an item is seeded by ``(recipe seed, k)`` and the item's identity, never by its position, so
+        every fold and run that holds the item shares the view."""
+        if self._views is not None and self._views_start == plan.frozen:
+            return self._views
+        # the targets a view carries depend on the task's columns (a one-sided task keeps one of the two grades)
+        key = spec_hash({"frozen": self._cache_key(plan), "seed": self.recipe.seed, "targets": self.tasks.item_columns,
+                         "augment": self.pipeline.augment_specs(self.balancer.needs_augmentation)})
+        store = TensorStore(self.cache_dir / f"views-{key}.pt")
+        item_keys = self._item_keys()
+        draw_keys = np.array([int(spec_hash(item_keys[i])[:15], 16) for i in range(len(item_keys))])
+        names = [[f"{item_keys[i]}@view{k}" for i in self.train_items] for k in range(plan.views)]
+        todo = {k: store.missing(names[k]) for k in range(plan.views)}
+        total = sum(len(v) for v in todo.values())
+        if total:
+            self.model.eval()
+            task = progress.add_task("caching augmented views", total=total, status="") if progress else None
+            bs = self.recipe.train.batch_size
+            for k, positions in todo.items():
+                if not positions:
+                    continue
+                items = self.train_items[positions]
+                loader = torch.utils.data.DataLoader(
+                    AugmentedItems(self.inputs, items, self.augment, _epoch_seed(self.recipe.seed, 10_000 + k, 0),
+                                   self.table.item_targets, self.tasks.item_columns, draw_keys[items]),
+                    batch_size=bs, shuffle=False, num_workers=self.recipe.train.num_workers)
+                done = 0
+                for x, y in loader:
+                    keys = [names[k][j] for j in positions[done:done + len(x)]]
+                    x = to_memory_format(x, self.channels_last)
+                    with autocast(self.precision):
+                        out = self.model.features(x) if plan.frozen == plan.n_stages else self.model.boundary(
+                            x, plan.frozen)
+                    out = out.float().contiguous()
+                    store.add(keys, out.half() if self.precision == "bf16" else out)
+                    store.add([f"{key}#targets" for key in keys], y)
+                    done += len(x)
+                    if task is not None:
+                        progress.update(task, advance=len(x))
+            store.save()
+        outputs = torch.stack([store.stack(names[k]) for k in range(plan.views)])
+        targets = torch.stack([store.stack([f"{key}#targets" for key in names[k]]) for k in range(plan.views)])
+        self._views, self._views_start = (outputs, targets), plan.frozen
+        return self._views
+
     # --- passes ---------------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, plan: StagePlan | None) -> dict[str, torch.Tensor]:
         x = to_memory_format(x, self.channels_last)
@@ -241,6 +295,15 @@ class Trainer:
         moves the patient's right lung to the other side also swaps the side targets."""
         bs = self.recipe.train.batch_size
         patches = self.pipeline.patches
+        if plan.views:  # one of the item's cached augmented views per draw, chosen by the epoch's seed
+            outputs, targets = self._views
+            bank_row = np.full(len(self.table.item_targets), -1)
+            bank_row[self.train_items] = np.arange(len(self.train_items))
+            rows = torch.as_tensor(bank_row[items])
+            view = torch.randint(plan.views, (len(items),), generator=torch.Generator().manual_seed(seed))
+            for i in range(0, len(items), bs):
+                yield i, outputs[view[i:i + bs], rows[i:i + bs]].float(), targets[view[i:i + bs], rows[i:i + bs]]
+            return
         if self.augment is None:
             source = self._source(plan)
             targets = torch.as_tensor(self.table.item_targets)
@@ -385,7 +448,9 @@ class Trainer:
                 scheduler.load_state_dict(resume_payload["scheduler"])
             resume_payload = None
             if plan.cached:
-                self._frozen_outputs(plan, progress)
+                self._frozen_outputs(plan, progress)  # validation and prediction: the inputs as they are
+            if plan.views:
+                self._augmented_views(plan, progress)
             while state.epoch < spec.epochs and state.bad_epochs < tr.early_stopping_patience:
                 t0 = time.perf_counter()
                 train_loss, speed = self.train_epoch(plan, state.epoch, optimizer, progress)
