@@ -63,7 +63,8 @@ def test_shipped_opacity_study_is_the_papers_grid():
     assert "MA-HCS" in spec.selection_rule
     quick = spec.with_preset("quick")
     assert "input.size=256" in quick.set and quick.protocol[0].top == 2
-    assert quick.grid["train.balancing"] == ["under", "double"]  # over: a backbone pass per draw (report)
+    assert quick.grid["train.balancing"] == ["under", "double", "over"]  # the paper's three schemes
+    assert "train.augment_views=4" in quick.set  # over draws among cached augmented views (a pass per view)
     assert "tasks.0.decision=median" in spec.set  # the MAE's Bayes decision, both presets (stated in the notes)
     assert spec.presets["quick"].max_patients is None  # every patient: the hour allows it (docs/study.md)
     assert "input.size=224" in spec.with_preset("paper").set

@@ -249,8 +249,8 @@ def test_over_sampling_from_cached_augmented_views(phantom_root, home, tmp_path)
     """train.augment_views=K: each training item's K seeded augmented views pass through the frozen part once and
     are cached; every draw takes one of them, so a second run (or another fold) reads the bank and trains alike."""
     common = FAST + ["input.size=32", "train.precision=fp32", "train.channels_last=off", "train.balancing=over",
-                     "train.stages=[{epochs: 2, train_blocks: 0, lr: 0.01}]", "train.augment_views=3",
-                     f"train.cache_dir={tmp_path / 'c'}"]
+                     "train.stages=[{epochs: 2, train_blocks: 0, lr: 0.01}, {epochs: 1, train_blocks: 1, lr: 0.003}]",
+                     "train.augment_views=3", f"train.cache_dir={tmp_path / 'c'}"]
     first = train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "a", show_progress=False,
                   overrides=common)
     bank = _view_bank(tmp_path / "c")
@@ -260,6 +260,10 @@ def test_over_sampling_from_cached_augmented_views(phantom_root, home, tmp_path)
     some = sorted(outputs)[0].rsplit("@view", 1)[0]
     views = [outputs[f"{some}@view{k}"] for k in range(3)]
     assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])  # the views differ
+    # one pass per view: cached once, at stage 2's boundary (a feature map); stage 1 runs the last block on it
+    assert views[0].ndim == 3
+    hist = pd.read_csv(first / "history.csv")
+    assert list(hist["stage"]) == [1, 1, 2] and np.isfinite(hist["train_loss"]).all()
     mtime = next((tmp_path / "c").glob("views-*.pt")).stat().st_mtime_ns
     second = train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "b", show_progress=False,
                    overrides=common)

@@ -35,6 +35,7 @@ from cxrlab.errors import ConfigError, InputError
 from cxrlab.models import CxrNet, create_model, get_backbone_entry
 from cxrlab.models.weights import WeightSource, load_checkpoint
 from cxrlab.recipes import Recipe, load_recipe, save_recipe
+from cxrlab.recipes.schema import StageSpec
 from cxrlab.tasks import TaskSet
 from cxrlab.train import patch_mode
 from cxrlab.train.balancing import get_balancer
@@ -154,9 +155,7 @@ class Trainer:
 
     # --- stage set-up ---------------------------------------------------------------------------------
     def plan(self, index: int, state: TrainState) -> StagePlan:
-        spec = self.recipe.train.stages[index]
-        trainable = self.n_stages if spec.train_blocks == "all" else min(int(spec.train_blocks), self.n_stages)
-        frozen = self.n_stages - trainable
+        frozen = self._frozen_of(self.recipe.train.stages[index])
         untouched = state.min_frozen is None or frozen <= state.min_frozen
         # patch mode: no feature cache. Every step draws new random patches, so the frozen part's inputs never
         # repeat (a cache keyed by patch would never hit, one keyed by image would be wrong)
@@ -165,6 +164,11 @@ class Trainer:
         cached = (self.recipe.train.feature_cache is not False and frozen > 0 and untouched
                   and self.pipeline.patches is None and (self.augment is None or views > 0))
         return StagePlan(index, frozen, self.n_stages, cached, views if cached else 0)
+
+    def _frozen_of(self, spec: StageSpec) -> int:
+        """Backbone stages a training stage keeps frozen."""
+        trainable = self.n_stages if spec.train_blocks == "all" else min(int(spec.train_blocks), self.n_stages)
+        return self.n_stages - trainable
 
     def _set_trainable(self, plan: StagePlan) -> list[nn.Parameter]:
         stages = self.model.backbone.stages()
@@ -230,25 +234,51 @@ class Trainer:
     @torch.no_grad()
     def _augmented_views(self, plan: StagePlan, progress: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen-part outputs of ``plan.views`` seeded augmented views of every training item, with the targets
-        each view carries (a mirrored view swaps the side targets), ``(K, items, ...)`` each; cached on disk.
+        each view carries (a mirrored view swaps the side targets), ``(K, items, ...)`` each.
 
-        View ``k`` of an item is seeded by ``(recipe seed, k)`` and the item's identity, never by its position, so
-        every fold and run that holds the item shares the view."""
+        One backbone pass per view: the views are cached on disk at the deepest boundary this or a later stage
+        trains from (the last two blocks of stage 2 in the two-stage recipes), and a stage that freezes more
+        runs its extra frozen blocks on those activations. View ``k`` of an item is seeded by ``(recipe seed, k)``
+        and the item's identity, never by its position, so every fold and run that holds the item shares it."""
         if self._views is not None and self._views_start == plan.frozen:
             return self._views
+        deepest = plan.frozen
+        for spec in self.recipe.train.stages[plan.index + 1:]:  # later stages that will train on cached views
+            frozen = self._frozen_of(spec)
+            if frozen == 0:
+                break  # trains every block: nothing after it is cached
+            deepest = min(deepest, frozen)
+        outputs, targets = self._views_at(deepest, plan.views, progress)
+        if deepest < plan.frozen:
+            self.model.eval()
+            flat, parts = outputs.flatten(0, 1), []
+            for i in range(0, len(flat), self.recipe.train.batch_size):
+                with autocast(self.precision):
+                    x = flat[i:i + self.recipe.train.batch_size].float()
+                    out = (self.model.backbone(x, start=deepest) if plan.frozen == plan.n_stages
+                           else self.model.backbone.run_stages(x, deepest, plan.frozen))
+                out = out.float().contiguous()
+                parts.append(out.half() if self.precision == "bf16" else out)
+            outputs = torch.cat(parts).unflatten(0, outputs.shape[:2])
+        self._views, self._views_start = (outputs, targets), plan.frozen
+        return self._views
+
+    def _views_at(self, frozen: int, n_views: int, progress: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The views' activations after the first ``frozen`` backbone stages and their targets, from the disk
+        cache (``views-*.pt``), computing the missing ones from the augmented inputs."""
         # the targets a view carries depend on the task's columns (a one-sided task keeps one of the two grades)
-        key = spec_hash({"frozen": self._cache_key(plan), "seed": self.recipe.seed, "targets": self.tasks.item_columns,
+        key = spec_hash({"frozen": self._cache_key(StagePlan(0, frozen, self.n_stages, True)),
+                         "seed": self.recipe.seed, "targets": self.tasks.item_columns,
                          "augment": self.pipeline.augment_specs(self.balancer.needs_augmentation)})
         store = TensorStore(self.cache_dir / f"views-{key}.pt")
         item_keys = self._item_keys()
         draw_keys = np.array([int(spec_hash(item_keys[i])[:15], 16) for i in range(len(item_keys))])
-        names = [[f"{item_keys[i]}@view{k}" for i in self.train_items] for k in range(plan.views)]
-        todo = {k: store.missing(names[k]) for k in range(plan.views)}
+        names = [[f"{item_keys[i]}@view{k}" for i in self.train_items] for k in range(n_views)]
+        todo = {k: store.missing(names[k]) for k in range(n_views)}
         total = sum(len(v) for v in todo.values())
         if total:
             self.model.eval()
             task = progress.add_task("caching augmented views", total=total, status="") if progress else None
-            bs = self.recipe.train.batch_size
             for k, positions in todo.items():
                 if not positions:
                     continue
@@ -256,14 +286,14 @@ class Trainer:
                 loader = torch.utils.data.DataLoader(
                     AugmentedItems(self.inputs, items, self.augment, _epoch_seed(self.recipe.seed, 10_000 + k, 0),
                                    self.table.item_targets, self.tasks.item_columns, draw_keys[items]),
-                    batch_size=bs, shuffle=False, num_workers=self.recipe.train.num_workers)
+                    batch_size=self.recipe.train.batch_size, shuffle=False,
+                    num_workers=self.recipe.train.num_workers)
                 done = 0
                 for x, y in loader:
                     keys = [names[k][j] for j in positions[done:done + len(x)]]
                     x = to_memory_format(x, self.channels_last)
                     with autocast(self.precision):
-                        out = self.model.features(x) if plan.frozen == plan.n_stages else self.model.boundary(
-                            x, plan.frozen)
+                        out = self.model.features(x) if frozen == self.n_stages else self.model.boundary(x, frozen)
                     out = out.float().contiguous()
                     store.add(keys, out.half() if self.precision == "bf16" else out)
                     store.add([f"{key}#targets" for key in keys], y)
@@ -271,10 +301,9 @@ class Trainer:
                     if task is not None:
                         progress.update(task, advance=len(x))
             store.save()
-        outputs = torch.stack([store.stack(names[k]) for k in range(plan.views)])
-        targets = torch.stack([store.stack([f"{key}#targets" for key in names[k]]) for k in range(plan.views)])
-        self._views, self._views_start = (outputs, targets), plan.frozen
-        return self._views
+        outputs = torch.stack([store.stack(names[k]) for k in range(n_views)])
+        targets = torch.stack([store.stack([f"{key}#targets" for key in names[k]]) for k in range(n_views)])
+        return outputs, targets
 
     # --- passes ---------------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, plan: StagePlan | None) -> dict[str, torch.Tensor]:
