@@ -270,8 +270,8 @@ def test_over_sampling_from_cached_augmented_views(phantom_root, home, tmp_path)
     assert next((tmp_path / "c").glob("views-*.pt")).stat().st_mtime_ns == mtime  # read, not recomputed
     ha, hb = pd.read_csv(first / "history.csv"), pd.read_csv(second / "history.csv")
     np.testing.assert_allclose(ha[["train_loss", "val_loss"]], hb[["train_loss", "val_loss"]], atol=1e-6)
-    uncached = train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "u", show_progress=False,
-                     overrides=[*common[:-2], f"train.cache_dir={tmp_path / 'u_cache'}"])
+    train("phantom-diagnosis", [phantom_root / "manifest.csv"], tmp_path / "u", show_progress=False,
+          overrides=[*common[:-2], f"train.cache_dir={tmp_path / 'u_cache'}"])
     assert not list((tmp_path / "u_cache").glob("views-*.pt"))  # K = 0: a fresh augmentation every draw
 
 

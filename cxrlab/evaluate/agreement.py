@@ -88,7 +88,6 @@ def agreement_table(
     return {"rows": rows, "summary": summary}
 
 
-
 def fit_monotone_cutpoints(reference, score, n_classes: int) -> np.ndarray:
     """Cut-points ``c`` (``n_classes - 1``, non-decreasing, ±inf where a grade is never given) of the step map
     ``grade(s) = number of cut-points <= s`` that puts ``score`` on ``reference``'s 0..n_classes-1 scale with the

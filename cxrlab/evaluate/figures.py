@@ -43,18 +43,24 @@ def pr_figure(curves: dict[str, dict], prevalences: dict[str, float], title: str
     return _png(fig)
 
 
-def confusion_figure(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> bytes:
+def _draw_confusion(ax, cm: Sequence[Sequence[int]], classes: Sequence[str], xlabel: str, ylabel: str, title: str,
+                    rotate: bool = True) -> None:
     cm = np.asarray(cm)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * k, 1.0 + 0.7 * k))
     ax.imshow(cm, cmap="Blues")
     for i in range(k):
         for j in range(k):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center",
                     color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=9)
-    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(k), classes, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
     ax.set_yticks(range(k), classes, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> bytes:
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * k, 1.0 + 0.7 * k))
+    _draw_confusion(ax, cm, classes, "predicted", "true", title)
     return _png(fig)
 
 
@@ -111,17 +117,7 @@ def confusion_panels_figure(panels: Sequence[tuple[str, Sequence[Sequence[int]],
     k = len(classes)
     fig, axes = plt.subplots(1, len(panels), figsize=((1.4 + 0.6 * k) * len(panels), 1.2 + 0.6 * k), squeeze=False)
     for ax, (title, cm, xlabel, ylabel) in zip(axes[0], panels):
-        cm = np.asarray(cm)
-        ax.imshow(cm, cmap="Blues")
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
-        ax.set_xticks(range(k), classes, fontsize=8)
-        ax.set_yticks(range(k), classes, fontsize=8)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_title(title, fontsize=9)
+        _draw_confusion(ax, cm, classes, xlabel, ylabel, title, rotate=False)
     fig.tight_layout()
     return _png(fig)
 

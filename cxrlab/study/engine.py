@@ -2,8 +2,9 @@
 default (``ray.init()``) or on a cluster (``ray.init(address=...)``).
 
 Resume: each batch is a named Tune experiment under ``DIR/ray/``; after a kill it is continued with
-``Tuner.restore`` (``Tuner.can_restore``; Ray processes the killed driver left behind are ended first), and a trial whose cxrlab run directory already holds ``trial.json`` is
-skipped (an interrupted training resumes from its ``checkpoints/last.pt``). Progress: one line per finished
+``Tuner.restore`` (``Tuner.can_restore``; Ray processes the killed driver left behind are ended first), and a
+trial whose cxrlab run directory already holds ``trial.json`` is skipped (an interrupted training resumes from its
+``checkpoints/last.pt``). Progress: one line per finished
 trial with an overall bar.
 """
 

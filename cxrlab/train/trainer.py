@@ -215,21 +215,27 @@ class Trainer:
             bs = self.recipe.train.batch_size
             for i in range(0, len(todo), bs):
                 idx = todo[i:i + bs]
-                x = to_memory_format(self.inputs[idx].float(), self.channels_last)
-                with autocast(self.precision):
-                    if plan.frozen == plan.n_stages:
-                        out = self.model.features(x)
-                    else:
-                        out = self.model.boundary(x, plan.frozen)
-                # bf16 runs store half precision (no coarser than bf16's own rounding); fp32 runs keep fp32 so a
-                # cached run trains exactly like an uncached one (fp16 rounding grew to 5 % loss differences)
-                out = out.float().contiguous()
-                store.add([keys[j] for j in idx], out.half() if self.precision == "bf16" else out)
+                store.add([keys[j] for j in idx], self._frozen_part(self.inputs[idx].float(), plan.frozen))
                 if task is not None:
                     progress.update(task, advance=len(idx))
             store.save()
         self._features, self._features_start = store.stack(keys), plan.frozen
         return self._features
+
+    def _frozen_part(self, x: torch.Tensor, frozen: int, start: int = 0) -> torch.Tensor:
+        """Outputs of backbone stages ``start..frozen`` (pooled features when ``frozen`` is every stage) of
+        inputs (``start=0``) or of activations cached at stage ``start``, as they are cached."""
+        with autocast(self.precision):
+            if start == 0:
+                x = to_memory_format(x, self.channels_last)
+                out = self.model.features(x) if frozen == self.n_stages else self.model.boundary(x, frozen)
+            else:
+                out = (self.model.backbone(x, start=start) if frozen == self.n_stages
+                       else self.model.backbone.run_stages(x, start, frozen))
+        # bf16 runs store half precision (no coarser than bf16's own rounding); fp32 runs keep fp32 so a
+        # cached run trains exactly like an uncached one (fp16 rounding grew to 5 % loss differences)
+        out = out.float().contiguous()
+        return out.half() if self.precision == "bf16" else out
 
     @torch.no_grad()
     def _augmented_views(self, plan: StagePlan, progress: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,14 +257,9 @@ class Trainer:
         outputs, targets = self._views_at(deepest, plan.views, progress)
         if deepest < plan.frozen:
             self.model.eval()
-            flat, parts = outputs.flatten(0, 1), []
-            for i in range(0, len(flat), self.recipe.train.batch_size):
-                with autocast(self.precision):
-                    x = flat[i:i + self.recipe.train.batch_size].float()
-                    out = (self.model.backbone(x, start=deepest) if plan.frozen == plan.n_stages
-                           else self.model.backbone.run_stages(x, deepest, plan.frozen))
-                out = out.float().contiguous()
-                parts.append(out.half() if self.precision == "bf16" else out)
+            flat, bs = outputs.flatten(0, 1), self.recipe.train.batch_size
+            parts = [self._frozen_part(flat[i:i + bs].float(), plan.frozen, start=deepest)
+                     for i in range(0, len(flat), bs)]
             outputs = torch.cat(parts).unflatten(0, outputs.shape[:2])
         self._views, self._views_start = (outputs, targets), plan.frozen
         return self._views
@@ -291,11 +292,7 @@ class Trainer:
                 done = 0
                 for x, y in loader:
                     keys = [names[k][j] for j in positions[done:done + len(x)]]
-                    x = to_memory_format(x, self.channels_last)
-                    with autocast(self.precision):
-                        out = self.model.features(x) if frozen == self.n_stages else self.model.boundary(x, frozen)
-                    out = out.float().contiguous()
-                    store.add(keys, out.half() if self.precision == "bf16" else out)
+                    store.add(keys, self._frozen_part(x, frozen))
                     store.add([f"{key}#targets" for key in keys], y)
                     done += len(x)
                     if task is not None:
